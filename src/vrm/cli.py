@@ -1,0 +1,146 @@
+"""The `vrm` command: `vrm train`, `vrm eval`, `vrm synth`.
+
+    vrm train --config cfg.yaml [--key value ...]     # flags override the YAML; names as in `trl reward`
+    vrm eval --model DIR --dataset FILE [FILE ...] [--output report.json]
+    vrm synth --output_dir DIR                          # write the synthetic preference world (quickstart data)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+USAGE = """usage: vrm <command> [options]
+
+commands:
+  train   train a reward model (bt, ib, moe or vrm head) on preference data
+  eval    evaluate trained reward models on preference data
+  synth   write the synthetic preference world used by the quickstart
+
+Run `vrm <command> --help` for the options of a command."""
+
+
+def parse_train_args(argv: Sequence[str]):
+    """Parse `vrm train` arguments: an optional `--config` YAML gives defaults, flags override them."""
+    import yaml
+    from transformers import HfArgumentParser
+
+    from .config import DataArguments, ModelArguments, VRMTrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, VRMTrainingArguments), prog="vrm train")
+    parser.add_argument("--config", default=None, help="YAML file of arguments (flags override it).")
+    argv = list(argv)
+    config_path = None
+    if "--config" in argv:
+        position = argv.index("--config")
+        if position + 1 >= len(argv):
+            parser.error("--config needs a YAML file path")
+        config_path = argv[position + 1]
+        del argv[position : position + 2]
+    if config_path is not None:
+        if not os.path.exists(config_path):
+            parser.error(f"--config {config_path}: file not found")
+        with open(config_path, encoding="utf-8") as handle:
+            try:
+                values: dict[str, Any] = yaml.safe_load(handle) or {}
+            except yaml.YAMLError as err:
+                parser.error(f"--config {config_path}: invalid YAML ({err})")
+        if not isinstance(values, dict):
+            parser.error(f"--config {config_path}: expected a mapping of argument names to values")
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            parser.error(f"--config {config_path}: unknown arguments {unknown}")
+        for action in parser._actions:
+            if action.dest in values:
+                action.required = False
+        parser.set_defaults(**values)
+    model_args, data_args, training_args, _ = parser.parse_args_into_dataclasses(args=argv)
+    return model_args, data_args, training_args
+
+
+def cmd_train(argv: Sequence[str]) -> int:
+    from .trainer import run_training
+
+    model_args, data_args, training_args = parse_train_args(argv)
+    result = run_training(model_args, data_args, training_args)
+    if result.metrics:
+        shown = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float)}
+        print(f"[vrm] eval metrics: {shown}")
+    print(f"[vrm] model saved to {result.output_dir}")
+    return 0
+
+
+def cmd_eval(argv: Sequence[str]) -> int:
+    from .evaluate import evaluate_model, format_report, write_json
+
+    parser = argparse.ArgumentParser(prog="vrm eval", description="Pairwise evaluation of reward models.")
+    parser.add_argument("--model", action="append", required=True, help="Model directory (repeatable).")
+    parser.add_argument("--dataset", nargs="+", required=True, help="Preference files or datasets names.")
+    parser.add_argument("--split", default="test", help="Split of a datasets name.")
+    parser.add_argument("--output", default=None, help="Write the JSON report here.")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_rows", type=int, default=None, help="Evaluate at most this many rows per dataset.")
+    parser.add_argument("--max_length", type=int, default=None, help="Override the training max_length.")
+    parser.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
+    args = parser.parse_args(argv)
+    reports = []
+    for model_path in args.model:
+        report = evaluate_model(
+            model_path,
+            args.dataset,
+            split=args.split,
+            batch_size=args.batch_size,
+            max_rows=args.max_rows,
+            max_length=args.max_length,
+            progress=not args.no_progress,
+        )
+        print(format_report(report))
+        reports.append(report)
+    if args.output:
+        write_json(reports[0] if len(reports) == 1 else {"models": reports}, args.output)
+        print(f"[vrm] report written to {args.output}")
+    return 0
+
+
+def cmd_synth(argv: Sequence[str]) -> int:
+    from .synthetic import WorldConfig, write_world
+
+    parser = argparse.ArgumentParser(prog="vrm synth", description="Write the synthetic preference world.")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--train_pairs", type=int, default=WorldConfig.train_pairs)
+    parser.add_argument("--test_pairs", type=int, default=WorldConfig.test_pairs)
+    parser.add_argument("--seed", type=int, default=WorldConfig.seed)
+    args = parser.parse_args(argv)
+    paths = write_world(
+        args.output_dir, WorldConfig(train_pairs=args.train_pairs, test_pairs=args.test_pairs, seed=args.seed)
+    )
+    for name, path in paths.items():
+        print(f"[vrm] {name}: {path}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "synth": cmd_synth}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"vrm: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[command](rest)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"vrm {command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Configuration: the model config (`VRMConfig`) and the head presets that make bt / ib / moe / vrm.
+
+Everything that shapes the model lives in `VRMConfig`, which is saved as `config.json` next to the weights.
+What a training run needs besides lives in three dataclasses parsed by `HfArgumentParser` (`vrm train`):
+`ModelArguments`, `DataArguments` and `VRMTrainingArguments` (a `transformers.TrainingArguments`). Flag names
+follow `trl reward` where the meaning is the same (`--model_name_or_path`, `--dataset_name`, `--max_length`,
+`--use_peft`, `--lora_r`, `--center_rewards_coefficient`, ...).
+
+The four heads differ only in how the objective weights `w` and the semantic features `z` are produced:
+
+| head  | objective weights `w`            | semantic features `z`              | default K |
+|-------|----------------------------------|------------------------------------|-----------|
+| `bt`  | none (K = 1, w = 1)              | identity: `z = h_xy`               | 1         |
+| `ib`  | none (K = 1, w = 1)              | Gaussian `N(mu(h_xy), sigma^2)`    | 1         |
+| `moe` | softmax gate `softmax(G h_x)`    | deterministic projection `W h_xy`  | 4         |
+| `vrm` | `Dirichlet(alpha(h_x))`          | Gaussian `N(mu(h_xy), sigma^2)`    | 4         |
+
+In every case `reward = w . g(z)` with a decoder `g` from features to K per-objective scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig, TrainingArguments
+from transformers.configuration_utils import SubConfigSpec
+
+HEAD_TYPES = ("bt", "ib", "moe", "vrm")
+WEIGHT_POSTERIORS = ("none", "softmax", "dirichlet")
+FEATURE_POSTERIORS = ("identity", "deterministic", "gaussian")
+POOLINGS = ("auto", "last", "mean", "cls")
+
+HEAD_PRESETS: dict[str, dict[str, Any]] = {
+    "bt": {"weight_posterior": "none", "feature_posterior": "identity", "num_objectives": 1},
+    "ib": {"weight_posterior": "none", "feature_posterior": "gaussian", "num_objectives": 1},
+    "moe": {"weight_posterior": "softmax", "feature_posterior": "deterministic", "num_objectives": 4},
+    "vrm": {"weight_posterior": "dirichlet", "feature_posterior": "gaussian", "num_objectives": 4},
+}
+
+
+class VRMConfig(PretrainedConfig):
+    """Configuration of a `VRMForSequenceClassification`: a backbone config plus the reward head.
+
+    Args:
+        text_config: config of the transformer backbone (any `AutoModel` architecture).
+        head_type: one of `bt`, `ib`, `moe`, `vrm`; fills in the three fields below when they are None.
+        weight_posterior: `none` | `softmax` | `dirichlet` — how objective weights come from the prompt state.
+        feature_posterior: `identity` | `deterministic` | `gaussian` — how features come from the response state.
+        num_objectives: K, the number of objectives (1 for bt/ib).
+        objective_names: optional names of the K objectives (the first ones may be tied to rating columns).
+        feature_dim: d, the dimension of the semantic features (ignored for `identity`).
+        decoder_hidden_size: 0 for a linear decoder `g(z) = A z` (exact closed-form `reward_std`), else
+            the width of a one-hidden-layer MLP decoder (Monte-Carlo `reward_std`).
+        prior_concentration: alpha0 of the prior `Dirichlet(alpha0 * 1)`.
+        concentration_min / concentration_max: clamp of the posterior concentrations.
+        feature_logvar_min / feature_logvar_max: clamp of the posterior log-variances of z.
+        num_samples: M, reparameterized samples per pair during training.
+        num_eval_samples: Monte-Carlo samples for `reward_std` when it has no closed form.
+        pooling: how the response state `h_xy` is read from the backbone: `last` token (causal backbones),
+            `mean` over tokens or `cls`; `auto` picks `last` for causal and `mean` for bidirectional backbones.
+        is_causal: whether the backbone attends causally; None = infer from the architecture.
+        response_marker_ids: token ids that end every prompt (e.g. the chat template's assistant header); used
+            to find the prompt/response boundary when `prompt_lengths` are not passed to `forward`.
+        input_format: how texts were turned into tokens at training time (`chat`, `plain` or `pair`); see
+            `vrm.data.PreferenceTokenizer`.
+        max_length: the maximum sequence length used at training time.
+        reward_mean / reward_scale: affine normalization applied to the output `logits`:
+            `logits = (reward - reward_mean) / reward_scale`.
+    """
+
+    model_type = "vrm"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+
+    text_config: dict | PretrainedConfig | None = None
+    head_type: str = "vrm"
+    weight_posterior: str | None = None
+    feature_posterior: str | None = None
+    num_objectives: int | None = None
+    objective_names: list[str] | None = None
+    feature_dim: int = 16
+    decoder_hidden_size: int = 0
+    prior_concentration: float = 1.0
+    concentration_min: float = 0.05
+    concentration_max: float = 1000.0
+    feature_logvar_min: float = -12.0
+    feature_logvar_max: float = 4.0
+    num_samples: int = 4
+    num_eval_samples: int = 64
+    pooling: str = "auto"
+    is_causal: bool | None = None
+    response_marker_ids: list[int] | None = None
+    input_format: str | None = None
+    max_length: int | None = None
+    reward_mean: float = 0.0
+    reward_scale: float = 1.0
+
+    def __post_init__(self, **kwargs):
+        # The base class resets the attention implementation of sub-configs; keep a loaded backbone's choice.
+        backbone_attention = getattr(self.text_config, "_attn_implementation_internal", None)
+        super().__post_init__(**kwargs)
+        if backbone_attention is not None and "attn_implementation" not in kwargs:
+            self.text_config._attn_implementation_internal = backbone_attention
+        if self.head_type not in HEAD_TYPES:
+            raise ValueError(f"head_type must be one of {HEAD_TYPES}, got {self.head_type!r}")
+        preset = HEAD_PRESETS[self.head_type]
+        for key, value in preset.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.weight_posterior not in WEIGHT_POSTERIORS:
+            raise ValueError(f"weight_posterior must be one of {WEIGHT_POSTERIORS}, got {self.weight_posterior!r}")
+        if self.feature_posterior not in FEATURE_POSTERIORS:
+            raise ValueError(
+                f"feature_posterior must be one of {FEATURE_POSTERIORS}, got {self.feature_posterior!r}"
+            )
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.num_objectives < 1:
+            raise ValueError(f"num_objectives must be >= 1, got {self.num_objectives}")
+        if self.objective_names is not None and len(self.objective_names) != self.num_objectives:
+            raise ValueError(
+                f"objective_names has {len(self.objective_names)} names but num_objectives={self.num_objectives}"
+            )
+        if self.prior_concentration <= 0:
+            raise ValueError(f"prior_concentration must be > 0, got {self.prior_concentration}")
+        if self.reward_scale <= 0:
+            raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
+        # A reward model has one output: keep `num_labels` consistent for code that reads it.
+        self.num_labels = 1
+
+    @property
+    def is_stochastic(self) -> bool:
+        """True when the head has a posterior to sample from (so KL terms and `reward_std` are meaningful)."""
+        return self.weight_posterior == "dirichlet" or self.feature_posterior == "gaussian"
+
+
+@dataclass
+class ModelArguments:
+    """The backbone and the head of a new reward model (or a vrm checkpoint to continue from)."""
+
+    model_name_or_path: str = field(metadata={"help": "Backbone: a hub name or a local directory."})
+    head_type: str = field(default="vrm", metadata={"help": f"One of {HEAD_TYPES}."})
+    num_objectives: int | None = field(default=None, metadata={"help": "K (default: 4 for vrm/moe, 1 for bt/ib)."})
+    objective_names: list[str] | None = field(default=None, metadata={"help": "Names of the K objectives."})
+    feature_dim: int = field(default=16, metadata={"help": "d, the dimension of the semantic features."})
+    decoder_hidden_size: int = field(default=0, metadata={"help": "0: linear decoder g(z); >0: MLP width."})
+    prior_concentration: float = field(default=1.0, metadata={"help": "alpha0 of the Dirichlet prior."})
+    num_samples: int = field(default=4, metadata={"help": "M, reparameterized samples per pair."})
+    pooling: str = field(default="auto", metadata={"help": f"Response-state pooling, one of {POOLINGS}."})
+    gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside model_name_or_path."})
+    dtype: str = field(default="float32", metadata={"help": "Backbone weights dtype: float32, bfloat16, float16."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code of the backbone."})
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of the full backbone."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules to adapt (default: peft's choice for the architecture)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    """Where the preference pairs come from and how they become tokens."""
+
+    dataset_name: list[str] = field(
+        default_factory=list, metadata={"help": "Training data: files (jsonl/json/parquet/csv[.gz]) or datasets names."}
+    )
+    eval_dataset_name: list[str] = field(default_factory=list, metadata={"help": "Evaluation data, same forms."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split of a datasets name for training."})
+    dataset_test_split: str = field(default="test", metadata={"help": "Split of a datasets name for evaluation."})
+    max_length: int = field(default=512, metadata={"help": "Token budget of prompt + response."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Prompt tokens kept when responses are long (default max_length // 2)."}
+    )
+    truncation: str = field(
+        default="prompt_left", metadata={"help": "Over-long pairs: 'prompt_left' (truncate) or 'drop'."}
+    )
+    input_format: str = field(default="auto", metadata={"help": "auto, chat, pair or plain (see vrm.data)."})
+    attribute_names: list[str] | None = field(
+        default=None,
+        metadata={"help": "Objectives with known judgements: columns {name}_chosen/{name}_rejected hold ratings."},
+    )
+    objective_column: str | None = field(
+        default=None, metadata={"help": "Column naming the objective on which the chosen response is better."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval rows."})
+
+
+@dataclass
+class VRMTrainingArguments(TrainingArguments):
+    """`transformers.TrainingArguments` plus the weights of the ELBO terms (see `vrm.losses`)."""
+
+    output_dir: str | None = field(default="runs/vrm", metadata={"help": "Checkpoints and the final model."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: vrm collates its own batches."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    head_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the reward head (default: 10 x learning_rate)."}
+    )
+    beta_w: float = field(default=0.01, metadata={"help": "Weight of KL(q(w|x) || p(w))."})
+    beta_z: float = field(default=0.01, metadata={"help": "Weight of KL(q(z|x,y) || N(0,I)), summed over dims."})
+    beta_schedule: str = field(default="linear", metadata={"help": "constant, linear (warm-up) or cyclical."})
+    beta_warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps of the linear warm-up."})
+    beta_cycles: int = field(default=4, metadata={"help": "Number of cycles of the cyclical schedule."})
+    attribute_weight: float = field(default=1.0, metadata={"help": "lambda_attr, for rows with known ratings."})
+    center_rewards_coefficient: float | None = field(
+        default=None, metadata={"help": "As in TRL: adds c * mean((r+ + r-)^2) to keep rewards centred."}
+    )
+    merge_lora_on_save: bool = field(
+        default=True, metadata={"help": "Merge LoRA into the backbone in the final model (adapter kept apart)."}
+    )

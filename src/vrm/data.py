@@ -1,0 +1,536 @@
+"""Preference data: reading files, TRL's formats, templating, tokenization with counted truncation, collation.
+
+Accepted row formats (TRL's preference formats):
+
+* standard, explicit prompt:       `{"prompt": str, "chosen": str, "rejected": str}`
+* standard, implicit prompt:       `{"chosen": str, "rejected": str}` (the prompt is their common prefix)
+* conversational, explicit prompt: `{"prompt": [messages], "chosen": [messages], "rejected": [messages]}`
+* conversational, implicit prompt: `{"chosen": [messages], "rejected": [messages]}` (common leading messages)
+
+Optional columns: `margin` (float, subtracted inside the Bradley-Terry term), `subset` (reported separately by
+`vrm eval`), per-objective ratings `{name}_chosen` / `{name}_rejected` and an objective label column (see
+`load_preferences`).
+
+A (prompt, response) becomes tokens in one of three input formats, recorded in the model config:
+
+* `chat`:  the tokenizer's chat template; the prompt ends with the generation prompt (assistant header).
+* `pair`:  encoder tokenizers with a separator: `[CLS] prompt [SEP] response [SEP]`.
+* `plain`: `[BOS] prompt <marker> response [EOS]` with `PLAIN_RESPONSE_MARKER` between them.
+
+The prompt and the response are tokenized separately, so the boundary is exact; the tokens that end every
+prompt (`response_marker_ids`) let the model find it again in sequences tokenized elsewhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+PLAIN_RESPONSE_MARKER = "\n\n### Response:\n"
+INPUT_FORMATS = ("auto", "chat", "pair", "plain")
+TRUNCATION_POLICIES = ("prompt_left", "drop")
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv")
+
+Message = dict[str, str]
+Text = str | list[Message]
+
+
+class DataFormatError(ValueError):
+    """A row or a file does not match the expected preference format; the message names where."""
+
+
+@dataclass
+class PreferenceExample:
+    """One preference pair, normalized. `prompt` is text or a list of messages; responses are text or messages."""
+
+    prompt: Text
+    chosen: Text
+    rejected: Text
+    margin: float | None = None
+    attribute_targets: list[float] | None = None  # per rated objective: 1 chosen better, 0 rejected better, nan
+    subset: str | None = None
+    location: str = ""
+
+
+# ----- reading files ------------------------------------------------------------------------------------------
+def _open_text(path: str):
+    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+
+
+def read_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (location, row) from a jsonl / json / parquet / csv file (optionally gzip-compressed)."""
+    if not os.path.exists(path):
+        raise DataFormatError(f"{path}: file not found")
+    name = path[:-3] if path.endswith(".gz") else path
+    if name.endswith(".jsonl"):
+        with _open_text(path) as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataFormatError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataFormatError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+                yield f"{path}:{number}", row
+    elif name.endswith(".json"):
+        with _open_text(path) as handle:
+            try:
+                data = json.load(handle)
+            except json.JSONDecodeError as err:
+                raise DataFormatError(f"{path}: invalid JSON at line {err.lineno} ({err.msg})") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise DataFormatError(f"{path}: expected a JSON list of rows (or {{'data': [...]}})")
+        for index, row in enumerate(data):
+            if not isinstance(row, dict):
+                raise DataFormatError(f"{path}: row {index}: expected an object, got {type(row).__name__}")
+            yield f"{path}: row {index}", row
+    elif name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        for index, row in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path}: row {index}", row
+    elif name.endswith(".csv"):
+        with _open_text(path) as handle:
+            for index, row in enumerate(csv.DictReader(handle)):
+                yield f"{path}:{index + 2}", _decode_csv_row(row)
+    else:
+        raise DataFormatError(f"{path}: unknown file type (expected one of {', '.join(FILE_SUFFIXES)})")
+
+
+def _decode_csv_row(row: dict[str, str]) -> dict[str, Any]:
+    """CSV cells are text: JSON-looking cells (message lists) and numbers are decoded."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if value is not None and value[:1] in "[{":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        out[key] = value
+    return out
+
+
+def _read_source(source: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    if os.path.exists(source) or source.endswith(FILE_SUFFIXES):
+        yield from read_records(source)
+        return
+    import datasets  # a hub or local `datasets` name
+
+    try:
+        dataset = datasets.load_dataset(source, split=split)
+    except Exception as err:  # noqa: BLE001 - re-raised with the source named
+        raise DataFormatError(f"{source}: not a file, and loading it as a `datasets` name failed: {err}") from err
+    for index, row in enumerate(dataset):
+        yield f"{source}[{split}]: row {index}", row
+
+
+# ----- normalizing rows ---------------------------------------------------------------------------------------
+def _check_messages(value: Any, location: str, column: str) -> list[Message]:
+    if not isinstance(value, list):
+        raise DataFormatError(f"{location}: '{column}' must be text or a list of messages")
+    for index, message in enumerate(value):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise DataFormatError(
+                f"{location}: '{column}'[{index}] must be a message with 'role' and 'content' fields"
+            )
+        if not isinstance(message["content"], str):
+            raise DataFormatError(f"{location}: '{column}'[{index}]['content'] must be text")
+    return value
+
+
+def _split_common_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Implicit prompt of two texts: their longest common prefix, cut back to a whitespace boundary."""
+    length = 0
+    for a, b in zip(chosen, rejected, strict=False):
+        if a != b:
+            break
+        length += 1
+    cut = length
+    while cut > 0 and not chosen[cut - 1].isspace():
+        cut -= 1
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def _rating_target(chosen: Any, rejected: Any) -> float:
+    try:
+        chosen, rejected = float(chosen), float(rejected)
+    except (TypeError, ValueError):
+        return math.nan
+    if math.isnan(chosen) or math.isnan(rejected) or chosen == rejected:
+        return math.nan
+    return 1.0 if chosen > rejected else 0.0
+
+
+def parse_row(
+    row: dict[str, Any],
+    location: str,
+    *,
+    attribute_names: Sequence[str] = (),
+    objective_column: str | None = None,
+) -> PreferenceExample:
+    """Normalize one row of any TRL preference format; raise `DataFormatError` naming the row on bad input."""
+    for column in ("chosen", "rejected"):
+        if column not in row or row[column] is None:
+            present = ", ".join(sorted(row)) or "none"
+            raise DataFormatError(
+                f"{location}: missing field '{column}' (a preference row needs 'chosen' and 'rejected', "
+                f"optionally 'prompt'; columns present: {present})"
+            )
+    chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
+    if isinstance(chosen, str) != isinstance(rejected, str):
+        raise DataFormatError(f"{location}: 'chosen' and 'rejected' must both be text or both be message lists")
+    if prompt is None:  # implicit prompt
+        if isinstance(chosen, str):
+            prompt, chosen, rejected = _split_common_prefix(chosen, rejected)
+        else:
+            chosen = _check_messages(chosen, location, "chosen")
+            rejected = _check_messages(rejected, location, "rejected")
+            shared = 0
+            while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+                shared += 1
+            prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    elif isinstance(prompt, str):
+        if not isinstance(chosen, str):
+            chosen = _check_messages(chosen, location, "chosen")
+            rejected = _check_messages(rejected, location, "rejected")
+    else:
+        prompt = _check_messages(prompt, location, "prompt")
+        if not isinstance(chosen, str):
+            chosen = _check_messages(chosen, location, "chosen")
+            rejected = _check_messages(rejected, location, "rejected")
+    if _response_text(chosen) == "" or _response_text(rejected) == "":
+        raise DataFormatError(f"{location}: empty 'chosen' or 'rejected' response")
+
+    margin = row.get("margin")
+    if margin is not None:
+        try:
+            margin = float(margin)
+        except (TypeError, ValueError):
+            raise DataFormatError(f"{location}: 'margin' must be a number, got {margin!r}") from None
+
+    targets = None
+    if attribute_names:
+        targets = [
+            _rating_target(row.get(f"{name}_chosen"), row.get(f"{name}_rejected")) for name in attribute_names
+        ]
+        if objective_column is not None and row.get(objective_column) is not None:
+            label = str(row[objective_column])
+            if label not in attribute_names:
+                raise DataFormatError(
+                    f"{location}: '{objective_column}' is {label!r}, not one of the objectives {list(attribute_names)}"
+                )
+            targets[list(attribute_names).index(label)] = 1.0
+    subset = row.get("subset")
+    return PreferenceExample(
+        prompt=prompt,
+        chosen=chosen,
+        rejected=rejected,
+        margin=margin,
+        attribute_targets=targets,
+        subset=None if subset is None else str(subset),
+        location=location,
+    )
+
+
+def _response_text(response: Text) -> str:
+    return response if isinstance(response, str) else "".join(m["content"] for m in response)
+
+
+def load_preferences(
+    sources: str | Sequence[str],
+    *,
+    split: str = "train",
+    attribute_names: Sequence[str] = (),
+    objective_column: str | None = None,
+    max_rows: int | None = None,
+) -> list[PreferenceExample]:
+    """Read preference pairs from files (jsonl/json/parquet/csv, optionally .gz) or `datasets` names.
+
+    `attribute_names` are the objectives with known per-response judgements: for each name, the columns
+    `{name}_chosen` and `{name}_rejected` hold ratings (higher is better), and/or `objective_column` holds the
+    name of the objective on which the chosen response is better (as RMB's `objective` column does).
+    """
+    if isinstance(sources, str):
+        sources = [sources]
+    examples: list[PreferenceExample] = []
+    for source in sources:
+        for location, row in _read_source(source, split):
+            examples.append(
+                parse_row(row, location, attribute_names=attribute_names, objective_column=objective_column)
+            )
+            if max_rows is not None and len(examples) >= max_rows:
+                return examples
+    if not examples:
+        raise DataFormatError(f"{', '.join(sources)}: no preference rows found")
+    return examples
+
+
+# ----- templating and tokenization ----------------------------------------------------------------------------
+@dataclass
+class TruncationStats:
+    """How many pairs needed truncation or were dropped; printed after tokenization, never silent."""
+
+    pairs: int = 0
+    kept: int = 0
+    prompt_truncated: int = 0
+    response_truncated: int = 0
+    dropped_too_long: int = 0
+    dropped_identical: int = 0
+    marker_mismatch: int = 0
+    details: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = (
+            f"{self.pairs} pairs -> {self.kept} kept; truncated: {self.prompt_truncated} prompts (from the left), "
+            f"{self.response_truncated} responses (from the right); dropped: {self.dropped_too_long} too long, "
+            f"{self.dropped_identical} with identical chosen/rejected tokens"
+        )
+        if self.marker_mismatch:
+            text += f"; {self.marker_mismatch} prompts do not end with the response marker"
+        return text
+
+
+@dataclass
+class TokenizedPair:
+    chosen_input_ids: list[int]
+    rejected_input_ids: list[int]
+    prompt_length: int
+    margin: float | None
+    attribute_targets: list[float] | None
+    subset: str | None
+
+
+def prepare_tokenizer(tokenizer):
+    """Give a tokenizer without a pad token one (its EOS or UNK token): padding is masked anyway."""
+    if tokenizer.pad_token_id is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ValueError("the tokenizer has no pad, eos or unk token to pad with")
+        tokenizer.pad_token = fallback
+    return tokenizer
+
+
+def _as_messages(text: Text, role: str) -> list[Message]:
+    return [{"role": role, "content": text}] if isinstance(text, str) else list(text)
+
+
+def _as_plain(text: Text) -> str:
+    if isinstance(text, str):
+        return text
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in text)
+
+
+class PreferenceTokenizer:
+    """Turns (prompt, response) into token ids with an exact prompt length, under a length budget.
+
+    Args:
+        tokenizer: a `transformers` tokenizer.
+        max_length: the budget for prompt + response tokens.
+        truncation: `prompt_left` — cut responses longer than `max_length - max_prompt_length` from the right,
+            then cut the prompt from the left (keeping its leading special token and the response marker);
+            `drop` — drop pairs that do not fit. Both count what they did in `TruncationStats`.
+        max_prompt_length: tokens of prompt always kept when responses are long (default `max_length // 2`).
+        input_format: `auto` (chat template if the tokenizer has one, `pair` for encoder tokenizers with a
+            separator, else `plain`), or one of `chat`, `pair`, `plain`.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        max_length: int = 512,
+        truncation: str = "prompt_left",
+        max_prompt_length: int | None = None,
+        input_format: str = "auto",
+        is_causal: bool = True,
+    ):
+        if truncation not in TRUNCATION_POLICIES:
+            raise ValueError(f"truncation must be one of {TRUNCATION_POLICIES}, got {truncation!r}")
+        if input_format not in INPUT_FORMATS:
+            raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {input_format!r}")
+        self.tokenizer = prepare_tokenizer(tokenizer)
+        self.max_length = int(max_length)
+        self.truncation = truncation
+        self.max_prompt_length = max_prompt_length if max_prompt_length is not None else self.max_length // 2
+        if input_format == "auto":
+            if getattr(tokenizer, "chat_template", None):
+                input_format = "chat"
+            elif tokenizer.sep_token_id is not None and not is_causal:
+                input_format = "pair"
+            else:
+                input_format = "plain"
+        self.input_format = input_format
+        self.response_marker_ids = self._response_marker()
+        prefix = tokenizer.cls_token_id if input_format == "pair" else tokenizer.bos_token_id
+        adds_prefix = prefix is not None and tokenizer("a").input_ids[:1] == [prefix]
+        self.prefix_ids = [prefix] if adds_prefix and input_format != "chat" else []
+
+    @classmethod
+    def from_model_config(cls, tokenizer, config, **overrides) -> PreferenceTokenizer:
+        """The tokenizer a trained model expects, as recorded in its config at training time."""
+        kwargs = {
+            "max_length": config.max_length or 512,
+            "input_format": config.input_format or "auto",
+            "is_causal": bool(config.is_causal),
+        }
+        kwargs.update(overrides)
+        return cls(tokenizer, **kwargs)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def _response_marker(self) -> list[int] | None:
+        if self.input_format == "pair":
+            return [self.tokenizer.sep_token_id]
+        if self.input_format == "plain":
+            return self._encode(PLAIN_RESPONSE_MARKER)
+        probe = [{"role": "user", "content": "Hello"}]
+        without = self.tokenizer.apply_chat_template(probe, tokenize=False)
+        with_prompt = self.tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        suffix = with_prompt[len(without) :] if with_prompt.startswith(without) else ""
+        return self._encode(suffix) if suffix else None
+
+    def encode_parts(self, prompt: Text, response: Text) -> tuple[list[int], list[int]]:
+        """Token ids of the templated prompt (ending with the response marker) and of the response."""
+        if self.input_format == "chat":
+            messages = _as_messages(prompt, "user")
+            prompt_text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            full_text = self.tokenizer.apply_chat_template(
+                messages + _as_messages(response, "assistant"), tokenize=False
+            )
+            if full_text.startswith(prompt_text):
+                response_text = full_text[len(prompt_text) :]
+            else:  # templates that rewrite earlier turns: keep the prompt as templated, append the answer
+                response_text = _as_plain(response) + (self.tokenizer.eos_token or "")
+            return self._encode(prompt_text), self._encode(response_text)
+        prompt_ids = self.prefix_ids + self._encode(_as_plain(prompt)) + list(self.response_marker_ids or [])
+        response_ids = self._encode(_as_plain(response))
+        end = self.tokenizer.sep_token_id if self.input_format == "pair" else self.tokenizer.eos_token_id
+        if end is not None:
+            response_ids.append(end)
+        return prompt_ids, response_ids
+
+    def _cut_prompt(self, prompt_ids: list[int], budget: int) -> list[int]:
+        """Drop prompt tokens from the left, keeping the leading special token and the response marker."""
+        head = len(self.prefix_ids)
+        tail = len(self.response_marker_ids or [])
+        keep = max(budget - head - tail, 0)
+        body = prompt_ids[head : len(prompt_ids) - tail]
+        return prompt_ids[:head] + body[len(body) - keep :] + prompt_ids[len(prompt_ids) - tail :]
+
+    def _fit(
+        self, prompt_ids: list[int], responses: list[list[int]], stats: TruncationStats
+    ) -> tuple[list[int], list[list[int]]] | None:
+        """Apply the truncation policy; None means the pair is dropped."""
+        longest = max(len(r) for r in responses)
+        if len(prompt_ids) + longest <= self.max_length:
+            return prompt_ids, responses
+        if self.truncation == "drop":
+            stats.dropped_too_long += 1
+            return None
+        protected = len(self.prefix_ids) + len(self.response_marker_ids or [])
+        response_budget = self.max_length - max(min(len(prompt_ids), self.max_prompt_length), protected)
+        if longest > response_budget:
+            responses = [r[:response_budget] for r in responses]
+            stats.response_truncated += 1
+            longest = response_budget
+        if len(prompt_ids) + longest > self.max_length:
+            prompt_ids = self._cut_prompt(prompt_ids, self.max_length - longest)
+            stats.prompt_truncated += 1
+        return prompt_ids, responses
+
+    def tokenize_pairs(self, examples: Sequence[PreferenceExample]) -> tuple[list[TokenizedPair], TruncationStats]:
+        """Tokenize pairs; over-long ones are truncated or dropped by policy and counted in the stats."""
+        stats = TruncationStats(pairs=len(examples))
+        marker = self.response_marker_ids
+        out: list[TokenizedPair] = []
+        for example in examples:
+            prompt_ids, chosen_ids = self.encode_parts(example.prompt, example.chosen)
+            _, rejected_ids = self.encode_parts(example.prompt, example.rejected)
+            if marker and prompt_ids[-len(marker) :] != marker:
+                stats.marker_mismatch += 1
+            fitted = self._fit(prompt_ids, [chosen_ids, rejected_ids], stats)
+            if fitted is None:
+                continue
+            prompt_ids, (chosen_ids, rejected_ids) = fitted
+            if chosen_ids == rejected_ids:
+                stats.dropped_identical += 1
+                continue
+            out.append(
+                TokenizedPair(
+                    chosen_input_ids=prompt_ids + chosen_ids,
+                    rejected_input_ids=prompt_ids + rejected_ids,
+                    prompt_length=len(prompt_ids),
+                    margin=example.margin,
+                    attribute_targets=example.attribute_targets,
+                    subset=example.subset,
+                )
+            )
+        stats.kept = len(out)
+        return out, stats
+
+    def tokenize_single(self, prompt: Text, response: Text) -> tuple[list[int], int]:
+        """Token ids of one (prompt, response) and its prompt length; over-long inputs are always truncated."""
+        prompt_ids, response_ids = self.encode_parts(prompt, response)
+        policy, self.truncation = self.truncation, "prompt_left"
+        try:
+            prompt_ids, (response_ids,) = self._fit(prompt_ids, [response_ids], TruncationStats())
+        finally:
+            self.truncation = policy
+        return prompt_ids + response_ids, len(prompt_ids)
+
+
+# ----- batching -----------------------------------------------------------------------------------------------
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token id lists to the longest in the batch: (input_ids, attention_mask)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if side == "left":
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+        else:
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+@dataclass
+class PreferenceCollator:
+    """Pads a list of `TokenizedPair` into the tensors `VRMForSequenceClassification.forward_pairs` takes."""
+
+    pad_token_id: int
+    padding_side: str = "right"
+
+    def __call__(self, pairs: Sequence[TokenizedPair]) -> dict[str, torch.Tensor]:
+        chosen_ids, chosen_mask = pad_sequences([p.chosen_input_ids for p in pairs], self.pad_token_id, self.padding_side)
+        rejected_ids, rejected_mask = pad_sequences(
+            [p.rejected_input_ids for p in pairs], self.pad_token_id, self.padding_side
+        )
+        batch = {
+            "chosen_input_ids": chosen_ids,
+            "chosen_attention_mask": chosen_mask,
+            "rejected_input_ids": rejected_ids,
+            "rejected_attention_mask": rejected_mask,
+            "prompt_lengths": torch.tensor([p.prompt_length for p in pairs], dtype=torch.long),
+        }
+        if any(p.margin is not None for p in pairs):
+            batch["margin"] = torch.tensor([p.margin or 0.0 for p in pairs], dtype=torch.float32)
+        if any(p.attribute_targets is not None for p in pairs):
+            width = max(len(p.attribute_targets or []) for p in pairs)
+            batch["attribute_targets"] = torch.tensor(
+                [p.attribute_targets or [math.nan] * width for p in pairs], dtype=torch.float32
+            )
+        return batch

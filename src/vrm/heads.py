@@ -1,0 +1,241 @@
+"""Reward heads: one module, `LatentRewardHead`, that holds bt, ib, moe and vrm (see `vrm.config`).
+
+Given a prompt state `h_x` and a response state `h_xy` (both `[B, H]`):
+
+* objective weights `w` in the simplex `Delta^{K-1}`:
+  - `dirichlet`: `q(w | x) = Dirichlet(alpha)`, `alpha = clamp(softplus(W_a h_x + b_a) + eps)`,
+    prior `Dirichlet(alpha0 * 1)`;
+  - `softmax`:   `w = softmax(W_a h_x + b_a)` (deterministic gate, ArmoRM-style);
+  - `none`:      `w = 1/K` (K = 1 for bt / ib, so `w = 1`).
+* semantic features `z`:
+  - `gaussian`:      `q(z | x, y) = N(mu, diag sigma^2)`, `mu = W_mu h_xy`, `log sigma^2 = W_s h_xy`, prior `N(0, I)`;
+  - `deterministic`: `z = W_mu h_xy`;
+  - `identity`:      `z = h_xy`.
+* per-objective scores `s = g(z)` (linear `A z` by default), reward `r = w . s`.
+
+Inference uses the plug-in reward `E[w] . g(mu_z)`. For a linear decoder its posterior standard deviation has a
+closed form (w and z are independent under q):
+
+    Var[r] = E_w[ w^T A Sigma_z A^T w ] + s_bar^T Cov[w] s_bar,      s_bar = A mu_z,
+    E[w w^T] = Cov[w] + w_bar w_bar^T,   Cov[w] = (diag(w_bar) - w_bar w_bar^T) / (alpha_0 + 1)   (Dirichlet),
+
+so `reward_std` is exact and deterministic. With an MLP decoder it is estimated by Monte Carlo.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Dirichlet, Normal, kl_divergence
+
+from .config import VRMConfig
+
+
+@dataclass
+class HeadOutput:
+    """What the head says about each (prompt, response): all tensors have batch size B."""
+
+    reward: Tensor  # [B]      plug-in reward E[w] . g(mu_z)
+    reward_std: Tensor  # [B]  posterior standard deviation of the reward (0 for deterministic heads)
+    objective_weights: Tensor  # [B, K]  E[w]
+    objective_scores: Tensor  # [B, K]   g(mu_z)
+    features: Tensor  # [B, d]           mu_z
+
+
+@dataclass
+class PairSamples:
+    """Reparameterized samples for a batch of B preference pairs (M samples each), plus the KL terms."""
+
+    reward_chosen: Tensor  # [M, B]
+    reward_rejected: Tensor  # [M, B]
+    scores_chosen: Tensor  # [M, B, K]
+    scores_rejected: Tensor  # [M, B, K]
+    kl_weights: Tensor  # [B]  KL(q(w|x) || p(w))
+    kl_features: Tensor  # [B] KL(q(z+|x,y+) || N(0,I)) + KL(q(z-|x,y-) || N(0,I)), summed over dimensions
+    chosen: HeadOutput  # plug-in outputs, for metrics
+    rejected: HeadOutput
+
+
+def _inverse_softplus(value: float) -> float:
+    return value + math.log(-math.expm1(-value))
+
+
+class LatentRewardHead(nn.Module):
+    """The shared head of bt / ib / moe / vrm. See the module docstring for the math."""
+
+    def __init__(self, config: VRMConfig, hidden_size: int):
+        super().__init__()
+        self.config = config
+        self.num_objectives = config.num_objectives
+        self.weight_posterior = config.weight_posterior
+        self.feature_posterior = config.feature_posterior
+        self.feature_dim = hidden_size if config.feature_posterior == "identity" else config.feature_dim
+
+        self.weight_net = nn.Linear(hidden_size, self.num_objectives) if self.weight_posterior != "none" else None
+        # A deterministic projection needs no bias (it cancels in r+ - r-); a Gaussian mean keeps one (KL uses it).
+        self.feature_mean = (
+            nn.Linear(hidden_size, self.feature_dim, bias=self.feature_posterior == "gaussian")
+            if self.feature_posterior != "identity"
+            else None
+        )
+        self.feature_logvar = (
+            nn.Linear(hidden_size, self.feature_dim) if self.feature_posterior == "gaussian" else None
+        )
+        # The decoder's last layer has no bias: a per-objective offset c adds w.c to both responses of a pair,
+        # cancels in r+ - r-, and so would never be trained (the reward offset lives in `reward_mean`).
+        if config.decoder_hidden_size > 0:
+            self.decoder = nn.Sequential(
+                nn.Linear(self.feature_dim, config.decoder_hidden_size),
+                nn.GELU(),
+                nn.Linear(config.decoder_hidden_size, self.num_objectives, bias=False),
+            )
+        else:
+            self.decoder = nn.Linear(self.feature_dim, self.num_objectives, bias=False)
+        self.reset_parameters()
+
+    @property
+    def linear_decoder(self) -> bool:
+        return isinstance(self.decoder, nn.Linear)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Start at the prior: alpha = alpha0 (KL_w = 0), small feature variance, a random decoder.
+
+        Tensor methods rather than `nn.init`, which transformers patches to skip already-initialized tensors.
+        """
+        if self.weight_net is not None:
+            self.weight_net.weight.zero_()
+            if self.weight_posterior == "dirichlet":
+                start = max(self.config.prior_concentration - 1e-4, 1e-4)
+                self.weight_net.bias.fill_(_inverse_softplus(start))
+            else:
+                self.weight_net.bias.zero_()
+        for layer in (self.feature_mean, self.feature_logvar):
+            if layer is not None:
+                layer.weight.normal_(std=1.0 / math.sqrt(layer.in_features))
+                if layer.bias is not None:
+                    layer.bias.zero_()
+        if self.feature_logvar is not None:
+            self.feature_logvar.weight.mul_(0.01)
+            self.feature_logvar.bias.fill_(-2.0)
+        for module in self.decoder.modules():
+            if isinstance(module, nn.Linear):
+                # bt reads a wide hidden state (LM-head convention, std 0.02); a latent decoder reads d ~ 16 unit-scale
+                # features, where 1/sqrt(d) gives O(1) scores from the start instead of a head that barely moves.
+                std = 0.02 if self.feature_posterior == "identity" else 1.0 / math.sqrt(module.in_features)
+                module.weight.normal_(std=std)
+                if module.bias is not None:
+                    module.bias.zero_()
+
+    # ----- the two latent variables -------------------------------------------------------------------------
+    def weight_concentration(self, prompt_state: Tensor) -> Tensor:
+        """Dirichlet posterior concentrations alpha(h_x), [B, K]."""
+        raw = nn.functional.softplus(self.weight_net(prompt_state)) + 1e-4
+        return raw.clamp(self.config.concentration_min, self.config.concentration_max)
+
+    def weight_posterior_moments(self, prompt_state: Tensor) -> tuple[Tensor, Tensor | None]:
+        """E[w] [B, K] and Cov[w] [B, K, K] (None when w is deterministic)."""
+        batch = prompt_state.shape[0]
+        if self.weight_posterior == "none":
+            mean = prompt_state.new_full((batch, self.num_objectives), 1.0 / self.num_objectives)
+            return mean, None
+        if self.weight_posterior == "softmax":
+            return torch.softmax(self.weight_net(prompt_state), dim=-1), None
+        alpha = self.weight_concentration(prompt_state)
+        total = alpha.sum(-1, keepdim=True)
+        mean = alpha / total
+        cov = (torch.diag_embed(mean) - mean.unsqueeze(-1) * mean.unsqueeze(-2)) / (total.unsqueeze(-1) + 1)
+        return mean, cov
+
+    def sample_weights(self, prompt_state: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
+        """M reparameterized samples of w [M, B, K] and KL(q(w|x) || Dirichlet(alpha0 1)) [B]."""
+        if self.weight_posterior != "dirichlet":
+            mean, _ = self.weight_posterior_moments(prompt_state)
+            return mean.unsqueeze(0).expand(num_samples, -1, -1), prompt_state.new_zeros(prompt_state.shape[0])
+        alpha = self.weight_concentration(prompt_state)
+        posterior = Dirichlet(alpha)
+        prior = Dirichlet(torch.full_like(alpha, self.config.prior_concentration))
+        if self.num_objectives == 1:  # a Dirichlet over one objective is the point mass w = 1
+            return alpha.new_ones(num_samples, *alpha.shape), alpha.new_zeros(alpha.shape[0])
+        return posterior.rsample((num_samples,)), kl_divergence(posterior, prior)
+
+    def feature_posterior_moments(self, response_state: Tensor) -> tuple[Tensor, Tensor | None]:
+        """mu_z [B, d] and sigma_z^2 [B, d] (None when z is deterministic)."""
+        if self.feature_posterior == "identity":
+            return response_state, None
+        mean = self.feature_mean(response_state)
+        if self.feature_posterior == "deterministic":
+            return mean, None
+        logvar = self.feature_logvar(response_state).clamp(
+            self.config.feature_logvar_min, self.config.feature_logvar_max
+        )
+        return mean, logvar.exp()
+
+    def sample_features(self, response_state: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
+        """M reparameterized samples of z [M, B, d] and KL(q(z|x,y) || N(0, I)) summed over dimensions [B]."""
+        mean, var = self.feature_posterior_moments(response_state)
+        if var is None:
+            return mean.unsqueeze(0).expand(num_samples, -1, -1), mean.new_zeros(mean.shape[0])
+        posterior = Normal(mean, var.sqrt())
+        kl = kl_divergence(posterior, Normal(torch.zeros_like(mean), torch.ones_like(mean))).sum(-1)
+        return posterior.rsample((num_samples,)), kl
+
+    # ----- inference ------------------------------------------------------------------------------------------
+    def forward(self, prompt_state: Tensor, response_state: Tensor) -> HeadOutput:
+        """Plug-in reward and its posterior standard deviation for B (prompt, response) states."""
+        weight_mean, weight_cov = self.weight_posterior_moments(prompt_state)
+        feature_mean, feature_var = self.feature_posterior_moments(response_state)
+        scores = self.decoder(feature_mean)
+        reward = (weight_mean * scores).sum(-1)
+        if weight_cov is None and feature_var is None:
+            reward_std = torch.zeros_like(reward)
+        elif self.linear_decoder:
+            variance = torch.zeros_like(reward)
+            if feature_var is not None:
+                decoder_weight = self.decoder.weight  # A: [K, d]
+                score_cov = (decoder_weight * feature_var.unsqueeze(-2)) @ decoder_weight.T  # A Sigma A^T [B, K, K]
+                second_moment = weight_mean.unsqueeze(-1) * weight_mean.unsqueeze(-2)
+                if weight_cov is not None:
+                    second_moment = second_moment + weight_cov
+                variance = variance + (second_moment * score_cov).sum((-1, -2))
+            if weight_cov is not None:
+                variance = variance + torch.einsum("bk,bkl,bl->b", scores, weight_cov, scores)
+            reward_std = variance.clamp_min(0).sqrt()
+        else:
+            reward_std = self._monte_carlo_std(prompt_state, response_state)
+        return HeadOutput(reward, reward_std, weight_mean, scores, feature_mean)
+
+    def _monte_carlo_std(self, prompt_state: Tensor, response_state: Tensor) -> Tensor:
+        devices = [response_state.device] if response_state.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # a fixed seed keeps scoring deterministic
+            torch.manual_seed(0)
+            weights, _ = self.sample_weights(prompt_state, self.config.num_eval_samples)
+            features, _ = self.sample_features(response_state, self.config.num_eval_samples)
+        rewards = (weights * self.decoder(features)).sum(-1)
+        return rewards.std(0, unbiased=False)
+
+    # ----- training -------------------------------------------------------------------------------------------
+    def sample_pairs(
+        self, prompt_state: Tensor, chosen_state: Tensor, rejected_state: Tensor, num_samples: int
+    ) -> PairSamples:
+        """Samples for B pairs; chosen and rejected share each sample of w (they answer the same prompt)."""
+        weights, kl_weights = self.sample_weights(prompt_state, num_samples)
+        features_chosen, kl_chosen = self.sample_features(chosen_state, num_samples)
+        features_rejected, kl_rejected = self.sample_features(rejected_state, num_samples)
+        scores_chosen = self.decoder(features_chosen)
+        scores_rejected = self.decoder(features_rejected)
+        with torch.no_grad():  # plug-in outputs only feed metrics
+            chosen, rejected = self(prompt_state, chosen_state), self(prompt_state, rejected_state)
+        return PairSamples(
+            reward_chosen=(weights * scores_chosen).sum(-1),
+            reward_rejected=(weights * scores_rejected).sum(-1),
+            scores_chosen=scores_chosen,
+            scores_rejected=scores_rejected,
+            kl_weights=kl_weights,
+            kl_features=kl_chosen + kl_rejected,
+            chosen=chosen,
+            rejected=rejected,
+        )

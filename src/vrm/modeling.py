@@ -1,0 +1,305 @@
+"""`VRMForSequenceClassification`: any `transformers` backbone plus a `LatentRewardHead`.
+
+The backbone runs once over the templated sequence `x ⊕ y`:
+
+* `h_xy` — the response state: the last real token (causal backbones) or a mean/CLS pool (encoders);
+* `h_x`  — the prompt state: the hidden state at the last prompt token. A causal backbone's state there
+  depends on `x` alone, so the same pass serves both. A bidirectional encoder sees the response too, so its
+  prompt state comes from a second pass over the prompt tokens alone (once per pair, not per response).
+
+The prompt boundary comes from `prompt_lengths` (number of real tokens that belong to the prompt) or, when
+they are not given, from the last occurrence of `config.response_marker_ids` that is followed by at least
+one real token (the chat template's assistant header, or the separator of the plain format).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from transformers.utils import ModelOutput
+
+from .config import VRMConfig
+from .heads import HeadOutput, LatentRewardHead, PairSamples
+
+
+class PromptBoundaryError(ValueError):
+    """The prompt/response boundary could not be found in a row."""
+
+
+@dataclass
+class RewardModelOutput(ModelOutput):
+    """Output of `VRMForSequenceClassification.forward`.
+
+    `logits` is the (normalized) plug-in reward, shape [B, 1], as for any sequence-classification reward model.
+    """
+
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    reward_std: Tensor | None = None
+    objective_weights: Tensor | None = None
+    objective_scores: Tensor | None = None
+    features: Tensor | None = None
+
+
+def backbone_is_causal(text_config) -> bool:
+    """Infer whether an architecture attends causally: encoders are those with a masked-LM head."""
+    return text_config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def first_token_index(attention_mask: Tensor) -> Tensor:
+    """Index of the first real token of each row [B] (works for left and right padding)."""
+    return attention_mask.long().argmax(dim=1)
+
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """Index of the last real token of each row [B] (works for left and right padding)."""
+    return attention_mask.shape[1] - 1 - attention_mask.long().flip(1).argmax(dim=1)
+
+
+def find_prompt_end(
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    prompt_lengths: Tensor | None = None,
+    marker_ids: list[int] | None = None,
+) -> Tensor:
+    """Index of the last prompt token of each row [B].
+
+    With `prompt_lengths` (real prompt tokens per row) it is `first_real + prompt_length - 1`. Otherwise the
+    last occurrence of `marker_ids` that ends before the row's last real token marks the end of the prompt.
+    """
+    first = first_token_index(attention_mask)
+    if prompt_lengths is not None:
+        return first + prompt_lengths.to(first.device).long() - 1
+    if not marker_ids:
+        raise PromptBoundaryError(
+            "no prompt_lengths were given and the config has no response_marker_ids to find the prompt end; "
+            "pass prompt_lengths or tokenize with vrm.data.PreferenceTokenizer"
+        )
+    marker = torch.tensor(marker_ids, device=input_ids.device)
+    width = marker.numel()
+    if input_ids.shape[1] < width:
+        raise PromptBoundaryError("sequences are shorter than the response marker")
+    windows = input_ids.unfold(1, width, 1)  # [B, L - m + 1, m]
+    ends = torch.arange(width - 1, input_ids.shape[1], device=input_ids.device)  # window end positions
+    matches = (windows == marker).all(-1) & attention_mask[:, width - 1 :].bool()
+    matches &= ends.unsqueeze(0) < last_token_index(attention_mask).unsqueeze(1)
+    if not bool(matches.any(1).all()):
+        missing = (~matches.any(1)).nonzero().flatten().tolist()
+        raise PromptBoundaryError(
+            f"response marker {marker_ids} not found before the last token in rows {missing}; "
+            "pass prompt_lengths or format inputs with the template used at training time"
+        )
+    last_match = matches.shape[1] - 1 - matches.long().flip(1).argmax(1)
+    return ends[last_match]
+
+
+class VRMPreTrainedModel(PreTrainedModel):
+    config_class = VRMConfig
+    base_model_prefix = "backbone"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+
+    def _init_weights(self, module):
+        head = getattr(self, "head", None)
+        if head is not None and any(module is part for part in head.modules()):
+            head.reset_parameters()  # the head owns its initialization (it starts at the prior)
+        else:
+            super()._init_weights(module)
+
+
+class VRMForSequenceClassification(VRMPreTrainedModel):
+    """A reward model: `forward(input_ids, attention_mask)` returns the reward as `logits` [B, 1] plus
+    `reward_std`, `objective_weights`, `objective_scores` and `features`."""
+
+    def __init__(self, config: VRMConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        if config.is_causal is None:
+            config.is_causal = backbone_is_causal(config.text_config)
+        if config.pooling == "auto":
+            config.pooling = "last" if config.is_causal else "mean"
+        self.backbone = backbone if backbone is not None else AutoModel.from_config(config.text_config)
+        self.head = LatentRewardHead(config, config.text_config.hidden_size)
+        self._backbone_takes_position_ids = "position_ids" in inspect.signature(self.backbone.forward).parameters
+        self.post_init()
+
+    # ----- construction ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_backbone(
+        cls,
+        name_or_path: str,
+        *,
+        head_type: str = "vrm",
+        dtype: torch.dtype | str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        **config_kwargs: Any,
+    ) -> VRMForSequenceClassification:
+        """A new reward model on a pretrained backbone (a hub name or a local directory).
+
+        `backbone_kwargs` go to `AutoModel.from_pretrained` (e.g. `gguf_file`, `trust_remote_code`);
+        `config_kwargs` set `VRMConfig` fields (e.g. `num_objectives=4`, `feature_dim=16`).
+        """
+        backbone_kwargs = dict(backbone_kwargs or {})
+        if dtype is not None:
+            backbone_kwargs["dtype"] = dtype
+        backbone = AutoModel.from_pretrained(name_or_path, **backbone_kwargs)
+        config = VRMConfig(text_config=backbone.config, head_type=head_type, **config_kwargs)
+        model = cls(config, backbone=backbone)
+        model.head.to(dtype=next(backbone.parameters()).dtype)
+        return model
+
+    @classmethod
+    def from_backbone_config(cls, text_config, *, head_type: str = "vrm", **config_kwargs: Any):
+        """A new, randomly initialized reward model from a backbone config (for tests and experiments)."""
+        if isinstance(text_config, dict):
+            text_config = AutoConfig.for_model(**text_config)
+        return cls(VRMConfig(text_config=text_config, head_type=head_type, **config_kwargs))
+
+    # ----- encoding -------------------------------------------------------------------------------------------
+    def _run_backbone(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self._backbone_takes_position_ids:
+            # positions count real tokens only, so left and right padding give the same states
+            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        return self.backbone(**kwargs).last_hidden_state
+
+    def _pool(self, hidden: Tensor, attention_mask: Tensor, end_index: Tensor) -> Tensor:
+        """Read one state per row from `hidden` [B, L, H] over the real tokens up to `end_index`."""
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        if self.config.pooling == "last":
+            return hidden[rows, end_index]
+        if self.config.pooling == "cls":
+            return hidden[rows, first_token_index(attention_mask)]
+        mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def encode(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, prompt_lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Prompt states `h_x` and response states `h_xy`, each [B, H]."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        prompt_end = find_prompt_end(input_ids, attention_mask, prompt_lengths, self.config.response_marker_ids)
+        hidden = self._run_backbone(input_ids, attention_mask)
+        response_state = self._pool(hidden, attention_mask, last_token_index(attention_mask))
+        if self.config.is_causal:
+            prompt_state = hidden[torch.arange(hidden.shape[0], device=hidden.device), prompt_end]
+        else:
+            prompt_state = self._encode_prompt_alone(input_ids, attention_mask, prompt_end)
+        return prompt_state, response_state
+
+    def _encode_prompt_alone(self, input_ids: Tensor, attention_mask: Tensor, prompt_end: Tensor) -> Tensor:
+        """A bidirectional backbone's prompt state: a pass over the prompt tokens only."""
+        width = int(prompt_end.max()) + 1
+        positions = torch.arange(width, device=input_ids.device).unsqueeze(0)
+        prompt_mask = attention_mask[:, :width] * (positions <= prompt_end.unsqueeze(1)).to(attention_mask.dtype)
+        hidden = self._run_backbone(input_ids[:, :width], prompt_mask)
+        return self._pool(hidden, prompt_mask, prompt_end)
+
+    # ----- inference ------------------------------------------------------------------------------------------
+    def normalize(self, reward: Tensor) -> Tensor:
+        return (reward - self.config.reward_mean) / self.config.reward_scale
+
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        prompt_lengths: Tensor | None = None,
+        chosen_input_ids: Tensor | None = None,
+        chosen_attention_mask: Tensor | None = None,
+        rejected_input_ids: Tensor | None = None,
+        rejected_attention_mask: Tensor | None = None,
+        num_samples: int | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> RewardModelOutput | PairSamples:
+        """Score sequences (`input_ids`), or, given `chosen_*` and `rejected_*`, sample pairs for training.
+
+        The pair mode goes through `forward` (not a side method) so that DDP / FSDP / PEFT wrappers see it.
+        """
+        if chosen_input_ids is not None:
+            return self.forward_pairs(
+                chosen_input_ids,
+                chosen_attention_mask,
+                rejected_input_ids,
+                rejected_attention_mask,
+                prompt_lengths=prompt_lengths,
+                num_samples=num_samples,
+            )
+        if input_ids is None:
+            raise ValueError("forward needs input_ids (or chosen_input_ids and rejected_input_ids)")
+        prompt_state, response_state = self.encode(input_ids, attention_mask, prompt_lengths)
+        out: HeadOutput = self.head(prompt_state, response_state)
+        return RewardModelOutput(
+            logits=self.normalize(out.reward).unsqueeze(-1),
+            reward_std=out.reward_std / self.config.reward_scale,
+            objective_weights=out.objective_weights,
+            objective_scores=out.objective_scores,
+            features=out.features,
+        )
+
+    # ----- training -------------------------------------------------------------------------------------------
+    def forward_pairs(
+        self,
+        chosen_input_ids: Tensor,
+        chosen_attention_mask: Tensor,
+        rejected_input_ids: Tensor,
+        rejected_attention_mask: Tensor,
+        prompt_lengths: Tensor | None = None,
+        num_samples: int | None = None,
+    ) -> PairSamples:
+        """Chosen and rejected through the backbone in one pass; one prompt state (and one w sample) per pair."""
+        batch = chosen_input_ids.shape[0]
+        input_ids, attention_mask = _stack_padded(
+            (chosen_input_ids, chosen_attention_mask), (rejected_input_ids, rejected_attention_mask)
+        )
+        lengths = None if prompt_lengths is None else torch.cat([prompt_lengths, prompt_lengths])
+        prompt_end = find_prompt_end(input_ids, attention_mask, lengths, self.config.response_marker_ids)
+        hidden = self._run_backbone(input_ids, attention_mask)
+        response_state = self._pool(hidden, attention_mask, last_token_index(attention_mask))
+        if self.config.is_causal:
+            rows = torch.arange(batch, device=hidden.device)
+            prompt_state = hidden[rows, prompt_end[:batch]]
+        else:
+            prompt_state = self._encode_prompt_alone(input_ids[:batch], attention_mask[:batch], prompt_end[:batch])
+        return self.head.sample_pairs(
+            prompt_state,
+            response_state[:batch],
+            response_state[batch:],
+            num_samples or self.config.num_samples,
+        )
+
+
+def _stack_padded(*parts: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Concatenate (input_ids, attention_mask) batches along the batch axis, right-padding to one length."""
+    width = max(ids.shape[1] for ids, _ in parts)
+    ids_out, mask_out = [], []
+    for ids, mask in parts:
+        pad = width - ids.shape[1]
+        ids_out.append(torch.nn.functional.pad(ids, (0, pad), value=0))
+        mask_out.append(torch.nn.functional.pad(mask, (0, pad), value=0))
+    return torch.cat(ids_out), torch.cat(mask_out)
+
+
+def _register_auto_classes() -> None:
+    """Let `AutoConfig` / `AutoModelForSequenceClassification` load vrm checkpoints once vrm is imported."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        AutoConfig.register(VRMConfig.model_type, VRMConfig)
+        AutoModelForSequenceClassification.register(VRMConfig, VRMForSequenceClassification)
+    except ValueError:  # already registered (module reloaded)
+        pass
+
+
+_register_auto_classes()

@@ -1,0 +1,318 @@
+"""Training on `transformers.Trainer`: `VRMTrainer.compute_loss` is the negative ELBO of `vrm.losses`.
+
+`run_training` is what `vrm train` does: build the tokenizer and the model, read and tokenize the data (printing
+what truncation did), optionally wrap the backbone in LoRA, train (resumable from `output_dir` checkpoints),
+and write a final `save_pretrained` directory that `VRMForSequenceClassification.from_pretrained` loads back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from transformers import AutoConfig, AutoTokenizer, Trainer
+from transformers.trainer_utils import get_last_checkpoint
+
+from .config import DataArguments, ModelArguments, VRMTrainingArguments
+from .data import PreferenceCollator, PreferenceTokenizer, TokenizedPair, TruncationStats, load_preferences
+from .heads import LatentRewardHead
+from .losses import beta_factor, preference_loss
+from .modeling import VRMForSequenceClassification
+
+logger = logging.getLogger(__name__)
+
+
+class PairDataset(Dataset):
+    """A list of `TokenizedPair` as a torch dataset."""
+
+    def __init__(self, pairs: list[TokenizedPair]):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> TokenizedPair:
+        return self.pairs[index]
+
+
+class VRMTrainer(Trainer):
+    """A `Trainer` whose loss is the negative ELBO; logs nll, KL terms, betas, accuracy and reward statistics."""
+
+    args: VRMTrainingArguments
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._last_eval_metrics: dict[str, float] = {}
+
+    def create_optimizer(self, model=None):
+        """The default optimizer, with the reward head in its own parameter groups at `head_learning_rate`.
+
+        The head is trained from scratch on top of a pretrained backbone: with Adam every parameter moves about
+        `lr` per step, which at a backbone's learning rate leaves a small latent head nearly frozen.
+        """
+        optimizer = super().create_optimizer(model)
+        head_lr = self.args.head_learning_rate
+        if head_lr is None:
+            head_lr = 10.0 * self.args.learning_rate
+        head_ids = {
+            id(p) for module in (model or self.model).modules() if isinstance(module, LatentRewardHead)
+            for p in module.parameters()
+        }
+        for group in list(optimizer.param_groups):
+            head = [p for p in group["params"] if id(p) in head_ids]
+            if head and head_lr != group["lr"]:
+                group["params"] = [p for p in group["params"] if id(p) not in head_ids]
+                optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": head,
+                                           "lr": head_lr})
+        return optimizer
+
+    def current_betas(self) -> tuple[float, float]:
+        args = self.args
+        factor = beta_factor(
+            args.beta_schedule, self.state.global_step, self.state.max_steps, args.beta_warmup_ratio, args.beta_cycles
+        )
+        return args.beta_w * factor, args.beta_z * factor
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        margin = inputs.pop("margin", None)
+        attribute_targets = inputs.pop("attribute_targets", None)
+        samples = model(**inputs)  # pair mode of VRMForSequenceClassification.forward
+        beta_w, beta_z = self.current_betas()
+        out = preference_loss(
+            samples,
+            margin=margin,
+            attribute_targets=attribute_targets,
+            beta_w=beta_w,
+            beta_z=beta_z,
+            attribute_weight=self.args.attribute_weight,
+        )
+        loss = out.loss
+        if self.args.center_rewards_coefficient:
+            centre = (samples.reward_chosen + samples.reward_rejected).pow(2).mean()
+            loss = loss + self.args.center_rewards_coefficient * centre
+
+        mode = "train" if model.training else "eval"
+        rewards = torch.cat([samples.chosen.reward, samples.rejected.reward]).detach()
+        values = {
+            "accuracy": out.accuracy,
+            "nll": out.nll,
+            "kl_w": out.kl_weights,
+            "kl_z": out.kl_features,
+            "beta_w": beta_w,
+            "beta_z": beta_z,
+            "reward_mean": rewards.mean(),
+            "reward_std": rewards.std() if rewards.numel() > 1 else 0.0,
+            "margin": (samples.chosen.reward - samples.rejected.reward).mean(),
+            "reward_uncertainty": torch.cat([samples.chosen.reward_std, samples.rejected.reward_std]).mean(),
+        }
+        if attribute_targets is not None:
+            values["attribute_loss"] = out.attribute_loss
+        for name, value in values.items():
+            value = torch.as_tensor(value, device=loss.device, dtype=torch.float32).detach()
+            self._metrics[mode][name].append(float(self.accelerator.gather_for_metrics(value).mean()))
+        return (loss, samples) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """`Trainer.evaluate` plus the averaged vrm metrics (eval_accuracy, eval_nll, eval_kl_z, ...)."""
+        metrics = super().evaluate(*args, **kwargs)
+        return {**metrics, **self._last_eval_metrics}
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        averaged = {name: sum(vals) / len(vals) for name, vals in self._metrics[mode].items() if vals}
+        if mode == "eval":
+            averaged = {f"eval_{name}": value for name, value in averaged.items()}
+            self._last_eval_metrics = averaged
+        logs = {**logs, **averaged}
+        self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+
+# ----- the `vrm train` job --------------------------------------------------------------------------------------
+@dataclass
+class TrainingResult:
+    output_dir: str
+    train_stats: TruncationStats
+    eval_stats: TruncationStats | None
+    metrics: dict[str, float]
+
+
+def load_tokenizer(model_args: ModelArguments):
+    kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code}
+    if model_args.gguf_file:
+        kwargs["gguf_file"] = model_args.gguf_file
+    return AutoTokenizer.from_pretrained(model_args.model_name_or_path, **kwargs)
+
+
+def build_model(model_args: ModelArguments) -> VRMForSequenceClassification:
+    """A new reward model on the backbone, or a vrm checkpoint to continue training."""
+    backbone_kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code}
+    if model_args.gguf_file:
+        backbone_kwargs["gguf_file"] = model_args.gguf_file
+    dtype = getattr(torch, model_args.dtype)
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, **backbone_kwargs)
+    if config.model_type == "vrm":
+        return VRMForSequenceClassification.from_pretrained(model_args.model_name_or_path, dtype=dtype)
+    head_kwargs: dict[str, Any] = {
+        "num_objectives": model_args.num_objectives,
+        "objective_names": model_args.objective_names,
+        "feature_dim": model_args.feature_dim,
+        "decoder_hidden_size": model_args.decoder_hidden_size,
+        "prior_concentration": model_args.prior_concentration,
+        "num_samples": model_args.num_samples,
+        "pooling": model_args.pooling,
+    }
+    if model_args.objective_names and model_args.num_objectives is None:
+        head_kwargs["num_objectives"] = len(model_args.objective_names)
+    return VRMForSequenceClassification.from_backbone(
+        model_args.model_name_or_path,
+        head_type=model_args.head_type,
+        dtype=dtype,
+        backbone_kwargs=backbone_kwargs,
+        **head_kwargs,
+    )
+
+
+def apply_lora(model: VRMForSequenceClassification, model_args: ModelArguments):
+    """Wrap the model in LoRA adapters on the backbone; the head is trained fully and saved with the adapter."""
+    from peft import LoraConfig, get_peft_model
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    targets = model_args.lora_target_modules
+    if targets is None:
+        targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model.config.text_config.model_type)
+    if targets is None:
+        raise ValueError(
+            f"no default LoRA target modules for {model.config.text_config.model_type!r}; pass --lora_target_modules"
+        )
+    lora_config = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=list(targets),
+        modules_to_save=["head"],
+    )
+    return get_peft_model(model, lora_config)
+
+
+def save_final_model(model, tokenizer, output_dir: str, merge_lora: bool = True) -> VRMForSequenceClassification:
+    """Write the final model into `output_dir` (beside the `checkpoint-*` directories), crash-safe.
+
+    Everything is written to a staging directory first, then moved in, `config.json` last: a crash leaves the
+    previous final model or none, never a loadable half. With LoRA the adapter and head also go to `adapter/`,
+    and the saved model is the merged one (or the base model plus head, if not `merge_lora`).
+    """
+    staging = os.path.join(output_dir, ".final-staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    plain = model
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(os.path.join(staging, "adapter"))
+        plain = model.merge_and_unload() if merge_lora else model.get_base_model()
+    plain.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    names = sorted(os.listdir(staging), key=lambda name: name == "config.json")
+    for name in names:
+        target = os.path.join(output_dir, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(staging, name), target)
+    os.rmdir(staging)
+    return plain
+
+
+def resolve_resume(training_args: VRMTrainingArguments) -> str | bool | None:
+    """`--resume_from_checkpoint true|auto` resumes from the last checkpoint in output_dir, if any."""
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("false", "no", ""):
+        return None
+    if str(value).lower() in ("true", "auto", "yes"):
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if last is None:
+            logger.warning("no checkpoint in %s to resume from; starting fresh", training_args.output_dir)
+        return last
+    if not os.path.isdir(value):
+        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint directory")
+    return value
+
+
+def run_training(
+    model_args: ModelArguments, data_args: DataArguments, training_args: VRMTrainingArguments
+) -> TrainingResult:
+    if not data_args.dataset_name:
+        raise ValueError("no training data: pass --dataset_name FILE_OR_NAME [...]")
+    tokenizer = load_tokenizer(model_args)
+    model = build_model(model_args)
+    pref_tokenizer = PreferenceTokenizer(
+        tokenizer,
+        max_length=data_args.max_length,
+        truncation=data_args.truncation,
+        max_prompt_length=data_args.max_prompt_length,
+        input_format=data_args.input_format,
+        is_causal=bool(model.config.is_causal),
+    )
+    model.config.input_format = pref_tokenizer.input_format
+    model.config.response_marker_ids = pref_tokenizer.response_marker_ids
+    model.config.max_length = data_args.max_length
+    attribute_names = data_args.attribute_names or ()
+    if attribute_names and len(attribute_names) > model.config.num_objectives:
+        raise ValueError(
+            f"{len(attribute_names)} attribute_names but only {model.config.num_objectives} objectives"
+        )
+
+    def load(sources: list[str], split: str, limit: int | None, name: str):
+        examples = load_preferences(
+            sources,
+            split=split,
+            attribute_names=attribute_names,
+            objective_column=data_args.objective_column,
+            max_rows=limit,
+        )
+        pairs, stats = pref_tokenizer.tokenize_pairs(examples)
+        print(f"[vrm] {name} data: {stats.summary()}", flush=True)
+        if not pairs:
+            raise ValueError(f"no {name} pairs left after tokenization ({stats.summary()})")
+        return PairDataset(pairs), stats
+
+    train_dataset, train_stats = load(
+        data_args.dataset_name, data_args.dataset_train_split, data_args.max_train_samples, "train"
+    )
+    eval_dataset, eval_stats = None, None
+    if data_args.eval_dataset_name:
+        eval_dataset, eval_stats = load(
+            data_args.eval_dataset_name, data_args.dataset_test_split, data_args.max_eval_samples, "eval"
+        )
+
+    if model_args.use_peft:
+        model = apply_lora(model, model_args)
+        model.print_trainable_parameters()
+    collator = PreferenceCollator(pad_token_id=tokenizer.pad_token_id, padding_side="right")
+    trainer = VRMTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
+    trainer.train(resume_from_checkpoint=resolve_resume(training_args))
+    metrics: dict[str, float] = {}
+    if eval_dataset is not None:
+        metrics = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        save_final_model(trainer.model, tokenizer, training_args.output_dir, training_args.merge_lora_on_save)
+    return TrainingResult(training_args.output_dir, train_stats, eval_stats, metrics)

@@ -1,0 +1,153 @@
+"""Tiny backbones and tokenizers built in the test session: no network, no ../shared."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoModel, BertConfig, LlamaConfig, PreTrainedTokenizerFast
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+CORPUS = [
+    "What is the capital of France? The capital of France is Paris.",
+    "How do I fix a slow query? Add an index and measure again.",
+    "Tell me a joke. Why did the chicken cross the road?",
+    "Please be careful and ask a professional before you try this.",
+    "I do not know anything about that, figure it out yourself.",
+    "That sounds hard, and your feelings make complete sense.",
+    "user assistant system response prompt chosen rejected answer question",
+] * 5
+
+
+def _byte_level_tokenizer() -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    return tok
+
+
+def make_llama_tokenizer(chat: bool = True, bos: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer like a decoder LM's: BOS added by the tokenizer, optional chat template."""
+    tok = _byte_level_tokenizer()
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    if chat:
+        wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def make_bert_tokenizer() -> PreTrainedTokenizerFast:
+    """A WordPiece tokenizer like BERT's: [CLS] text [SEP]."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]"
+    )
+
+
+def llama_config(vocab_size: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+    )
+
+
+def bert_config(vocab_size: int) -> BertConfig:
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer():
+    return make_llama_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer():
+    return make_bert_tokenizer()
+
+
+def save_backbone(kind: str, directory: str) -> str:
+    """A random-initialized tiny backbone and its tokenizer saved as a local `from_pretrained` directory."""
+    torch.manual_seed(0)
+    tokenizer = make_llama_tokenizer() if kind == "llama" else make_bert_tokenizer()
+    size = len(tokenizer)
+    config = llama_config(size) if kind == "llama" else bert_config(size)
+    AutoModel.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def llama_backbone_dir(tmp_path_factory):
+    return save_backbone("llama", str(tmp_path_factory.mktemp("llama_backbone")))
+
+
+@pytest.fixture(scope="session")
+def bert_backbone_dir(tmp_path_factory):
+    return save_backbone("bert", str(tmp_path_factory.mktemp("bert_backbone")))
+
+
+PAIRS = [
+    ("How do I fix a slow query?", "Add an index and measure again.", "I do not know."),
+    ("What is the capital of France?", "The capital of France is Paris.", "Figure it out yourself."),
+    ("Tell me a joke.", "Why did the chicken cross the road?", "No."),
+    ("Is this safe to try?", "Please be careful and ask a professional.", "Just do it."),
+    ("I feel sad today.", "That sounds hard, and your feelings make sense.", "Stop complaining."),
+    ("How do I fix a slow query?", "Measure first, then add an index.", "It depends."),
+]
+
+
+def write_pairs(path: str, rows: list[dict] | None = None) -> str:
+    rows = rows or [
+        {"prompt": p, "chosen": c, "rejected": r, "subset": "a" if i % 2 else "b"} for i, (p, c, r) in enumerate(PAIRS)
+    ]
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    return write_pairs(str(tmp_path / "pairs.jsonl"))

@@ -1,0 +1,206 @@
+import gzip
+import json
+import math
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import make_bert_tokenizer, make_llama_tokenizer
+
+from vrm.data import (
+    DataFormatError,
+    PreferenceCollator,
+    PreferenceExample,
+    PreferenceTokenizer,
+    load_preferences,
+    parse_row,
+)
+
+PROMPT, CHOSEN, REJECTED = "What is the capital of France?", "Paris is the capital.", "No idea, sorry."
+
+
+def conversational(prompt=PROMPT, chosen=CHOSEN, rejected=REJECTED):
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
+
+
+FORMATS = {
+    "standard_explicit": {"prompt": PROMPT, "chosen": CHOSEN, "rejected": REJECTED},
+    "conversational_explicit": conversational(),
+    "conversational_implicit": {
+        "chosen": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": CHOSEN}],
+        "rejected": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": REJECTED}],
+    },
+    "conversational_prompt_text_responses": {"prompt": [{"role": "user", "content": PROMPT}], "chosen": CHOSEN,
+                                             "rejected": REJECTED},
+}
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_every_format_gives_the_same_batch_with_a_chat_template(name):
+    tokenizer = PreferenceTokenizer(make_llama_tokenizer(), max_length=128)
+    reference = tokenizer.tokenize_pairs([parse_row(FORMATS["standard_explicit"], "ref")])[0]
+    pairs, _ = tokenizer.tokenize_pairs([parse_row(FORMATS[name], name)])
+    collate = PreferenceCollator(pad_token_id=0)
+    expected, got = collate(reference), collate(pairs)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_standard_implicit_prompt_is_the_common_prefix():
+    example = parse_row({"chosen": f"{PROMPT} {CHOSEN}", "rejected": f"{PROMPT} {REJECTED}"}, "row")
+    assert example.prompt == PROMPT + " "
+    assert (example.chosen, example.rejected) == (CHOSEN, REJECTED)
+    tokenizer = PreferenceTokenizer(make_llama_tokenizer(chat=False), max_length=128)
+    implicit = tokenizer.tokenize_pairs([example])[0][0]
+    explicit = tokenizer.tokenize_pairs([parse_row(FORMATS["standard_explicit"], "ref")])[0][0]
+    assert implicit.prompt_length == explicit.prompt_length + 1  # the trailing space stays with the prompt
+
+
+def test_file_types_parse_to_the_same_examples(tmp_path):
+    rows = [dict(FORMATS["standard_explicit"], margin=0.5, subset="s"),
+            {"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away.", "margin": None, "subset": None}]
+    paths = []
+    with open(tmp_path / "d.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    paths.append(tmp_path / "d.jsonl")
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    paths.append(tmp_path / "d.jsonl.gz")
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    paths.append(tmp_path / "d.json")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    paths.append(tmp_path / "d.parquet")
+    reference = load_preferences(str(paths[0]))
+    assert reference[0].margin == 0.5 and reference[0].subset == "s" and reference[1].margin is None
+    for path in paths[1:]:
+        loaded = load_preferences(str(path))
+        assert [(e.prompt, e.chosen, e.rejected, e.margin, e.subset) for e in loaded] == [
+            (e.prompt, e.chosen, e.rejected, e.margin, e.subset) for e in reference
+        ], path
+
+
+def test_csv_with_message_columns(tmp_path):
+    path = tmp_path / "d.csv"
+    row = conversational()
+    path.write_text(
+        "prompt,chosen,rejected\n" + ",".join('"' + json.dumps(row[c]).replace('"', '""') + '"' for c in row) + "\n"
+    )
+    (example,) = load_preferences(str(path))
+    assert example.prompt == row["prompt"] and example.chosen == row["chosen"]
+
+
+def test_ratings_and_objective_column_become_attribute_targets():
+    row = {"prompt": "p", "chosen": "a", "rejected": "b", "help_chosen": 5, "help_rejected": 3,
+           "honesty_chosen": 2, "honesty_rejected": 2, "objective": "safety"}
+    example = parse_row(row, "r", attribute_names=["help", "honesty", "safety", "style"], objective_column="objective")
+    targets = example.attribute_targets  # help: 5 > 3; honesty: tie; safety: named by the objective column
+    assert targets[0] == 1.0 and math.isnan(targets[1]) and targets[2] == 1.0 and math.isnan(targets[3])
+    with pytest.raises(DataFormatError, match="r: 'objective' is 'tone'"):
+        parse_row(dict(row, objective="tone"), "r", attribute_names=["help"], objective_column="objective")
+
+
+def test_margin_and_targets_reach_the_batch():
+    tokenizer = PreferenceTokenizer(make_llama_tokenizer(), max_length=64)
+    examples = [
+        PreferenceExample("p one", "yes", "no", margin=1.5, attribute_targets=[1.0, math.nan]),
+        PreferenceExample("p two", "good", "bad", margin=None, attribute_targets=[0.0, 1.0]),
+    ]
+    batch = PreferenceCollator(pad_token_id=0)(tokenizer.tokenize_pairs(examples)[0])
+    assert batch["margin"].tolist() == [1.5, 0.0]
+    assert batch["attribute_targets"][0, 0] == 1 and torch.isnan(batch["attribute_targets"][0, 1])
+    assert batch["chosen_attention_mask"].sum(1).tolist() == [
+        len(p.chosen_input_ids) for p in tokenizer.tokenize_pairs(examples)[0]
+    ]
+
+
+# ----- truncation ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [make_llama_tokenizer, make_bert_tokenizer])
+def test_long_prompts_are_cut_from_the_left_and_counted(make):
+    base = make()
+    tokenizer = PreferenceTokenizer(base, max_length=40, is_causal=make is make_llama_tokenizer)
+    long_prompt = " ".join(["question"] * 60) + " final words here"
+    examples = [PreferenceExample(long_prompt, "Paris is right.", "Lyon."), PreferenceExample("short?", "yes", "no")]
+    pairs, stats = tokenizer.tokenize_pairs(examples)
+    assert (stats.pairs, stats.kept, stats.prompt_truncated, stats.response_truncated) == (2, 2, 1, 0)
+    long = pairs[0]
+    assert max(len(long.chosen_input_ids), len(long.rejected_input_ids)) <= 40
+    marker = tokenizer.response_marker_ids
+    prompt_ids = long.chosen_input_ids[: long.prompt_length]
+    assert prompt_ids[-len(marker) :] == marker  # the response marker survives truncation
+    assert prompt_ids[: len(tokenizer.prefix_ids)] == tokenizer.prefix_ids  # and the leading special token
+    body = prompt_ids[len(tokenizer.prefix_ids) : len(prompt_ids) - len(marker)]
+    full_body = base(long_prompt, add_special_tokens=False).input_ids
+    assert len(body) < len(full_body) and full_body[-len(body) :] == body  # the end of the prompt is kept
+    assert long.chosen_input_ids != long.rejected_input_ids
+
+
+def test_long_responses_are_cut_and_identical_results_dropped():
+    tokenizer = PreferenceTokenizer(make_llama_tokenizer(), max_length=30, max_prompt_length=10)
+    same_start = " ".join(["answer"] * 40)
+    examples = [
+        PreferenceExample("q?", same_start + " yes", same_start + " no"),  # identical after truncation
+        PreferenceExample("q?", "The answer is " + same_start, "Nope " + same_start),
+    ]
+    pairs, stats = tokenizer.tokenize_pairs(examples)
+    assert stats.response_truncated == 2 and stats.dropped_identical == 1 and stats.kept == 1
+    assert all(len(ids) <= 30 for ids in (pairs[0].chosen_input_ids, pairs[0].rejected_input_ids))
+    assert "1 with identical" in stats.summary()
+
+
+def test_drop_policy_counts_dropped_pairs():
+    tokenizer = PreferenceTokenizer(make_llama_tokenizer(), max_length=20, truncation="drop")
+    examples = [PreferenceExample(" ".join(["word"] * 50), "a", "b"), PreferenceExample("q?", "a", "b")]
+    pairs, stats = tokenizer.tokenize_pairs(examples)
+    assert stats.dropped_too_long == 1 and stats.kept == 1 and len(pairs) == 1
+
+
+def test_input_format_auto_detection():
+    assert PreferenceTokenizer(make_llama_tokenizer()).input_format == "chat"
+    assert PreferenceTokenizer(make_llama_tokenizer(chat=False)).input_format == "plain"
+    assert PreferenceTokenizer(make_bert_tokenizer(), is_causal=False).input_format == "pair"
+    pair = PreferenceTokenizer(make_bert_tokenizer(), is_causal=False)
+    ids, prompt_length = pair.tokenize_single("hello", "world")
+    bert = make_bert_tokenizer()
+    assert ids[0] == bert.cls_token_id and ids[prompt_length - 1] == bert.sep_token_id and ids[-1] == bert.sep_token_id
+
+
+# ----- malformed input ----------------------------------------------------------------------------------------
+def test_missing_field_names_file_line_and_field(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n"
+                    + json.dumps({"prompt": "p", "chosen": "a"}) + "\n")
+    with pytest.raises(DataFormatError, match=r"bad\.jsonl:2: missing field 'rejected'"):
+        load_preferences(str(path))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{not json}\n', r"bad\.jsonl:2: invalid JSON"),
+        ('["a", "b"]\n', r"bad\.jsonl:1: expected a JSON object"),
+        ('{"prompt": [{"role": "user"}], "chosen": "a", "rejected": "b"}\n', r":1: 'prompt'\[0\] must be a message"),
+        ('{"prompt": "p", "chosen": "a", "rejected": ["x"]}\n', r":1: 'chosen' and 'rejected' must both be"),
+        ('{"prompt": "p", "chosen": "", "rejected": "b"}\n', r":1: empty 'chosen' or 'rejected'"),
+        ('{"prompt": "p", "chosen": "a", "rejected": "b", "margin": "big"}\n', r":1: 'margin' must be a number"),
+        ("\n", r"no preference rows"),
+    ],
+)
+def test_malformed_rows_raise_clear_errors(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataFormatError, match=message):
+        load_preferences(str(path))
+
+
+def test_wrong_path_and_unknown_file_type(tmp_path):
+    with pytest.raises(DataFormatError, match="missing.jsonl: file not found"):
+        load_preferences(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "data.txt").write_text("x")
+    with pytest.raises(DataFormatError, match="unknown file type"):
+        load_preferences(str(tmp_path / "data.txt"))

@@ -1,0 +1,160 @@
+import pytest
+import torch
+from conftest import PAIRS, bert_config, llama_config, make_bert_tokenizer, make_llama_tokenizer
+from transformers import AutoModelForSequenceClassification
+
+from vrm.config import ModelArguments
+from vrm.data import PreferenceCollator, PreferenceExample, PreferenceTokenizer, pad_sequences
+from vrm.modeling import PromptBoundaryError, VRMForSequenceClassification, find_prompt_end
+from vrm.trainer import apply_lora, save_final_model
+
+SETUPS = {
+    "llama_chat": (lambda: make_llama_tokenizer(chat=True), llama_config),
+    "llama_plain": (lambda: make_llama_tokenizer(chat=False), llama_config),
+    "bert_pair": (make_bert_tokenizer, bert_config),
+}
+
+
+def build(setup: str, head_type: str = "vrm", seed: int = 0, **kwargs):
+    make_tokenizer, make_config = SETUPS[setup]
+    tokenizer = make_tokenizer()
+    torch.manual_seed(seed)
+    model = VRMForSequenceClassification.from_backbone_config(
+        make_config(len(tokenizer)), head_type=head_type, **kwargs
+    ).eval()
+    pref = PreferenceTokenizer(tokenizer, max_length=64, is_causal=model.config.is_causal)
+    model.config.response_marker_ids = pref.response_marker_ids
+    model.config.input_format = pref.input_format
+    model.config.max_length = 64
+    with torch.no_grad():  # leave the prior-matching init so every output depends on its inputs
+        for param in model.head.parameters():
+            param.add_(torch.randn_like(param) * 0.2)
+    return model, tokenizer, pref
+
+
+def single_inputs(pref: PreferenceTokenizer):
+    encoded = [pref.tokenize_single(p, r) for p, r, _ in PAIRS] + [pref.tokenize_single(p, r) for p, _, r in PAIRS]
+    return [ids for ids, _ in encoded], torch.tensor([n for _, n in encoded])
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_prompt_boundary_found_from_the_marker(setup, side):
+    model, tokenizer, pref = build(setup)
+    sequences, prompt_lengths = single_inputs(pref)
+    ids, mask = pad_sequences(sequences, tokenizer.pad_token_id, side)
+    found = find_prompt_end(ids, mask, marker_ids=model.config.response_marker_ids)
+    expected = find_prompt_end(ids, mask, prompt_lengths=prompt_lengths)
+    assert torch.equal(found, expected)
+    # the boundary token is the last token of the marker, and the next one starts the response
+    marker = model.config.response_marker_ids
+    for row in range(ids.shape[0]):
+        end = int(found[row])
+        assert ids[row, end - len(marker) + 1 : end + 1].tolist() == marker
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_rewards_do_not_depend_on_padding_side_or_explicit_lengths(setup):
+    model, tokenizer, pref = build(setup)
+    sequences, prompt_lengths = single_inputs(pref)
+    outputs = []
+    with torch.no_grad():
+        for side in ("right", "left"):
+            ids, mask = pad_sequences(sequences, tokenizer.pad_token_id, side)
+            outputs.append(model(input_ids=ids, attention_mask=mask, prompt_lengths=prompt_lengths))
+            outputs.append(model(input_ids=ids, attention_mask=mask))  # boundary from the marker
+        unpadded = torch.cat([model(input_ids=torch.tensor([s])).logits for s in sequences])
+    for out in outputs[1:]:
+        assert torch.allclose(out.logits, outputs[0].logits, atol=1e-5)
+        assert torch.allclose(out.objective_weights, outputs[0].objective_weights, atol=1e-5)
+        assert torch.allclose(out.reward_std, outputs[0].reward_std, atol=1e-5)
+    assert torch.allclose(unpadded, outputs[0].logits, atol=1e-5)
+    # the prompt state really is the prompt's: same prompt -> same objective weights for both responses
+    n = len(PAIRS)
+    assert torch.allclose(outputs[0].objective_weights[:n], outputs[0].objective_weights[n:], atol=1e-5)
+    assert not torch.allclose(outputs[0].objective_weights[0], outputs[0].objective_weights[1], atol=1e-4)
+
+
+def test_missing_marker_is_a_clear_error():
+    model, tokenizer, _ = build("llama_chat")
+    ids = torch.tensor([tokenizer("no template here").input_ids])
+    with pytest.raises(PromptBoundaryError, match="response marker .* not found"):
+        model(input_ids=ids)
+    model.config.response_marker_ids = None
+    with pytest.raises(PromptBoundaryError, match="no prompt_lengths"):
+        model(input_ids=ids)
+
+
+@pytest.mark.parametrize("setup", ["llama_chat", "bert_pair"])
+def test_pair_forward_matches_single_forward(setup):
+    model, tokenizer, pref = build(setup)
+    examples = [PreferenceExample(p, c, r) for p, c, r in PAIRS]
+    batch = PreferenceCollator(tokenizer.pad_token_id)(pref.tokenize_pairs(examples)[0])
+    sequences, prompt_lengths = single_inputs(pref)
+    ids, mask = pad_sequences(sequences, tokenizer.pad_token_id)
+    with torch.no_grad():
+        samples = model(**batch)
+        single = model(input_ids=ids, attention_mask=mask, prompt_lengths=prompt_lengths)
+    n = len(PAIRS)
+    assert torch.allclose(samples.chosen.reward, single.logits[:n, 0], atol=1e-5)
+    assert torch.allclose(samples.rejected.reward, single.logits[n:, 0], atol=1e-5)
+    assert samples.reward_chosen.shape == (model.config.num_samples, n)
+
+
+@pytest.mark.parametrize("setup", ["llama_chat", "bert_pair"])
+@pytest.mark.parametrize("head_type", ["bt", "vrm"])
+def test_save_and_load_give_identical_rewards(tmp_path, setup, head_type):
+    model, tokenizer, pref = build(setup, head_type)
+    sequences, _ = single_inputs(pref)
+    ids, mask = pad_sequences(sequences, tokenizer.pad_token_id)
+    model.save_pretrained(tmp_path)
+    loaded = VRMForSequenceClassification.from_pretrained(tmp_path).eval()
+    auto = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert isinstance(auto, VRMForSequenceClassification)
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask)
+        for other in (loaded, auto):
+            after = other(input_ids=ids, attention_mask=mask)  # boundary from the saved marker
+            assert torch.equal(before.logits, after.logits)
+            assert torch.equal(before.reward_std, after.reward_std)
+    assert loaded.config.response_marker_ids == model.config.response_marker_ids
+    assert loaded.config.is_causal == model.config.is_causal
+
+
+@pytest.mark.parametrize("setup", ["llama_chat", "bert_pair"])
+def test_lora_merged_and_adapter_checkpoints_give_identical_rewards(tmp_path, setup):
+    from peft import PeftModel
+
+    model, tokenizer, pref = build(setup)
+    base_dir = tmp_path / "base"
+    model.save_pretrained(base_dir)
+    peft_model = apply_lora(model, ModelArguments(model_name_or_path="unused", lora_r=4))
+    with torch.no_grad():  # as if trained: non-zero LoRA B matrices and a changed head
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or ("head" in name and param.requires_grad):
+                param.add_(torch.randn_like(param) * 0.1)
+    peft_model.eval()
+    sequences, _ = single_inputs(pref)
+    ids, mask = pad_sequences(sequences, tokenizer.pad_token_id)
+    with torch.no_grad():
+        trained = peft_model(input_ids=ids, attention_mask=mask).logits
+        base = VRMForSequenceClassification.from_pretrained(base_dir).eval()
+        assert not torch.allclose(base(input_ids=ids, attention_mask=mask).logits, trained, atol=1e-4)
+        out_dir = tmp_path / "out"
+        save_final_model(peft_model, tokenizer, str(out_dir))
+        merged = VRMForSequenceClassification.from_pretrained(out_dir).eval()
+        assert torch.allclose(merged(input_ids=ids, attention_mask=mask).logits, trained, atol=1e-5)
+        adapter = PeftModel.from_pretrained(base, out_dir / "adapter").eval()
+        assert torch.allclose(adapter(input_ids=ids, attention_mask=mask).logits, trained, atol=1e-5)
+
+
+def test_reward_normalization_is_applied():
+    model, tokenizer, pref = build("llama_chat")
+    sequences, _ = single_inputs(pref)
+    ids, mask = pad_sequences(sequences, tokenizer.pad_token_id)
+    with torch.no_grad():
+        raw = model(input_ids=ids, attention_mask=mask)
+        model.config.reward_mean, model.config.reward_scale = 0.5, 2.0
+        normalized = model(input_ids=ids, attention_mask=mask)
+    assert torch.allclose(normalized.logits, (raw.logits - 0.5) / 2.0)
+    assert torch.allclose(normalized.reward_std, raw.reward_std / 2.0)

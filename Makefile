@@ -28,7 +28,7 @@ quickstart: $(VENV)/.minilm
 	HF_HUB_OFFLINE=1 $(BIN)/python examples/quickstart.py
 
 test: $(VENV)/.dev
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests examples benchmarks

@@ -65,7 +65,13 @@ def weight_tracking(learned: dict[str, list[float]], true: dict[str, list[float]
         t: max(range(k_true), key=aligned[t].__getitem__) == max(range(k_true), key=true[t].__getitem__)
         for t in types
     }
-    return {"permutation": list(best_perm), "aligned": aligned, "true": true, "mae": mae, "top_objective_match": top_match}
+    return {
+        "permutation": list(best_perm),
+        "aligned": aligned,
+        "true": true,
+        "mae": mae,
+        "top_objective_match": top_match,
+    }
 
 
 def uniform_mae(true: dict[str, list[float]]) -> float:
@@ -73,24 +79,27 @@ def uniform_mae(true: dict[str, list[float]]) -> float:
     return sum(values) / len(values)
 
 
-def train_and_evaluate(head: str, seed: int, data: dict[str, str], truth: dict, args, output_dir: str) -> dict:
-    argv = [
-        "--model_name_or_path", minilm_path(),
-        "--dataset_name", data["train"],
-        "--max_length", "128",
-        "--max_steps", str(args.max_steps),
-        "--per_device_train_batch_size", str(args.batch_size),
-        "--learning_rate", str(args.learning_rate),
-        "--head_learning_rate", str(args.head_learning_rate),
-        "--lr_scheduler_type", "constant_with_warmup",
-        "--warmup_steps", "10",
-        "--logging_steps", "20",
-        "--save_strategy", "no",
-        "--seed", str(seed),
-        "--disable_tqdm", "true",
-        "--head_type", head.split("_")[0],
-        "--output_dir", output_dir,
-    ]
+def train_and_evaluate(
+    head: str, seed: int, data: dict[str, str], truth: dict, args, output_dir: str
+) -> dict:
+    flags = {
+        "model_name_or_path": minilm_path(),
+        "dataset_name": data["train"],
+        "max_length": 128,
+        "max_steps": args.max_steps,
+        "per_device_train_batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "head_learning_rate": args.head_learning_rate,
+        "lr_scheduler_type": "constant_with_warmup",
+        "warmup_steps": 10,
+        "logging_steps": 20,
+        "save_strategy": "no",
+        "seed": seed,
+        "disable_tqdm": "true",
+        "head_type": head.split("_")[0],
+        "output_dir": output_dir,
+    }
+    argv = [item for key, value in flags.items() for item in (f"--{key}", str(value))]
     if head in MULTI_OBJECTIVE:
         argv += ["--num_objectives", "3", "--objective_names", *OBJECTIVES]
     if head in RATED:
@@ -132,10 +141,15 @@ def length_rule_accuracy(path: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output_dir", default="runs/quickstart")
     parser.add_argument(
-        "--heads", nargs="+", default=["bt", "vrm"], choices=["bt", "ib", "moe", "vrm", "vrm_noratings"],
+        "--heads",
+        nargs="+",
+        default=["bt", "vrm"],
+        choices=["bt", "ib", "moe", "vrm", "vrm_noratings"],
         help="Heads to train; vrm_noratings is vrm without the attribute supervision.",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -145,7 +159,9 @@ def main() -> None:
     parser.add_argument("--head_learning_rate", type=float, default=1e-3)
     parser.add_argument("--train_pairs", type=int, default=2000)
     parser.add_argument("--test_pairs", type=int, default=240)
-    parser.add_argument("--results_json", default=None, help="Also write the summary here (e.g. benchmarks/results).")
+    parser.add_argument(
+        "--results_json", default=None, help="Also write the summary here (e.g. benchmarks/results)."
+    )
     args = parser.parse_args()
 
     started = time.time()
@@ -165,8 +181,10 @@ def main() -> None:
             output_dir = os.path.join(args.output_dir, f"{head}-seed{seed}")
             runs[head].append(train_and_evaluate(head, seed, data, truth, args, output_dir))
 
-    print(f"\n=== quickstart: synthetic preference world — MiniLM, {args.max_steps} steps × {args.batch_size} pairs, "
-          f"seeds {args.seeds} ===")
+    print(
+        f"\n=== quickstart: synthetic preference world — MiniLM, {args.max_steps} steps × {args.batch_size} pairs, "
+        f"seeds {args.seeds} ==="
+    )
     print(f"{'model':<14} {'acc test_iid':>16} {'acc test_shifted':>18} {'reward_std':>12} {'train s':>8}")
     for head, results in runs.items():
         print(
@@ -175,18 +193,28 @@ def main() -> None:
             f"{mean_std([r['mean_reward_std'] for r in results]):>12} "
             f"{statistics.mean(r['train_seconds'] for r in results):>8.0f}"
         )
-    print(f"{'longer wins':<14} {mean_std(length_rule['test_iid']):>16} {mean_std(length_rule['test_shifted']):>18}")
+    print(
+        f"{'longer wins':<14} {mean_std(length_rule['test_iid']):>16} {mean_std(length_rule['test_shifted']):>18}"
+    )
     for head in (h for h in args.heads if h in MULTI_OBJECTIVE):
         tracking = runs[head][0]["weight_tracking"]
         maes = [r["weight_tracking"]["mae"] for r in runs[head]]
-        print(f"\n{head} objective weights E[w] per prompt type, seed {args.seeds[0]} "
-              f"(learned vs true; {', '.join(OBJECTIVES)})")
+        print(
+            f"\n{head} objective weights E[w] per prompt type, seed {args.seeds[0]} "
+            f"(learned vs true; {', '.join(OBJECTIVES)})"
+        )
         for prompt_type in sorted(tracking["true"]):
             learned = " ".join(f"{v:.2f}" for v in tracking["aligned"][prompt_type])
             true = " ".join(f"{v:.2f}" for v in tracking["true"][prompt_type])
-            mark = "top objective right" if tracking["top_objective_match"][prompt_type] else "top objective wrong"
+            mark = (
+                "top objective right"
+                if tracking["top_objective_match"][prompt_type]
+                else "top objective wrong"
+            )
             print(f"  {prompt_type:<10} learned [{learned}]  true [{true}]  {mark}")
-        print(f"  mean absolute error of E[w]: {mean_std(maes)} (uniform weights: {uniform_mae(truth['weights']):.3f})")
+        print(
+            f"  mean absolute error of E[w]: {mean_std(maes)} (uniform weights: {uniform_mae(truth['weights']):.3f})"
+        )
 
     summary = {
         "command": "python " + shlex.join(sys.argv),

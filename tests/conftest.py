@@ -49,7 +49,9 @@ def make_llama_tokenizer(chat: bool = True, bos: bool = True) -> PreTrainedToken
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
         )
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
     if chat:
         wrapped.chat_template = CHAT_TEMPLATE
     return wrapped
@@ -140,7 +142,8 @@ PAIRS = [
 
 def write_pairs(path: str, rows: list[dict] | None = None) -> str:
     rows = rows or [
-        {"prompt": p, "chosen": c, "rejected": r, "subset": "a" if i % 2 else "b"} for i, (p, c, r) in enumerate(PAIRS)
+        {"prompt": p, "chosen": c, "rejected": r, "subset": "a" if i % 2 else "b"}
+        for i, (p, c, r) in enumerate(PAIRS)
     ]
     with open(path, "w", encoding="utf-8") as handle:
         for row in rows:

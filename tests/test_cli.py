@@ -13,36 +13,40 @@ from vrm.data import PreferenceTokenizer, pad_sequences
 from vrm.modeling import VRMForSequenceClassification
 
 
-def train_argv(backbone: str, data: str, output: str, *extra: str) -> list[str]:
-    return [
-        "--model_name_or_path", backbone,
-        "--dataset_name", data,
-        "--output_dir", output,
-        "--max_steps", "4",
-        "--per_device_train_batch_size", "3",
-        "--learning_rate", "1e-3",
-        "--max_length", "64",
-        "--logging_steps", "2",
-        "--save_strategy", "no",
-        "--disable_tqdm", "true",
-        "--num_objectives", "2",
-        "--feature_dim", "4",
-        *extra,
-    ]
+def train_argv(backbone: str, data: str, output: str, **overrides) -> list[str]:
+    flags = {
+        "model_name_or_path": backbone,
+        "dataset_name": data,
+        "output_dir": output,
+        "max_steps": 4,
+        "per_device_train_batch_size": 3,
+        "learning_rate": 1e-3,
+        "max_length": 64,
+        "logging_steps": 2,
+        "save_strategy": "no",
+        "disable_tqdm": "true",
+        "num_objectives": 2,
+        "feature_dim": 4,
+        **overrides,
+    }
+    return [item for key, value in flags.items() for item in (f"--{key}", str(value))]
 
 
 @pytest.mark.parametrize("backbone_fixture", ["llama_backbone_dir", "bert_backbone_dir"])
 def test_train_then_eval_end_to_end(request, tmp_path, pairs_file, capsys, backbone_fixture):
     backbone = request.getfixturevalue(backbone_fixture)
     output = str(tmp_path / "run")
-    assert main(["train", *train_argv(backbone, pairs_file, output, "--eval_dataset_name", pairs_file)]) == 0
+    assert main(["train", *train_argv(backbone, pairs_file, output, eval_dataset_name=pairs_file)]) == 0
     printed = capsys.readouterr().out
     assert "train data: 6 pairs -> 6 kept" in printed and "eval_accuracy" in printed
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert os.path.exists(os.path.join(output, name)), name
 
     report_path = str(tmp_path / "report.json")
-    assert main(["eval", "--model", output, "--dataset", pairs_file, "--output", report_path, "--no_progress"]) == 0
+    assert (
+        main(["eval", "--model", output, "--dataset", pairs_file, "--output", report_path, "--no_progress"])
+        == 0
+    )
     table = capsys.readouterr().out
     assert "accuracy" in table and "pairs.jsonl" in table
     with open(report_path) as handle:
@@ -67,12 +71,21 @@ def test_train_then_eval_end_to_end(request, tmp_path, pairs_file, capsys, backb
 
 def test_training_learns_a_separable_preference(tmp_path, llama_backbone_dir):
     """Chosen answers say 'yes', rejected say 'no': a few dozen steps must fit it (loss falls, accuracy 1)."""
-    rows = [{"prompt": f"question {i}?", "chosen": "yes " * (1 + i % 3), "rejected": "no " * (1 + i % 2)}
-            for i in range(12)]
+    rows = [
+        {"prompt": f"question {i}?", "chosen": "yes " * (1 + i % 3), "rejected": "no " * (1 + i % 2)}
+        for i in range(12)
+    ]
     data = write_pairs(str(tmp_path / "sep.jsonl"), rows)
     output = str(tmp_path / "run")
-    argv = train_argv(llama_backbone_dir, data, output, "--max_steps", "30", "--per_device_train_batch_size", "6",
-                      "--learning_rate", "3e-3", "--head_type", "bt")
+    argv = train_argv(
+        llama_backbone_dir,
+        data,
+        output,
+        max_steps=20,
+        per_device_train_batch_size=6,
+        learning_rate=3e-3,
+        head_type="bt",
+    )
     assert main(["train", *argv]) == 0
     report_path = str(tmp_path / "r.json")
     main(["eval", "--model", output, "--dataset", data, "--output", report_path, "--no_progress"])
@@ -82,10 +95,18 @@ def test_training_learns_a_separable_preference(tmp_path, llama_backbone_dir):
 
 def test_yaml_config_with_flag_overrides(tmp_path, pairs_file, llama_backbone_dir):
     config = tmp_path / "cfg.yaml"
-    config.write_text(yaml.safe_dump({
-        "model_name_or_path": llama_backbone_dir, "dataset_name": [pairs_file], "head_type": "moe",
-        "beta_z": 0.5, "max_steps": 3, "output_dir": str(tmp_path / "out"),
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": llama_backbone_dir,
+                "dataset_name": [pairs_file],
+                "head_type": "moe",
+                "beta_z": 0.5,
+                "max_steps": 3,
+                "output_dir": str(tmp_path / "out"),
+            }
+        )
+    )
     model_args, data_args, training_args = parse_train_args(["--config", str(config), "--beta_z", "0.25"])
     assert model_args.head_type == "moe" and data_args.dataset_name == [pairs_file]
     assert training_args.beta_z == 0.25 and training_args.max_steps == 3
@@ -97,12 +118,19 @@ def test_yaml_config_with_flag_overrides(tmp_path, pairs_file, llama_backbone_di
 
 def test_resume_from_checkpoint_continues_the_run(tmp_path, pairs_file, llama_backbone_dir, capsys):
     output = str(tmp_path / "run")
-    argv = train_argv(llama_backbone_dir, pairs_file, output, "--save_strategy", "steps", "--save_steps", "2")
+    argv = train_argv(llama_backbone_dir, pairs_file, output, save_strategy="steps", save_steps=2)
     assert main(["train", *argv]) == 0
     assert os.path.isdir(os.path.join(output, "checkpoint-4"))
     capsys.readouterr()
-    argv = train_argv(llama_backbone_dir, pairs_file, output, "--max_steps", "6", "--save_strategy", "steps",
-                      "--save_steps", "2", "--resume_from_checkpoint", "true")
+    argv = train_argv(
+        llama_backbone_dir,
+        pairs_file,
+        output,
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=2,
+        resume_from_checkpoint="true",
+    )
     assert main(["train", *argv]) == 0
     with open(os.path.join(output, "checkpoint-6", "trainer_state.json")) as handle:
         state = json.load(handle)

@@ -35,8 +35,11 @@ FORMATS = {
         "chosen": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": CHOSEN}],
         "rejected": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": REJECTED}],
     },
-    "conversational_prompt_text_responses": {"prompt": [{"role": "user", "content": PROMPT}], "chosen": CHOSEN,
-                                             "rejected": REJECTED},
+    "conversational_prompt_text_responses": {
+        "prompt": [{"role": "user", "content": PROMPT}],
+        "chosen": CHOSEN,
+        "rejected": REJECTED,
+    },
 }
 
 
@@ -63,8 +66,10 @@ def test_standard_implicit_prompt_is_the_common_prefix():
 
 
 def test_file_types_parse_to_the_same_examples(tmp_path):
-    rows = [dict(FORMATS["standard_explicit"], margin=0.5, subset="s"),
-            {"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away.", "margin": None, "subset": None}]
+    rows = [
+        dict(FORMATS["standard_explicit"], margin=0.5, subset="s"),
+        {"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away.", "margin": None, "subset": None},
+    ]
     paths = []
     with open(tmp_path / "d.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -89,16 +94,28 @@ def test_csv_with_message_columns(tmp_path):
     path = tmp_path / "d.csv"
     row = conversational()
     path.write_text(
-        "prompt,chosen,rejected\n" + ",".join('"' + json.dumps(row[c]).replace('"', '""') + '"' for c in row) + "\n"
+        "prompt,chosen,rejected\n"
+        + ",".join('"' + json.dumps(row[c]).replace('"', '""') + '"' for c in row)
+        + "\n"
     )
     (example,) = load_preferences(str(path))
     assert example.prompt == row["prompt"] and example.chosen == row["chosen"]
 
 
 def test_ratings_and_objective_column_become_attribute_targets():
-    row = {"prompt": "p", "chosen": "a", "rejected": "b", "help_chosen": 5, "help_rejected": 3,
-           "honesty_chosen": 2, "honesty_rejected": 2, "objective": "safety"}
-    example = parse_row(row, "r", attribute_names=["help", "honesty", "safety", "style"], objective_column="objective")
+    row = {
+        "prompt": "p",
+        "chosen": "a",
+        "rejected": "b",
+        "help_chosen": 5,
+        "help_rejected": 3,
+        "honesty_chosen": 2,
+        "honesty_rejected": 2,
+        "objective": "safety",
+    }
+    example = parse_row(
+        row, "r", attribute_names=["help", "honesty", "safety", "style"], objective_column="objective"
+    )
     targets = example.attribute_targets  # help: 5 > 3; honesty: tie; safety: named by the objective column
     assert targets[0] == 1.0 and math.isnan(targets[1]) and targets[2] == 1.0 and math.isnan(targets[3])
     with pytest.raises(DataFormatError, match="r: 'objective' is 'tone'"):
@@ -125,7 +142,10 @@ def test_long_prompts_are_cut_from_the_left_and_counted(make):
     base = make()
     tokenizer = PreferenceTokenizer(base, max_length=40, is_causal=make is make_llama_tokenizer)
     long_prompt = " ".join(["question"] * 60) + " final words here"
-    examples = [PreferenceExample(long_prompt, "Paris is right.", "Lyon."), PreferenceExample("short?", "yes", "no")]
+    examples = [
+        PreferenceExample(long_prompt, "Paris is right.", "Lyon."),
+        PreferenceExample("short?", "yes", "no"),
+    ]
     pairs, stats = tokenizer.tokenize_pairs(examples)
     assert (stats.pairs, stats.kept, stats.prompt_truncated, stats.response_truncated) == (2, 2, 1, 0)
     long = pairs[0]
@@ -134,9 +154,9 @@ def test_long_prompts_are_cut_from_the_left_and_counted(make):
     prompt_ids = long.chosen_input_ids[: long.prompt_length]
     assert prompt_ids[-len(marker) :] == marker  # the response marker survives truncation
     assert prompt_ids[: len(tokenizer.prefix_ids)] == tokenizer.prefix_ids  # and the leading special token
-    body = prompt_ids[len(tokenizer.prefix_ids) : len(prompt_ids) - len(marker)]
-    full_body = base(long_prompt, add_special_tokens=False).input_ids
-    assert len(body) < len(full_body) and full_body[-len(body) :] == body  # the end of the prompt is kept
+    full_prompt_ids, _ = tokenizer.encode_parts(long_prompt, "x")
+    kept = prompt_ids[len(tokenizer.prefix_ids) :]
+    assert len(prompt_ids) < len(full_prompt_ids) and full_prompt_ids[-len(kept) :] == kept  # the end is kept
     assert long.chosen_input_ids != long.rejected_input_ids
 
 
@@ -167,14 +187,22 @@ def test_input_format_auto_detection():
     pair = PreferenceTokenizer(make_bert_tokenizer(), is_causal=False)
     ids, prompt_length = pair.tokenize_single("hello", "world")
     bert = make_bert_tokenizer()
-    assert ids[0] == bert.cls_token_id and ids[prompt_length - 1] == bert.sep_token_id and ids[-1] == bert.sep_token_id
+    assert (
+        ids[0] == bert.cls_token_id
+        and ids[prompt_length - 1] == bert.sep_token_id
+        and ids[-1] == bert.sep_token_id
+    )
 
 
 # ----- malformed input ----------------------------------------------------------------------------------------
 def test_missing_field_names_file_line_and_field(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n"
-                    + json.dumps({"prompt": "p", "chosen": "a"}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})
+        + "\n"
+        + json.dumps({"prompt": "p", "chosen": "a"})
+        + "\n"
+    )
     with pytest.raises(DataFormatError, match=r"bad\.jsonl:2: missing field 'rejected'"):
         load_preferences(str(path))
 
@@ -184,10 +212,16 @@ def test_missing_field_names_file_line_and_field(tmp_path):
     [
         ('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{not json}\n', r"bad\.jsonl:2: invalid JSON"),
         ('["a", "b"]\n', r"bad\.jsonl:1: expected a JSON object"),
-        ('{"prompt": [{"role": "user"}], "chosen": "a", "rejected": "b"}\n', r":1: 'prompt'\[0\] must be a message"),
+        (
+            '{"prompt": [{"role": "user"}], "chosen": "a", "rejected": "b"}\n',
+            r":1: 'prompt'\[0\] must be a message",
+        ),
         ('{"prompt": "p", "chosen": "a", "rejected": ["x"]}\n', r":1: 'chosen' and 'rejected' must both be"),
         ('{"prompt": "p", "chosen": "", "rejected": "b"}\n', r":1: empty 'chosen' or 'rejected'"),
-        ('{"prompt": "p", "chosen": "a", "rejected": "b", "margin": "big"}\n', r":1: 'margin' must be a number"),
+        (
+            '{"prompt": "p", "chosen": "a", "rejected": "b", "margin": "big"}\n',
+            r":1: 'margin' must be a number",
+        ),
         ("\n", r"no preference rows"),
     ],
 )

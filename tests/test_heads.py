@@ -12,7 +12,9 @@ HIDDEN = 32
 
 
 def make_head(head_type: str = "vrm", **kwargs) -> LatentRewardHead:
-    config = VRMConfig(text_config={"model_type": "llama", "hidden_size": HIDDEN}, head_type=head_type, **kwargs)
+    config = VRMConfig(
+        text_config={"model_type": "llama", "hidden_size": HIDDEN}, head_type=head_type, **kwargs
+    )
     return LatentRewardHead(config, HIDDEN)
 
 
@@ -48,7 +50,9 @@ def test_kl_terms_match_monte_carlo():
     head = randomize(make_head("vrm", num_objectives=3, feature_dim=4, prior_concentration=1.5), scale=0.1)
     prompt_state, response_state = torch.randn(2, HIDDEN), torch.randn(2, HIDDEN)
     alpha = head.weight_concentration(prompt_state)
-    assert alpha.min() > 0.3 and alpha.max() < 5 and (alpha - 1.5).abs().max() > 0.2  # a moderate, non-prior q
+    assert (
+        alpha.min() > 0.3 and alpha.max() < 5 and (alpha - 1.5).abs().max() > 0.2
+    )  # a moderate, non-prior q
     samples = 200_000
 
     weights, kl_w = head.sample_weights(prompt_state, samples)

@@ -33,7 +33,9 @@ def build(setup: str, head_type: str = "vrm", seed: int = 0, **kwargs):
 
 
 def single_inputs(pref: PreferenceTokenizer):
-    encoded = [pref.tokenize_single(p, r) for p, r, _ in PAIRS] + [pref.tokenize_single(p, r) for p, _, r in PAIRS]
+    encoded = [pref.tokenize_single(p, r) for p, r, _ in PAIRS] + [
+        pref.tokenize_single(p, r) for p, _, r in PAIRS
+    ]
     return [ids for ids, _ in encoded], torch.tensor([n for _, n in encoded])
 
 

@@ -1,8 +1,8 @@
 """The `vrm` command: `vrm train`, `vrm eval`, `vrm synth`.
 
-    vrm train --config cfg.yaml [--key value ...]     # flags override the YAML; names as in `trl reward`
-    vrm eval --model DIR --dataset FILE [FILE ...] [--output report.json]
-    vrm synth --output_dir DIR                          # write the synthetic preference world (quickstart data)
+vrm train --config cfg.yaml [--key value ...]     # flags override the YAML; names as in `trl reward`
+vrm eval --model DIR --dataset FILE [FILE ...] [--output report.json]
+vrm synth --output_dir DIR                          # write the synthetic preference world (quickstart data)
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ def cmd_eval(argv: Sequence[str]) -> int:
     parser.add_argument("--split", default="test", help="Split of a datasets name.")
     parser.add_argument("--output", default=None, help="Write the JSON report here.")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--max_rows", type=int, default=None, help="Evaluate at most this many rows per dataset.")
+    parser.add_argument(
+        "--max_rows", type=int, default=None, help="Evaluate at most this many rows per dataset."
+    )
     parser.add_argument("--max_length", type=int, default=None, help="Override the training max_length.")
     parser.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
     args = parser.parse_args(argv)

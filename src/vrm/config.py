@@ -108,7 +108,9 @@ class VRMConfig(PretrainedConfig):
             if getattr(self, key) is None:
                 setattr(self, key, value)
         if self.weight_posterior not in WEIGHT_POSTERIORS:
-            raise ValueError(f"weight_posterior must be one of {WEIGHT_POSTERIORS}, got {self.weight_posterior!r}")
+            raise ValueError(
+                f"weight_posterior must be one of {WEIGHT_POSTERIORS}, got {self.weight_posterior!r}"
+            )
         if self.feature_posterior not in FEATURE_POSTERIORS:
             raise ValueError(
                 f"feature_posterior must be one of {FEATURE_POSTERIORS}, got {self.feature_posterior!r}"
@@ -140,7 +142,9 @@ class ModelArguments:
 
     model_name_or_path: str = field(metadata={"help": "Backbone: a hub name or a local directory."})
     head_type: str = field(default="vrm", metadata={"help": f"One of {HEAD_TYPES}."})
-    num_objectives: int | None = field(default=None, metadata={"help": "K (default: 4 for vrm/moe, 1 for bt/ib)."})
+    num_objectives: int | None = field(
+        default=None, metadata={"help": "K (default: 4 for vrm/moe, 1 for bt/ib)."}
+    )
     objective_names: list[str] | None = field(default=None, metadata={"help": "Names of the K objectives."})
     feature_dim: int = field(default=16, metadata={"help": "d, the dimension of the semantic features."})
     decoder_hidden_size: int = field(default=0, metadata={"help": "0: linear decoder g(z); >0: MLP width."})
@@ -148,9 +152,13 @@ class ModelArguments:
     num_samples: int = field(default=4, metadata={"help": "M, reparameterized samples per pair."})
     pooling: str = field(default="auto", metadata={"help": f"Response-state pooling, one of {POOLINGS}."})
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside model_name_or_path."})
-    dtype: str = field(default="float32", metadata={"help": "Backbone weights dtype: float32, bfloat16, float16."})
+    dtype: str = field(
+        default="float32", metadata={"help": "Backbone weights dtype: float32, bfloat16, float16."}
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code of the backbone."})
-    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of the full backbone."})
+    use_peft: bool = field(
+        default=False, metadata={"help": "Train LoRA adapters instead of the full backbone."}
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
@@ -164,14 +172,22 @@ class DataArguments:
     """Where the preference pairs come from and how they become tokens."""
 
     dataset_name: list[str] = field(
-        default_factory=list, metadata={"help": "Training data: files (jsonl/json/parquet/csv[.gz]) or datasets names."}
+        default_factory=list,
+        metadata={"help": "Training data: files (jsonl/json/parquet/csv[.gz]) or datasets names."},
     )
-    eval_dataset_name: list[str] = field(default_factory=list, metadata={"help": "Evaluation data, same forms."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Split of a datasets name for training."})
-    dataset_test_split: str = field(default="test", metadata={"help": "Split of a datasets name for evaluation."})
+    eval_dataset_name: list[str] = field(
+        default_factory=list, metadata={"help": "Evaluation data, same forms."}
+    )
+    dataset_train_split: str = field(
+        default="train", metadata={"help": "Split of a datasets name for training."}
+    )
+    dataset_test_split: str = field(
+        default="test", metadata={"help": "Split of a datasets name for evaluation."}
+    )
     max_length: int = field(default=512, metadata={"help": "Token budget of prompt + response."})
     max_prompt_length: int | None = field(
-        default=None, metadata={"help": "Prompt tokens kept when responses are long (default max_length // 2)."}
+        default=None,
+        metadata={"help": "Prompt tokens kept when responses are long (default max_length // 2)."},
     )
     truncation: str = field(
         default="prompt_left", metadata={"help": "Over-long pairs: 'prompt_left' (truncate) or 'drop'."}
@@ -179,12 +195,16 @@ class DataArguments:
     input_format: str = field(default="auto", metadata={"help": "auto, chat, pair or plain (see vrm.data)."})
     attribute_names: list[str] | None = field(
         default=None,
-        metadata={"help": "Objectives with known judgements: columns {name}_chosen/{name}_rejected hold ratings."},
+        metadata={
+            "help": "Objectives with known judgements: columns {name}_chosen/{name}_rejected hold ratings."
+        },
     )
     objective_column: str | None = field(
         default=None, metadata={"help": "Column naming the objective on which the chosen response is better."}
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many training rows."}
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval rows."})
 
 
@@ -193,20 +213,29 @@ class VRMTrainingArguments(TrainingArguments):
     """`transformers.TrainingArguments` plus the weights of the ELBO terms (see `vrm.losses`)."""
 
     output_dir: str | None = field(default="runs/vrm", metadata={"help": "Checkpoints and the final model."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: vrm collates its own batches."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: vrm collates its own batches."}
+    )
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     head_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the reward head (default: 10 x learning_rate)."}
     )
     beta_w: float = field(default=0.01, metadata={"help": "Weight of KL(q(w|x) || p(w))."})
-    beta_z: float = field(default=0.01, metadata={"help": "Weight of KL(q(z|x,y) || N(0,I)), summed over dims."})
+    beta_z: float = field(
+        default=0.01, metadata={"help": "Weight of KL(q(z|x,y) || N(0,I)), summed over dims."}
+    )
     beta_schedule: str = field(default="linear", metadata={"help": "constant, linear (warm-up) or cyclical."})
-    beta_warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps of the linear warm-up."})
+    beta_warmup_ratio: float = field(
+        default=0.1, metadata={"help": "Fraction of steps of the linear warm-up."}
+    )
     beta_cycles: int = field(default=4, metadata={"help": "Number of cycles of the cyclical schedule."})
-    attribute_weight: float = field(default=1.0, metadata={"help": "lambda_attr, for rows with known ratings."})
+    attribute_weight: float = field(
+        default=1.0, metadata={"help": "lambda_attr, for rows with known ratings."}
+    )
     center_rewards_coefficient: float | None = field(
         default=None, metadata={"help": "As in TRL: adds c * mean((r+ + r-)^2) to keep rewards centred."}
     )
     merge_lora_on_save: bool = field(
-        default=True, metadata={"help": "Merge LoRA into the backbone in the final model (adapter kept apart)."}
+        default=True,
+        metadata={"help": "Merge LoRA into the backbone in the final model (adapter kept apart)."},
     )

@@ -55,7 +55,9 @@ class PreferenceExample:
     chosen: Text
     rejected: Text
     margin: float | None = None
-    attribute_targets: list[float] | None = None  # per rated objective: 1 chosen better, 0 rejected better, nan
+    attribute_targets: list[float] | None = (
+        None  # per rated objective: 1 chosen better, 0 rejected better, nan
+    )
     subset: str | None = None
     location: str = ""
 
@@ -80,7 +82,9 @@ def read_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
                 except json.JSONDecodeError as err:
                     raise DataFormatError(f"{path}:{number}: invalid JSON ({err.msg})") from None
                 if not isinstance(row, dict):
-                    raise DataFormatError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+                    raise DataFormatError(
+                        f"{path}:{number}: expected a JSON object, got {type(row).__name__}"
+                    )
                 yield f"{path}:{number}", row
     elif name.endswith(".json"):
         with _open_text(path) as handle:
@@ -131,7 +135,9 @@ def _read_source(source: str, split: str) -> Iterator[tuple[str, dict[str, Any]]
     try:
         dataset = datasets.load_dataset(source, split=split)
     except Exception as err:  # noqa: BLE001 - re-raised with the source named
-        raise DataFormatError(f"{source}: not a file, and loading it as a `datasets` name failed: {err}") from err
+        raise DataFormatError(
+            f"{source}: not a file, and loading it as a `datasets` name failed: {err}"
+        ) from err
     for index, row in enumerate(dataset):
         yield f"{source}[{split}]: row {index}", row
 
@@ -190,7 +196,9 @@ def parse_row(
             )
     chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
     if isinstance(chosen, str) != isinstance(rejected, str):
-        raise DataFormatError(f"{location}: 'chosen' and 'rejected' must both be text or both be message lists")
+        raise DataFormatError(
+            f"{location}: 'chosen' and 'rejected' must both be text or both be message lists"
+        )
     if prompt is None:  # implicit prompt
         if isinstance(chosen, str):
             prompt, chosen, rejected = _split_common_prefix(chosen, rejected)
@@ -405,7 +413,9 @@ class PreferenceTokenizer:
         """Token ids of the templated prompt (ending with the response marker) and of the response."""
         if self.input_format == "chat":
             messages = _as_messages(prompt, "user")
-            prompt_text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            prompt_text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
             full_text = self.tokenizer.apply_chat_template(
                 messages + _as_messages(response, "assistant"), tokenize=False
             )
@@ -450,7 +460,9 @@ class PreferenceTokenizer:
             stats.prompt_truncated += 1
         return prompt_ids, responses
 
-    def tokenize_pairs(self, examples: Sequence[PreferenceExample]) -> tuple[list[TokenizedPair], TruncationStats]:
+    def tokenize_pairs(
+        self, examples: Sequence[PreferenceExample]
+    ) -> tuple[list[TokenizedPair], TruncationStats]:
         """Tokenize pairs; over-long ones are truncated or dropped by policy and counted in the stats."""
         stats = TruncationStats(pairs=len(examples))
         marker = self.response_marker_ids
@@ -492,7 +504,9 @@ class PreferenceTokenizer:
 
 
 # ----- batching -----------------------------------------------------------------------------------------------
-def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+def pad_sequences(
+    sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad token id lists to the longest in the batch: (input_ids, attention_mask)."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -515,7 +529,9 @@ class PreferenceCollator:
     padding_side: str = "right"
 
     def __call__(self, pairs: Sequence[TokenizedPair]) -> dict[str, torch.Tensor]:
-        chosen_ids, chosen_mask = pad_sequences([p.chosen_input_ids for p in pairs], self.pad_token_id, self.padding_side)
+        chosen_ids, chosen_mask = pad_sequences(
+            [p.chosen_input_ids for p in pairs], self.pad_token_id, self.padding_side
+        )
         rejected_ids, rejected_mask = pad_sequences(
             [p.rejected_input_ids for p in pairs], self.pad_token_id, self.padding_side
         )

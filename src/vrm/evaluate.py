@@ -59,7 +59,9 @@ def score_sequences(
         index = order[start : start + batch_size]
         ids, mask = pad_sequences([sequences[i] for i in index], pad_token_id)
         lengths = torch.tensor([prompt_lengths[i] for i in index])
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), prompt_lengths=lengths.to(device))
+        out = model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), prompt_lengths=lengths.to(device)
+        )
         rewards[index] = out.logits[:, 0].float().cpu()
         stds[index] = out.reward_std.float().cpu()
         weights[index] = out.objective_weights.float().cpu()
@@ -82,7 +84,10 @@ def score_pairs(
 
     def half(part: slice) -> SequenceScores:
         return SequenceScores(
-            both.reward[part], both.reward_std[part], both.objective_weights[part], both.objective_scores[part]
+            both.reward[part],
+            both.reward_std[part],
+            both.objective_weights[part],
+            both.objective_scores[part],
         )
 
     return half(slice(0, n)), half(slice(n, 2 * n))
@@ -130,7 +135,10 @@ def evaluate_pairs(
 
 def _select(scores: SequenceScores, index: torch.Tensor) -> SequenceScores:
     return SequenceScores(
-        scores.reward[index], scores.reward_std[index], scores.objective_weights[index], scores.objective_scores[index]
+        scores.reward[index],
+        scores.reward_std[index],
+        scores.objective_weights[index],
+        scores.objective_scores[index],
     )
 
 
@@ -192,13 +200,17 @@ def format_report(report: dict[str, Any]) -> str:
 
     table = Table(title=f"vrm eval — {report['model']} ({report['head_type']}, K={report['num_objectives']})")
     for column in ("dataset / subset", "pairs", "accuracy", "ties", "margin", "nll", "reward_std", "E[w]"):
-        table.add_column(column, justify="left" if column.startswith("dataset") or column == "E[w]" else "right")
+        table.add_column(
+            column, justify="left" if column.startswith("dataset") or column == "E[w]" else "right"
+        )
 
     def row(name: str, m: dict[str, Any]) -> None:
         if not m.get("pairs"):
             table.add_row(name, "0", "-", "-", "-", "-", "-", "-")
             return
-        weights = " ".join(f"{w:.2f}" for w in m["objective_weights"]) if len(m["objective_weights"]) > 1 else "-"
+        weights = (
+            " ".join(f"{w:.2f}" for w in m["objective_weights"]) if len(m["objective_weights"]) > 1 else "-"
+        )
         table.add_row(
             name,
             str(m["pairs"]),

@@ -74,7 +74,9 @@ class LatentRewardHead(nn.Module):
         self.feature_posterior = config.feature_posterior
         self.feature_dim = hidden_size if config.feature_posterior == "identity" else config.feature_dim
 
-        self.weight_net = nn.Linear(hidden_size, self.num_objectives) if self.weight_posterior != "none" else None
+        self.weight_net = (
+            nn.Linear(hidden_size, self.num_objectives) if self.weight_posterior != "none" else None
+        )
         # A deterministic projection needs no bias (it cancels in r+ - r-); a Gaussian mean keeps one (KL uses it).
         self.feature_mean = (
             nn.Linear(hidden_size, self.feature_dim, bias=self.feature_posterior == "gaussian")
@@ -154,7 +156,9 @@ class LatentRewardHead(nn.Module):
         """M reparameterized samples of w [M, B, K] and KL(q(w|x) || Dirichlet(alpha0 1)) [B]."""
         if self.weight_posterior != "dirichlet":
             mean, _ = self.weight_posterior_moments(prompt_state)
-            return mean.unsqueeze(0).expand(num_samples, -1, -1), prompt_state.new_zeros(prompt_state.shape[0])
+            return mean.unsqueeze(0).expand(num_samples, -1, -1), prompt_state.new_zeros(
+                prompt_state.shape[0]
+            )
         alpha = self.weight_concentration(prompt_state)
         posterior = Dirichlet(alpha)
         prior = Dirichlet(torch.full_like(alpha, self.config.prior_concentration))
@@ -196,7 +200,9 @@ class LatentRewardHead(nn.Module):
             variance = torch.zeros_like(reward)
             if feature_var is not None:
                 decoder_weight = self.decoder.weight  # A: [K, d]
-                score_cov = (decoder_weight * feature_var.unsqueeze(-2)) @ decoder_weight.T  # A Sigma A^T [B, K, K]
+                score_cov = (
+                    decoder_weight * feature_var.unsqueeze(-2)
+                ) @ decoder_weight.T  # A Sigma A^T [B, K, K]
                 second_moment = weight_mean.unsqueeze(-1) * weight_mean.unsqueeze(-2)
                 if weight_cov is not None:
                     second_moment = second_moment + weight_cov

@@ -26,7 +26,9 @@ from .heads import PairSamples
 BETA_SCHEDULES = ("constant", "linear", "cyclical")
 
 
-def beta_factor(schedule: str, step: int, total_steps: int, warmup_ratio: float = 0.1, num_cycles: int = 4) -> float:
+def beta_factor(
+    schedule: str, step: int, total_steps: int, warmup_ratio: float = 0.1, num_cycles: int = 4
+) -> float:
     """Multiplier in [0, 1] applied to beta_w and beta_z at `step` of `total_steps`.
 
     constant: 1.  linear: ramps 0 -> 1 over the first `warmup_ratio` of training, then 1.

@@ -127,7 +127,9 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
             config.pooling = "last" if config.is_causal else "mean"
         self.backbone = backbone if backbone is not None else AutoModel.from_config(config.text_config)
         self.head = LatentRewardHead(config, config.text_config.hidden_size)
-        self._backbone_takes_position_ids = "position_ids" in inspect.signature(self.backbone.forward).parameters
+        self._backbone_takes_position_ids = (
+            "position_ids" in inspect.signature(self.backbone.forward).parameters
+        )
         self.post_init()
 
     # ----- construction ---------------------------------------------------------------------------------------
@@ -186,7 +188,9 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         """Prompt states `h_x` and response states `h_xy`, each [B, H]."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        prompt_end = find_prompt_end(input_ids, attention_mask, prompt_lengths, self.config.response_marker_ids)
+        prompt_end = find_prompt_end(
+            input_ids, attention_mask, prompt_lengths, self.config.response_marker_ids
+        )
         hidden = self._run_backbone(input_ids, attention_mask)
         response_state = self._pool(hidden, attention_mask, last_token_index(attention_mask))
         if self.config.is_causal:
@@ -199,7 +203,9 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         """A bidirectional backbone's prompt state: a pass over the prompt tokens only."""
         width = int(prompt_end.max()) + 1
         positions = torch.arange(width, device=input_ids.device).unsqueeze(0)
-        prompt_mask = attention_mask[:, :width] * (positions <= prompt_end.unsqueeze(1)).to(attention_mask.dtype)
+        prompt_mask = attention_mask[:, :width] * (positions <= prompt_end.unsqueeze(1)).to(
+            attention_mask.dtype
+        )
         hidden = self._run_backbone(input_ids[:, :width], prompt_mask)
         return self._pool(hidden, prompt_mask, prompt_end)
 
@@ -271,7 +277,9 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
             rows = torch.arange(batch, device=hidden.device)
             prompt_state = hidden[rows, prompt_end[:batch]]
         else:
-            prompt_state = self._encode_prompt_alone(input_ids[:batch], attention_mask[:batch], prompt_end[:batch])
+            prompt_state = self._encode_prompt_alone(
+                input_ids[:batch], attention_mask[:batch], prompt_end[:batch]
+            )
         return self.head.sample_pairs(
             prompt_state,
             response_state[:batch],

@@ -48,7 +48,10 @@ class VRMTrainer(Trainer):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, dict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
         self._last_eval_metrics: dict[str, float] = {}
 
     def create_optimizer(self, model=None):
@@ -62,21 +65,28 @@ class VRMTrainer(Trainer):
         if head_lr is None:
             head_lr = 10.0 * self.args.learning_rate
         head_ids = {
-            id(p) for module in (model or self.model).modules() if isinstance(module, LatentRewardHead)
+            id(p)
+            for module in (model or self.model).modules()
+            if isinstance(module, LatentRewardHead)
             for p in module.parameters()
         }
         for group in list(optimizer.param_groups):
             head = [p for p in group["params"] if id(p) in head_ids]
             if head and head_lr != group["lr"]:
                 group["params"] = [p for p in group["params"] if id(p) not in head_ids]
-                optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": head,
-                                           "lr": head_lr})
+                optimizer.add_param_group(
+                    {**{k: v for k, v in group.items() if k != "params"}, "params": head, "lr": head_lr}
+                )
         return optimizer
 
     def current_betas(self) -> tuple[float, float]:
         args = self.args
         factor = beta_factor(
-            args.beta_schedule, self.state.global_step, self.state.max_steps, args.beta_warmup_ratio, args.beta_cycles
+            args.beta_schedule,
+            self.state.global_step,
+            self.state.max_steps,
+            args.beta_warmup_ratio,
+            args.beta_cycles,
         )
         return args.beta_w * factor, args.beta_z * factor
 
@@ -209,7 +219,9 @@ def apply_lora(model: VRMForSequenceClassification, model_args: ModelArguments):
     return get_peft_model(model, lora_config)
 
 
-def save_final_model(model, tokenizer, output_dir: str, merge_lora: bool = True) -> VRMForSequenceClassification:
+def save_final_model(
+    model, tokenizer, output_dir: str, merge_lora: bool = True
+) -> VRMForSequenceClassification:
     """Write the final model into `output_dir` (beside the `checkpoint-*` directories), crash-safe.
 
     Everything is written to a staging directory first, then moved in, `config.json` last: a crash leaves the
@@ -241,7 +253,9 @@ def resolve_resume(training_args: VRMTrainingArguments) -> str | bool | None:
     if value is None or str(value).lower() in ("false", "no", ""):
         return None
     if str(value).lower() in ("true", "auto", "yes"):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        last = (
+            get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        )
         if last is None:
             logger.warning("no checkpoint in %s to resume from; starting fresh", training_args.output_dir)
         return last

@@ -148,3 +148,25 @@ def test_cli_errors_are_clear(tmp_path, capsys, pairs_file, llama_backbone_dir):
     assert main(["train", *argv]) == 1
     assert "bad.jsonl:1: missing field 'rejected'" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"use_peft": "true", "lora_r": 4, "lora_target_modules": "q_proj v_proj"},
+        {"gradient_checkpointing": "true", "head_type": "ib"},
+    ],
+    ids=["lora", "gradient_checkpointing"],
+)
+def test_train_variants_save_a_loadable_model(tmp_path, pairs_file, llama_backbone_dir, extra):
+    output = str(tmp_path / "run")
+    targets = extra.pop("lora_target_modules", None)
+    argv = train_argv(llama_backbone_dir, pairs_file, output, **extra)
+    if targets:
+        argv += ["--lora_target_modules", *targets.split()]
+    assert main(["train", *argv]) == 0
+    model = VRMForSequenceClassification.from_pretrained(output).eval()
+    assert os.path.isdir(os.path.join(output, "adapter")) == bool(targets)
+    ids = torch.tensor([[1, 5, 6, 7]])
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids, prompt_lengths=torch.tensor([2])).logits).all()

@@ -238,3 +238,17 @@ def test_wrong_path_and_unknown_file_type(tmp_path):
     (tmp_path / "data.txt").write_text("x")
     with pytest.raises(DataFormatError, match="unknown file type"):
         load_preferences(str(tmp_path / "data.txt"))
+
+
+def test_a_local_datasets_directory_loads_by_split(tmp_path):
+    """The `datasets` path (hub names) exercised offline: a local folder of data files is a datasets name."""
+    folder = tmp_path / "my_prefs"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(json.dumps(FORMATS["standard_explicit"]) + "\n")
+    (folder / "test.jsonl").write_text(
+        json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}) + "\n"
+    )
+    (train,) = load_preferences(str(folder), split="train")
+    (test,) = load_preferences(str(folder), split="test")
+    assert train.prompt == PROMPT and test.chosen == "Hello!"
+    assert "my_prefs[test]: row 0" in test.location

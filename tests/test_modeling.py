@@ -160,3 +160,18 @@ def test_reward_normalization_is_applied():
         normalized = model(input_ids=ids, attention_mask=mask)
     assert torch.allclose(normalized.logits, (raw.logits - 0.5) / 2.0)
     assert torch.allclose(normalized.reward_std, raw.reward_std / 2.0)
+
+
+def test_bfloat16_backbone_keeps_a_float32_head(tmp_path):
+    model, tokenizer, pref = build("llama_chat")
+    model.save_pretrained(tmp_path)
+    loaded = VRMForSequenceClassification.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert next(loaded.backbone.parameters()).dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in loaded.head.parameters())
+    examples = [PreferenceExample(p, c, r) for p, c, r in PAIRS]
+    batch = PreferenceCollator(tokenizer.pad_token_id)(pref.tokenize_pairs(examples)[0])
+    samples = loaded(**batch)  # Dirichlet sampling has no bfloat16 kernel: this fails if the head is bf16
+    samples.reward_chosen.mean().backward()
+    assert loaded.head.weight_net.weight.grad is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what `--bf16 true` does to a float32 model
+        assert torch.isfinite(model(**batch).reward_chosen).all()

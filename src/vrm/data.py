@@ -127,10 +127,10 @@ def _decode_csv_row(row: dict[str, str]) -> dict[str, Any]:
 
 
 def _read_source(source: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    if os.path.exists(source) or source.endswith(FILE_SUFFIXES):
+    if os.path.isfile(source) or source.endswith(FILE_SUFFIXES):
         yield from read_records(source)
         return
-    import datasets  # a hub or local `datasets` name
+    import datasets  # a hub name, or a local folder of data files, as `datasets.load_dataset` reads them
 
     try:
         dataset = datasets.load_dataset(source, split=split)

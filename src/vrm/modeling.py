@@ -102,6 +102,8 @@ def find_prompt_end(
 class VRMPreTrainedModel(PreTrainedModel):
     config_class = VRMConfig
     base_model_prefix = "backbone"
+    # The head samples Dirichlet / Gaussian latents: it stays in float32 whatever the backbone's dtype.
+    _keep_in_fp32_modules_strict = ["head"]
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
@@ -153,9 +155,7 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
             backbone_kwargs["dtype"] = dtype
         backbone = AutoModel.from_pretrained(name_or_path, **backbone_kwargs)
         config = VRMConfig(text_config=backbone.config, head_type=head_type, **config_kwargs)
-        model = cls(config, backbone=backbone)
-        model.head.to(dtype=next(backbone.parameters()).dtype)
-        return model
+        return cls(config, backbone=backbone)
 
     @classmethod
     def from_backbone_config(cls, text_config, *, head_type: str = "vrm", **config_kwargs: Any):
@@ -209,6 +209,16 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         hidden = self._run_backbone(input_ids[:, :width], prompt_mask)
         return self._pool(hidden, prompt_mask, prompt_end)
 
+    # ----- the head runs in its own (float32) precision -------------------------------------------------------
+    def _to_head_dtype(self, *states: Tensor) -> tuple[Tensor, ...]:
+        dtype = next(self.head.parameters()).dtype
+        return tuple(state.to(dtype) for state in states)
+
+    @staticmethod
+    def _head_precision(reference: Tensor):
+        """No autocast inside the head: Dirichlet sampling has no bfloat16 kernel, and the KLs want float32."""
+        return torch.autocast(device_type=reference.device.type, enabled=False)
+
     # ----- inference ------------------------------------------------------------------------------------------
     def normalize(self, reward: Tensor) -> Tensor:
         return (reward - self.config.reward_mean) / self.config.reward_scale
@@ -245,7 +255,8 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         if input_ids is None:
             raise ValueError("forward needs input_ids (or chosen_input_ids and rejected_input_ids)")
         prompt_state, response_state = self.encode(input_ids, attention_mask, prompt_lengths)
-        out: HeadOutput = self.head(prompt_state, response_state)
+        with self._head_precision(prompt_state):
+            out: HeadOutput = self.head(*self._to_head_dtype(prompt_state, response_state))
         return RewardModelOutput(
             logits=self.normalize(out.reward).unsqueeze(-1),
             reward_std=out.reward_std / self.config.reward_scale,
@@ -280,12 +291,11 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
             prompt_state = self._encode_prompt_alone(
                 input_ids[:batch], attention_mask[:batch], prompt_end[:batch]
             )
-        return self.head.sample_pairs(
-            prompt_state,
-            response_state[:batch],
-            response_state[batch:],
-            num_samples or self.config.num_samples,
-        )
+        with self._head_precision(prompt_state):
+            return self.head.sample_pairs(
+                *self._to_head_dtype(prompt_state, response_state[:batch], response_state[batch:]),
+                num_samples or self.config.num_samples,
+            )
 
 
 def _stack_padded(*parts: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:

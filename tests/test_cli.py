@@ -170,3 +170,9 @@ def test_train_variants_save_a_loadable_model(tmp_path, pairs_file, llama_backbo
     ids = torch.tensor([[1, 5, 6, 7]])
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=ids, prompt_lengths=torch.tensor([2])).logits).all()
+
+
+def test_a_missing_backbone_path_is_named(tmp_path, pairs_file, capsys):
+    argv = train_argv(str(tmp_path / "no_such_model"), pairs_file, str(tmp_path / "out"))
+    assert main(["train", *argv]) == 1
+    assert "no_such_model: no such directory" in capsys.readouterr().err

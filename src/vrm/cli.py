@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[command](rest)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # bad paths, unloadable models, malformed data: one clear line
         print(f"vrm {command}: error: {err}", file=sys.stderr)
         return 1
 

@@ -161,7 +161,15 @@ class TrainingResult:
     metrics: dict[str, float]
 
 
+def check_model_source(name_or_path: str) -> None:
+    """A path-like `--model_name_or_path` that does not exist is a clear error, not a hub lookup failure."""
+    looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1  # hub ids: org/name
+    if looks_local and not os.path.exists(os.path.expanduser(name_or_path)):
+        raise FileNotFoundError(f"--model_name_or_path {name_or_path}: no such directory")
+
+
 def load_tokenizer(model_args: ModelArguments):
+    check_model_source(model_args.model_name_or_path)
     kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code}
     if model_args.gguf_file:
         kwargs["gguf_file"] = model_args.gguf_file
@@ -269,8 +277,31 @@ def run_training(
 ) -> TrainingResult:
     if not data_args.dataset_name:
         raise ValueError("no training data: pass --dataset_name FILE_OR_NAME [...]")
+    attribute_names = data_args.attribute_names or ()
+
+    def read(sources: list[str], split: str, limit: int | None):
+        return load_preferences(
+            sources,
+            split=split,
+            attribute_names=attribute_names,
+            objective_column=data_args.objective_column,
+            max_rows=limit,
+        )
+
+    # the data is read (and checked) before the backbone is loaded: a bad row fails in seconds, not minutes
+    train_examples = read(data_args.dataset_name, data_args.dataset_train_split, data_args.max_train_samples)
+    eval_examples = None
+    if data_args.eval_dataset_name:
+        eval_examples = read(
+            data_args.eval_dataset_name, data_args.dataset_test_split, data_args.max_eval_samples
+        )
+
     tokenizer = load_tokenizer(model_args)
     model = build_model(model_args)
+    if attribute_names and len(attribute_names) > model.config.num_objectives:
+        raise ValueError(
+            f"{len(attribute_names)} attribute_names but only {model.config.num_objectives} objectives"
+        )
     pref_tokenizer = PreferenceTokenizer(
         tokenizer,
         max_length=data_args.max_length,
@@ -282,34 +313,16 @@ def run_training(
     model.config.input_format = pref_tokenizer.input_format
     model.config.response_marker_ids = pref_tokenizer.response_marker_ids
     model.config.max_length = data_args.max_length
-    attribute_names = data_args.attribute_names or ()
-    if attribute_names and len(attribute_names) > model.config.num_objectives:
-        raise ValueError(
-            f"{len(attribute_names)} attribute_names but only {model.config.num_objectives} objectives"
-        )
 
-    def load(sources: list[str], split: str, limit: int | None, name: str):
-        examples = load_preferences(
-            sources,
-            split=split,
-            attribute_names=attribute_names,
-            objective_column=data_args.objective_column,
-            max_rows=limit,
-        )
+    def tokenize(examples, name: str) -> tuple[PairDataset, TruncationStats]:
         pairs, stats = pref_tokenizer.tokenize_pairs(examples)
         print(f"[vrm] {name} data: {stats.summary()}", flush=True)
         if not pairs:
             raise ValueError(f"no {name} pairs left after tokenization ({stats.summary()})")
         return PairDataset(pairs), stats
 
-    train_dataset, train_stats = load(
-        data_args.dataset_name, data_args.dataset_train_split, data_args.max_train_samples, "train"
-    )
-    eval_dataset, eval_stats = None, None
-    if data_args.eval_dataset_name:
-        eval_dataset, eval_stats = load(
-            data_args.eval_dataset_name, data_args.dataset_test_split, data_args.max_eval_samples, "eval"
-        )
+    train_dataset, train_stats = tokenize(train_examples, "train")
+    eval_dataset, eval_stats = tokenize(eval_examples, "eval") if eval_examples else (None, None)
 
     if model_args.use_peft:
         model = apply_lora(model, model_args)

@@ -176,3 +176,12 @@ def test_a_missing_backbone_path_is_named(tmp_path, pairs_file, capsys):
     argv = train_argv(str(tmp_path / "no_such_model"), pairs_file, str(tmp_path / "out"))
     assert main(["train", *argv]) == 1
     assert "no_such_model: no such directory" in capsys.readouterr().err
+
+
+def test_example_configs_parse():
+    folder = os.path.join(os.path.dirname(__file__), "..", "examples", "configs")
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".yaml"))
+    assert names
+    for name in names:
+        model_args, _, training_args = parse_train_args(["--config", os.path.join(folder, name)])
+        assert model_args.head_type == "vrm" and training_args.output_dir.startswith("runs/"), name

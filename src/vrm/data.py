@@ -371,6 +371,10 @@ class PreferenceTokenizer:
         self.max_length = int(max_length)
         self.truncation = truncation
         self.max_prompt_length = max_prompt_length if max_prompt_length is not None else self.max_length // 2
+        if not 0 < self.max_prompt_length < self.max_length:
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be between 0 and max_length ({self.max_length})"
+            )
         if input_format == "auto":
             if getattr(tokenizer, "chat_template", None):
                 input_format = "chat"

@@ -121,6 +121,10 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
     """A reward model: `forward(input_ids, attention_mask)` returns the reward as `logits` [B, 1] plus
     `reward_std`, `objective_weights`, `objective_scores` and `features`."""
 
+    # The loss is computed by the trainer from pair samples; the model takes no loss kwargs (so `Trainer`
+    # scales the loss for gradient accumulation itself).
+    accepts_loss_kwargs = False
+
     def __init__(self, config: VRMConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
         if config.is_causal is None:

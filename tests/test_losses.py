@@ -1,0 +1,76 @@
+import math
+
+import pytest
+import torch
+from conftest import PAIRS, llama_config, make_llama_tokenizer
+
+from vrm.config import VRMTrainingArguments
+from vrm.data import PreferenceExample, PreferenceTokenizer
+from vrm.heads import HeadOutput, PairSamples
+from vrm.losses import attribute_loss, beta_factor, preference_loss
+from vrm.modeling import VRMForSequenceClassification
+from vrm.trainer import PairDataset, VRMTrainer
+
+
+def test_beta_schedules():
+    assert beta_factor("constant", 0, 100) == 1.0
+    assert [beta_factor("linear", s, 100, warmup_ratio=0.2) for s in (0, 10, 20, 90)] == [0.0, 0.5, 1.0, 1.0]
+    cyclical = [beta_factor("cyclical", s, 100, num_cycles=4) for s in (0, 5, 12, 13, 25, 30)]
+    assert cyclical == [0.0, 0.4, 0.96, 1.0, 0.0, 0.4]
+    with pytest.raises(ValueError, match="beta_schedule"):
+        beta_factor("exponential", 1, 10)
+
+
+def _samples(chosen: list[float], rejected: list[float], scores_c=None, scores_r=None) -> PairSamples:
+    rc, rr = torch.tensor([chosen]), torch.tensor([rejected])
+    n = len(chosen)
+    plug = HeadOutput(rc[0], torch.zeros(n), torch.ones(n, 1), rc[0, :, None], torch.zeros(n, 1))
+    return PairSamples(
+        reward_chosen=rc,
+        reward_rejected=rr,
+        scores_chosen=torch.tensor([scores_c]) if scores_c else rc[..., None],
+        scores_rejected=torch.tensor([scores_r]) if scores_r else rr[..., None],
+        kl_weights=torch.tensor([0.5] * n),
+        kl_features=torch.tensor([2.0] * n),
+        chosen=plug,
+        rejected=HeadOutput(rr[0], torch.zeros(n), torch.ones(n, 1), rr[0, :, None], torch.zeros(n, 1)),
+    )
+
+
+def test_loss_terms_and_margin():
+    samples = _samples([2.0, 0.0], [1.0, 1.0])
+    out = preference_loss(samples, beta_w=0.1, beta_z=0.01)
+    nll = -(math.log(torch.sigmoid(torch.tensor(1.0))) + math.log(torch.sigmoid(torch.tensor(-1.0)))) / 2
+    assert out.nll.item() == pytest.approx(nll, rel=1e-5)
+    assert out.loss.item() == pytest.approx(nll + 0.1 * 0.5 + 0.01 * 2.0, rel=1e-5)
+    assert out.accuracy.item() == 0.5
+    with_margin = preference_loss(samples, margin=torch.tensor([1.0, 0.0]))
+    expected = -(math.log(0.5) + math.log(torch.sigmoid(torch.tensor(-1.0)))) / 2
+    assert with_margin.nll.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_attribute_loss_uses_known_targets_only():
+    samples = _samples([0.0], [0.0], scores_c=[[3.0, -1.0, 0.0]], scores_r=[[1.0, 1.0, 0.0]])
+    targets = torch.tensor([[1.0, math.nan]])  # objective 0: chosen better; objective 1 unknown; 2 not rated
+    value = attribute_loss(samples, targets).item()
+    assert value == pytest.approx(-math.log(torch.sigmoid(torch.tensor(2.0)).item()), rel=1e-5)
+    assert attribute_loss(samples, torch.tensor([[math.nan, math.nan]])).item() == 0.0
+
+
+def test_head_gets_its_own_learning_rate(tmp_path):
+    tokenizer = make_llama_tokenizer()
+    model = VRMForSequenceClassification.from_backbone_config(llama_config(len(tokenizer)))
+    pairs, _ = PreferenceTokenizer(tokenizer, max_length=64).tokenize_pairs(
+        [PreferenceExample(p, c, r) for p, c, r in PAIRS]
+    )
+    args = VRMTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-4, report_to="none")
+    trainer = VRMTrainer(model=model, args=args, train_dataset=PairDataset(pairs))
+    optimizer = trainer.create_optimizer()
+    head = {id(p) for p in model.head.parameters()}
+    for group in optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        if ids & head:
+            assert ids <= head and group["lr"] == pytest.approx(1e-3)
+        elif ids:
+            assert group["lr"] == pytest.approx(1e-4)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))

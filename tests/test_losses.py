@@ -74,3 +74,23 @@ def test_head_gets_its_own_learning_rate(tmp_path):
         elif ids:
             assert group["lr"] == pytest.approx(1e-4)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_group_by_length_batches_pairs_of_similar_length(tmp_path):
+    tokenizer = make_llama_tokenizer()
+    model = VRMForSequenceClassification.from_backbone_config(llama_config(len(tokenizer)))
+    sizes = torch.randint(1, 40, (64,), generator=torch.Generator().manual_seed(0)).tolist()
+    examples = [PreferenceExample("q?", "a " * n, "b " * n) for n in sizes]
+    dataset = PairDataset(PreferenceTokenizer(tokenizer, max_length=128).tokenize_pairs(examples)[0])
+    lengths = dataset.lengths
+
+    def mean_spread(strategy: str) -> float:
+        args = VRMTrainingArguments(
+            output_dir=str(tmp_path), per_device_train_batch_size=4, train_sampling_strategy=strategy
+        )
+        order = list(VRMTrainer(model=model, args=args, train_dataset=dataset)._get_train_sampler())
+        assert sorted(order) == list(range(64))
+        batches = [[lengths[i] for i in order[k : k + 4]] for k in range(0, 64, 4)]
+        return sum(max(b) - min(b) for b in batches) / len(batches)
+
+    assert mean_spread("group_by_length") < 0.5 * mean_spread("random")

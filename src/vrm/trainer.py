@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 from transformers import AutoConfig, AutoTokenizer, Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from .config import DataArguments, ModelArguments, VRMTrainingArguments
@@ -40,6 +41,11 @@ class PairDataset(Dataset):
     def __getitem__(self, index: int) -> TokenizedPair:
         return self.pairs[index]
 
+    @property
+    def lengths(self) -> list[int]:
+        """Padded length of each pair in a batch (its longer sequence), for length-grouped sampling."""
+        return [max(len(p.chosen_input_ids), len(p.rejected_input_ids)) for p in self.pairs]
+
 
 class VRMTrainer(Trainer):
     """A `Trainer` whose loss is the negative ELBO; logs nll, KL terms, betas, accuracy and reward statistics."""
@@ -53,6 +59,14 @@ class VRMTrainer(Trainer):
             "eval": defaultdict(list),
         }
         self._last_eval_metrics: dict[str, float] = {}
+
+    def _get_train_sampler(self, train_dataset=None):
+        """`--train_sampling_strategy group_by_length` groups pairs of similar length (less padding)."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, PairDataset):
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(batch, lengths=dataset.lengths)
+        return super()._get_train_sampler(train_dataset)
 
     def create_optimizer(self, model=None):
         """The default optimizer, with the reward head in its own parameter groups at `head_learning_rate`.

@@ -4,6 +4,7 @@ from .config import HEAD_TYPES, DataArguments, ModelArguments, VRMConfig, VRMTra
 from .data import DataFormatError, PreferenceCollator, PreferenceTokenizer, load_preferences
 from .heads import HeadOutput, LatentRewardHead, PairSamples
 from .modeling import RewardModelOutput, VRMForSequenceClassification
+from .pipeline import RewardPipeline
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ __all__ = [
     "PreferenceCollator",
     "PreferenceTokenizer",
     "RewardModelOutput",
+    "RewardPipeline",
     "VRMConfig",
     "VRMForSequenceClassification",
     "VRMTrainingArguments",

@@ -1,4 +1,4 @@
-"""The `vrm` command: `vrm train`, `vrm eval`, `vrm synth`.
+"""The `vrm` command: `vrm train`, `vrm eval`, `vrm score`, `vrm synth`.
 
 vrm train --config cfg.yaml [--key value ...]     # flags override the YAML; names as in `trl reward`
 vrm eval --model DIR --dataset FILE [FILE ...] [--output report.json]
@@ -18,6 +18,7 @@ USAGE = """usage: vrm <command> [options]
 commands:
   train   train a reward model (bt, ib, moe or vrm head) on preference data
   eval    evaluate trained reward models on preference data
+  score   score a file of (prompt, response) rows (resumable)
   synth   write the synthetic preference world used by the quickstart
 
 Run `vrm <command> --help` for the options of a command."""
@@ -108,6 +109,46 @@ def cmd_eval(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_score(argv: Sequence[str]) -> int:
+    from .pipeline import RewardPipeline, score_file
+
+    parser = argparse.ArgumentParser(prog="vrm score", description="Score a file of (prompt, response) rows.")
+    parser.add_argument("--model", required=True, help="Model directory.")
+    parser.add_argument(
+        "--input", required=True, help="jsonl/json/parquet/csv rows: prompt + response, or messages."
+    )
+    parser.add_argument("--output", required=True, help="jsonl output (resumed if it exists).")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--chunk_size", type=int, default=256, help="Rows written (and fsync'ed) at a time.")
+    parser.add_argument("--prompt_column", default="prompt")
+    parser.add_argument("--response_column", default="response")
+    parser.add_argument("--conservative_lambda", type=float, default=0.0, help="Also write reward - l * std.")
+    parser.add_argument("--raw", action="store_true", help="Do not apply the stored reward normalization.")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--no_progress", action="store_true")
+    args = parser.parse_args(argv)
+    pipeline = RewardPipeline.from_pretrained(
+        args.model,
+        device=args.device,
+        batch_size=args.batch_size,
+        normalize=not args.raw,
+        conservative_lambda=args.conservative_lambda,
+    )
+    stats = score_file(
+        pipeline,
+        args.input,
+        args.output,
+        chunk_size=args.chunk_size,
+        prompt_column=args.prompt_column,
+        response_column=args.response_column,
+        progress=not args.no_progress,
+    )
+    print(
+        f"[vrm] {stats['rows']} rows: {stats['scored']} scored, {stats['skipped']} already in {args.output}"
+    )
+    return 0
+
+
 def cmd_synth(argv: Sequence[str]) -> int:
     from .synthetic import WorldConfig, write_world
 
@@ -125,7 +166,7 @@ def cmd_synth(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "synth": cmd_synth}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "synth": cmd_synth}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -496,14 +496,18 @@ class PreferenceTokenizer:
         stats.kept = len(out)
         return out, stats
 
-    def tokenize_single(self, prompt: Text, response: Text) -> tuple[list[int], int]:
-        """Token ids of one (prompt, response) and its prompt length; over-long inputs are always truncated."""
-        prompt_ids, response_ids = self.encode_parts(prompt, response)
+    def fit(self, prompt_ids: list[int], response_ids: list[int]) -> tuple[list[int], list[int]]:
+        """Fit one (prompt, response) into `max_length`, truncating (never dropping) by the `prompt_left` rule."""
         policy, self.truncation = self.truncation, "prompt_left"
         try:
             prompt_ids, (response_ids,) = self._fit(prompt_ids, [response_ids], TruncationStats())
         finally:
             self.truncation = policy
+        return prompt_ids, response_ids
+
+    def tokenize_single(self, prompt: Text, response: Text) -> tuple[list[int], int]:
+        """Token ids of one (prompt, response) and its prompt length; over-long inputs are always truncated."""
+        prompt_ids, response_ids = self.fit(*self.encode_parts(prompt, response))
         return prompt_ids + response_ids, len(prompt_ids)
 
 

@@ -17,56 +17,14 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from .data import PreferenceTokenizer, TokenizedPair, TruncationStats, load_preferences, pad_sequences
+from .data import TokenizedPair, TruncationStats, load_preferences
 from .losses import pair_nll_from_rewards
 from .modeling import VRMForSequenceClassification
-
-
-@dataclass
-class SequenceScores:
-    reward: torch.Tensor  # [N]
-    reward_std: torch.Tensor  # [N]
-    objective_weights: torch.Tensor  # [N, K]
-    objective_scores: torch.Tensor  # [N, K]
-
-
-@torch.no_grad()
-def score_sequences(
-    model: VRMForSequenceClassification,
-    sequences: Sequence[Sequence[int]],
-    prompt_lengths: Sequence[int],
-    pad_token_id: int,
-    batch_size: int = 32,
-    progress: bool = True,
-    description: str = "scoring",
-) -> SequenceScores:
-    """Score token sequences in batches sorted by length (little padding), returned in input order."""
-    model.eval()
-    device = next(model.parameters()).device
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    rewards = torch.empty(len(sequences))
-    stds = torch.empty(len(sequences))
-    weights = torch.empty(len(sequences), model.config.num_objectives)
-    scores = torch.empty(len(sequences), model.config.num_objectives)
-    batches = range(0, len(order), batch_size)
-    for start in tqdm(batches, desc=description, disable=not progress, leave=False):
-        index = order[start : start + batch_size]
-        ids, mask = pad_sequences([sequences[i] for i in index], pad_token_id)
-        lengths = torch.tensor([prompt_lengths[i] for i in index])
-        out = model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), prompt_lengths=lengths.to(device)
-        )
-        rewards[index] = out.logits[:, 0].float().cpu()
-        stds[index] = out.reward_std.float().cpu()
-        weights[index] = out.objective_weights.float().cpu()
-        scores[index] = out.objective_scores.float().cpu()
-    return SequenceScores(rewards, stds, weights, scores)
+from .pipeline import RewardPipeline, SequenceScores, score_sequences
 
 
 def score_pairs(
@@ -142,21 +100,6 @@ def _select(scores: SequenceScores, index: torch.Tensor) -> SequenceScores:
     )
 
 
-def load_reward_model(path: str, device: str | None = None):
-    """A trained vrm checkpoint and its tokenizer (as saved by `vrm train`)."""
-    from transformers import AutoTokenizer
-
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no such model directory")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"{path}: not a saved model (no config.json)")
-    model = VRMForSequenceClassification.from_pretrained(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if device:
-        model.to(device)
-    return model.eval(), tokenizer
-
-
 def evaluate_model(
     model_path: str,
     datasets: Sequence[str],
@@ -168,9 +111,8 @@ def evaluate_model(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The `vrm eval` report: one entry per dataset, each with overall and per-subset metrics."""
-    model, tokenizer = load_reward_model(model_path)
-    overrides = {"max_length": max_length} if max_length else {}
-    pref_tokenizer = PreferenceTokenizer.from_model_config(tokenizer, model.config, **overrides)
+    pipeline = RewardPipeline.from_pretrained(model_path, max_length=max_length)
+    model, tokenizer, pref_tokenizer = pipeline.model, pipeline.tokenizer, pipeline.template
     report: dict[str, Any] = {
         "model": model_path,
         "head_type": model.config.head_type,

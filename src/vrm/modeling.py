@@ -314,9 +314,13 @@ def _stack_padded(*parts: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
 
 
 def _register_auto_classes() -> None:
-    """Let `AutoConfig` / `AutoModelForSequenceClassification` load vrm checkpoints once vrm is imported."""
+    """Let `AutoConfig` / `AutoModelForSequenceClassification` load vrm checkpoints: once vrm is imported, and,
+    where vrm is not installed, with `trust_remote_code=True` — `save_pretrained` copies this file and the two
+    it imports (`config.py`, `heads.py`, which import only torch and transformers) next to the weights."""
     from transformers import AutoModelForSequenceClassification
 
+    VRMConfig.register_for_auto_class()
+    VRMForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
     try:
         AutoConfig.register(VRMConfig.model_type, VRMConfig)
         AutoModelForSequenceClassification.register(VRMConfig, VRMForSequenceClassification)

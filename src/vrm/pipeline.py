@@ -1,0 +1,292 @@
+"""Scoring with a trained reward model: `score_sequences` (token ids) and `RewardPipeline` (texts).
+
+    from vrm import RewardPipeline
+    rm = RewardPipeline.from_pretrained("runs/my-rm")
+    rm("How do I sort a list?", "Use sorted(xs).")            # one dict
+    rm(["q1", "q2"], ["a1", "a2"])                               # a list of dicts
+    rm([[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]])   # whole conversations
+
+Each result holds `reward` (normalized with the `reward_mean` / `reward_scale` stored in the checkpoint config),
+`reward_std`, `objective_weights`, `objective_scores`, and `conservative_reward = reward - lambda * reward_std`
+when the pipeline has `conservative_lambda > 0` (a pessimistic reward against over-optimization in RL).
+Texts are templated exactly as at training time (`PreferenceTokenizer.from_model_config`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import DataFormatError, PreferenceTokenizer, Text, pad_sequences, read_records
+from .modeling import VRMForSequenceClassification
+
+
+@dataclass
+class SequenceScores:
+    reward: torch.Tensor  # [N]
+    reward_std: torch.Tensor  # [N]
+    objective_weights: torch.Tensor  # [N, K]
+    objective_scores: torch.Tensor  # [N, K]
+
+    def select(self, index: torch.Tensor | slice) -> SequenceScores:
+        return SequenceScores(
+            self.reward[index],
+            self.reward_std[index],
+            self.objective_weights[index],
+            self.objective_scores[index],
+        )
+
+
+@torch.no_grad()
+def score_sequences(
+    model: VRMForSequenceClassification,
+    sequences: Sequence[Sequence[int]],
+    prompt_lengths: Sequence[int],
+    pad_token_id: int,
+    batch_size: int = 32,
+    progress: bool = False,
+    description: str = "scoring",
+) -> SequenceScores:
+    """Score token sequences in batches sorted by length (little padding), returned in input order."""
+    model.eval()
+    device = next(model.parameters()).device
+    count, k = len(sequences), model.config.num_objectives
+    order = sorted(range(count), key=lambda i: len(sequences[i]))
+    out = SequenceScores(torch.empty(count), torch.empty(count), torch.empty(count, k), torch.empty(count, k))
+    for start in tqdm(range(0, count, batch_size), desc=description, disable=not progress, leave=False):
+        index = order[start : start + batch_size]
+        ids, mask = pad_sequences([sequences[i] for i in index], pad_token_id)
+        lengths = torch.tensor([prompt_lengths[i] for i in index])
+        result = model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), prompt_lengths=lengths.to(device)
+        )
+        out.reward[index] = result.logits[:, 0].float().cpu()
+        out.reward_std[index] = result.reward_std.float().cpu()
+        out.objective_weights[index] = result.objective_weights.float().cpu()
+        out.objective_scores[index] = result.objective_scores.float().cpu()
+    return out
+
+
+def split_conversation(
+    conversation: list[dict[str, str]],
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """A whole conversation as (prompt messages, final assistant message)."""
+    if not conversation or conversation[-1].get("role") != "assistant":
+        raise ValueError("a conversation to score must end with an assistant message")
+    return conversation[:-1], conversation[-1:]
+
+
+def _find_marker_end(ids: list[int], marker: list[int] | None) -> int | None:
+    """Number of prompt tokens: up to the end of the last marker occurrence that leaves a response token."""
+    if not marker:
+        return None
+    width = len(marker)
+    for start in range(len(ids) - width - 1, -1, -1):
+        if ids[start : start + width] == marker:
+            return start + width
+    return None
+
+
+class RewardPipeline:
+    """Batched scoring of (prompt, response) pairs or whole conversations with a vrm checkpoint."""
+
+    def __init__(
+        self,
+        model: VRMForSequenceClassification,
+        tokenizer,
+        *,
+        batch_size: int = 16,
+        max_length: int | None = None,
+        normalize: bool = True,
+        conservative_lambda: float = 0.0,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.conservative_lambda = conservative_lambda
+        overrides = {"max_length": max_length} if max_length else {}
+        self.template = PreferenceTokenizer.from_model_config(tokenizer, model.config, **overrides)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str, *, device: str | None = None, dtype=None, **kwargs: Any
+    ) -> RewardPipeline:
+        from transformers import AutoTokenizer
+
+        if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"{path}: not a saved vrm model directory (no config.json)")
+        model = VRMForSequenceClassification.from_pretrained(path, **({"dtype": dtype} if dtype else {}))
+        if device:
+            model.to(device)
+        return cls(model, AutoTokenizer.from_pretrained(path), **kwargs)
+
+    def score(
+        self, prompts: Sequence[Text], responses: Sequence[Text], progress: bool = False
+    ) -> SequenceScores:
+        """Tensors of scores for parallel lists of prompts and responses."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        encoded = [self.template.tokenize_single(p, r) for p, r in zip(prompts, responses, strict=True)]
+        scores = score_sequences(
+            self.model,
+            [ids for ids, _ in encoded],
+            [n for _, n in encoded],
+            self.tokenizer.pad_token_id,
+            self.batch_size,
+            progress,
+        )
+        return self._maybe_unnormalize(scores)
+
+    def _maybe_unnormalize(self, scores: SequenceScores) -> SequenceScores:
+        if not self.normalize:  # undo the stored normalization
+            config = self.model.config
+            scores.reward = scores.reward * config.reward_scale + config.reward_mean
+            scores.reward_std = scores.reward_std * config.reward_scale
+        return scores
+
+    def score_texts(self, texts: Sequence[str], prompt_texts: Sequence[str] | None = None) -> SequenceScores:
+        """Score already-templated sequences (prompt and response in one string, as RL frameworks send them).
+
+        The prompt boundary is the length of the matching `prompt_texts` entry when given (and a prefix of the
+        text), else it is found from the response marker saved at training time. Over-long texts are cut by the
+        training-time policy (prompt from the left).
+        """
+        if prompt_texts is not None and len(prompt_texts) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(prompt_texts)} prompts")
+        marker = self.model.config.response_marker_ids
+        sequences, lengths = [], []
+        for index, text in enumerate(texts):
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            prompt = prompt_texts[index] if prompt_texts is not None else None
+            if prompt is not None and text.startswith(prompt):
+                prompt_length = len(self.tokenizer(prompt, add_special_tokens=False).input_ids)
+            else:
+                prompt_length = _find_marker_end(ids, marker)
+                if prompt_length is None:
+                    raise ValueError(
+                        f"text {index}: cannot find where the response starts (no prompt given, and the response "
+                        f"marker {marker} is not in the text); send it with the model's chat template applied"
+                    )
+            fitted = self.template.fit(ids[:prompt_length], ids[prompt_length:])
+            sequences.append(fitted[0] + fitted[1])
+            lengths.append(len(fitted[0]))
+        scores = score_sequences(self.model, sequences, lengths, self.tokenizer.pad_token_id, self.batch_size)
+        return self._maybe_unnormalize(scores)
+
+    def __call__(self, prompts, responses=None, progress: bool = False):
+        """Score one pair, lists of pairs, or (with `responses=None`) whole conversations."""
+        single = isinstance(prompts, str) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)
+        )
+        if single:
+            prompts = [prompts]
+            responses = None if responses is None else [responses]
+        if responses is None:
+            pairs = [split_conversation(conversation) for conversation in prompts]
+            prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
+        scores = self.score(prompts, responses, progress)
+        results = [self.result(scores, i) for i in range(len(prompts))]
+        return results[0] if single else results
+
+    def result(self, scores: SequenceScores, index: int) -> dict[str, Any]:
+        """The score fields of row `index` as a JSON-ready dict."""
+        result = {
+            "reward": float(scores.reward[index]),
+            "reward_std": float(scores.reward_std[index]),
+            "objective_weights": scores.objective_weights[index].tolist(),
+            "objective_scores": scores.objective_scores[index].tolist(),
+        }
+        if self.conservative_lambda:
+            result["conservative_reward"] = result["reward"] - self.conservative_lambda * result["reward_std"]
+        return result
+
+    def fit_normalization(self, prompts: Sequence[Text], responses: Sequence[Text]) -> tuple[float, float]:
+        """Measure the raw reward's mean and std on a reference set and store them in the model config.
+
+        Afterwards (and after `save_pretrained`, in every later load) rewards are `(r - mean) / std`.
+        """
+        normalize, self.normalize = self.normalize, False
+        try:
+            raw = self.score(prompts, responses).reward
+        finally:
+            self.normalize = normalize
+        if raw.numel() < 2:
+            raise ValueError("need at least 2 reference responses to measure a reward mean and std")
+        mean, std = float(raw.mean()), float(raw.std())
+        self.model.config.reward_mean, self.model.config.reward_scale = mean, max(std, 1e-6)
+        return mean, std
+
+    def save_pretrained(self, path: str) -> None:
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+
+# ----- offline scoring of files (`vrm score`) -----------------------------------------------------------------
+def _completed_rows(path: str) -> int:
+    """Rows already written to a jsonl output; a torn last line (a crash mid-write) is cut off."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        keep = data.rfind(b"\n") + 1  # everything after the last newline is a partial row
+        if keep < len(data):
+            handle.truncate(keep)
+    return data[:keep].count(b"\n")
+
+
+def _row_to_pair(row: dict[str, Any], location: str, prompt_column: str, response_column: str):
+    if "messages" in row and prompt_column not in row:
+        try:
+            return split_conversation(row["messages"])
+        except (ValueError, AttributeError, TypeError) as err:
+            raise DataFormatError(f"{location}: 'messages' {err}") from None
+    response = row.get(response_column, row.get("completion"))
+    if row.get(prompt_column) is None or response is None:
+        raise DataFormatError(
+            f"{location}: needs '{prompt_column}' and '{response_column}' (or 'completion') columns, "
+            f"or a 'messages' conversation; columns present: {', '.join(sorted(row)) or 'none'}"
+        )
+    return row[prompt_column], response
+
+
+def score_file(
+    pipeline: RewardPipeline,
+    input_path: str,
+    output_path: str,
+    *,
+    chunk_size: int = 256,
+    prompt_column: str = "prompt",
+    response_column: str = "response",
+    progress: bool = True,
+) -> dict[str, int]:
+    """Score every row of `input_path` into `output_path` (jsonl: the row plus the score fields).
+
+    Resumable: rows already in the output are not scored again, each chunk is flushed and fsync'ed, and a
+    partially written last line is discarded. Returns {"rows", "skipped", "scored"}.
+    """
+    rows = list(read_records(input_path))
+    if not rows:
+        raise DataFormatError(f"{input_path}: no rows to score")
+    pairs = [_row_to_pair(row, location, prompt_column, response_column) for location, row in rows]
+    done = _completed_rows(output_path)
+    if done > len(rows):
+        raise ValueError(f"{output_path} has {done} rows but {input_path} only {len(rows)}: not its output")
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+    with open(output_path, "a", encoding="utf-8") as out:
+        starts = range(done, len(rows), chunk_size)
+        for start in tqdm(starts, desc="scoring", disable=not progress, unit="chunk"):
+            chunk = pairs[start : start + chunk_size]
+            scores = pipeline.score([p for p, _ in chunk], [r for _, r in chunk])
+            for offset in range(len(chunk)):
+                record = {**rows[start + offset][1], **pipeline.result(scores, offset)}
+                out.write(json.dumps(record) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+    return {"rows": len(rows), "skipped": done, "scored": len(rows) - done}

@@ -1,4 +1,4 @@
-"""The `vrm` command: `vrm train`, `vrm eval`, `vrm score`, `vrm synth`.
+"""The `vrm` command: `vrm train`, `vrm eval`, `vrm score`, `vrm serve`, `vrm synth`.
 
 vrm train --config cfg.yaml [--key value ...]     # flags override the YAML; names as in `trl reward`
 vrm eval --model DIR --dataset FILE [FILE ...] [--output report.json]
@@ -19,6 +19,7 @@ commands:
   train   train a reward model (bt, ib, moe or vrm head) on preference data
   eval    evaluate trained reward models on preference data
   score   score a file of (prompt, response) rows (resumable)
+  serve   serve a reward model over HTTP (OpenRLHF /get_reward, /score)
   synth   write the synthetic preference world used by the quickstart
 
 Run `vrm <command> --help` for the options of a command."""
@@ -149,6 +150,15 @@ def cmd_score(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_serve(argv: Sequence[str]) -> int:
+    try:
+        from .serve import serve_main
+    except ImportError as err:  # fastapi / uvicorn are the optional `serve` extra
+        print(f"vrm serve: error: {err}", file=sys.stderr)
+        return 1
+    return serve_main(argv)
+
+
 def cmd_synth(argv: Sequence[str]) -> int:
     from .synthetic import WorldConfig, write_world
 
@@ -166,7 +176,7 @@ def cmd_synth(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "synth": cmd_synth}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "serve": cmd_serve, "synth": cmd_synth}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,11 +9,10 @@ import httpx
 import pytest
 import torch
 from asgi_lifespan import LifespanManager
-from conftest import PAIRS, llama_config, make_llama_tokenizer
+from conftest import PAIRS
 from fastapi.testclient import TestClient
+from test_modeling import build
 
-from vrm.data import PreferenceTokenizer
-from vrm.modeling import VRMForSequenceClassification
 from vrm.pipeline import RewardPipeline
 from vrm.serve import ServerConfig, build_app, serve_main
 
@@ -22,18 +21,7 @@ RESPONSES = [c for _, c, _ in PAIRS] + [r for _, _, r in PAIRS]
 
 
 def make_pipeline(**kwargs) -> RewardPipeline:
-    tokenizer = make_llama_tokenizer()
-    torch.manual_seed(0)
-    model = VRMForSequenceClassification.from_backbone_config(
-        llama_config(len(tokenizer)), head_type="vrm"
-    ).eval()
-    pref = PreferenceTokenizer(tokenizer, max_length=64, is_causal=model.config.is_causal)
-    model.config.response_marker_ids = pref.response_marker_ids
-    model.config.input_format = pref.input_format
-    model.config.max_length = 64
-    with torch.no_grad():  # move the head off its prior init so rewards differ between inputs
-        for param in model.head.parameters():
-            param.add_(torch.randn_like(param) * 0.2)
+    model, tokenizer, _ = build("llama_chat")
     return RewardPipeline(model, tokenizer, **kwargs)
 
 

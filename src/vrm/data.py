@@ -29,7 +29,7 @@ import json
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -297,7 +297,6 @@ class TruncationStats:
     dropped_too_long: int = 0
     dropped_identical: int = 0
     marker_mismatch: int = 0
-    details: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         text = (

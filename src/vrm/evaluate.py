@@ -17,11 +17,12 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
-from .data import TokenizedPair, TruncationStats, load_preferences
+from .data import TokenizedPair, load_preferences
 from .losses import pair_nll_from_rewards
 from .modeling import VRMForSequenceClassification
 from .pipeline import RewardPipeline, SequenceScores, score_sequences
@@ -124,13 +125,9 @@ def evaluate_model(
         examples = load_preferences(source, split=split, max_rows=max_rows)
         pairs, stats = pref_tokenizer.tokenize_pairs(examples)
         entry = evaluate_pairs(model, pairs, tokenizer.pad_token_id, batch_size, progress)
-        entry["tokenization"] = _stats_dict(stats)
+        entry["tokenization"] = asdict(stats)
         report["datasets"][source] = entry
     return report
-
-
-def _stats_dict(stats: TruncationStats) -> dict[str, int]:
-    return {k: v for k, v in vars(stats).items() if k != "details"}
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -188,3 +188,18 @@ def test_example_configs_parse():
             ["--config", os.path.join(folder, name), "--bf16", "false"]
         )
         assert model_args.head_type == "vrm" and training_args.output_dir.startswith("runs/"), name
+
+
+def test_eval_report_has_calibration_uncertainty_and_length_bias(tmp_path, pairs_file, llama_backbone_dir):
+    output = str(tmp_path / "run")
+    assert main(["train", *train_argv(llama_backbone_dir, pairs_file, output)]) == 0
+    report_path = str(tmp_path / "report.json")
+    assert main(["eval", "--model", output, "--dataset", pairs_file, "--output", report_path, "--no_progress"]) == 0
+    with open(report_path) as handle:
+        overall = json.load(handle)["datasets"][pairs_file]["overall"]
+    assert 0 <= overall["ece"] <= 0.5 and 0 <= overall["brier"] <= 1
+    assert set(overall["selective_accuracy"]["curve"]) >= {"1", "0.5"}
+    assert overall["selective_accuracy"]["curve"]["1"] == pytest.approx(overall["accuracy"])
+    bias = overall["length_bias"]
+    assert bias["pairs_chosen_longer"] + bias["pairs_chosen_shorter"] <= overall["pairs"]
+    assert 0 <= bias["longer_wins_accuracy"] <= 1

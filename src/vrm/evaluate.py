@@ -6,7 +6,11 @@ scores chosen and rejected in length-sorted batches, and reports per dataset:
 * `accuracy` — fraction of pairs with r(chosen) > r(rejected); exact ties are counted apart (`ties`) and
   scored 0.5 in `accuracy_ties_half`;
 * `mean_margin` — mean of r(chosen) - r(rejected); `nll` — Bradley-Terry NLL of the plug-in rewards;
-* `mean_reward_std` — mean posterior standard deviation (vrm / ib);
+* `brier`, `ece` — calibration of P(chosen > rejected) = sigmoid(r+ - r-) (see `vrm.metrics`);
+* `mean_reward_std` — mean posterior standard deviation (vrm / ib), and where it is non-zero the
+  `selective_accuracy` curve (abstaining on the most uncertain pairs) and `uncertainty_error_auroc`;
+* `length_bias` — Spearman(reward, length), accuracy when the chosen response is longer / shorter, and the
+  accuracy of "the longer response wins" on the same pairs;
 * `objective_weights` — the mean E[w] per subset (vrm / moe), so one sees which objectives a prompt type uses.
 """
 
@@ -24,6 +28,7 @@ import torch
 
 from .data import TokenizedPair, load_preferences
 from .losses import pair_nll_from_rewards
+from .metrics import auroc, calibration, length_bias, pair_probabilities, selective_accuracy
 from .modeling import VRMForSequenceClassification
 from .pipeline import RewardPipeline, SequenceScores, score_sequences
 
@@ -40,36 +45,45 @@ def score_pairs(
     lengths = [p.prompt_length for p in pairs] * 2
     both = score_sequences(model, sequences, lengths, pad_token_id, batch_size, progress)
     n = len(pairs)
-
-    def half(part: slice) -> SequenceScores:
-        return SequenceScores(
-            both.reward[part],
-            both.reward_std[part],
-            both.objective_weights[part],
-            both.objective_scores[part],
-        )
-
-    return half(slice(0, n)), half(slice(n, 2 * n))
+    return both.select(slice(0, n)), both.select(slice(n, 2 * n))
 
 
-def pairwise_metrics(chosen: SequenceScores, rejected: SequenceScores) -> dict[str, Any]:
-    """Accuracy, ties, margin, NLL, uncertainty and mean objective weights of a set of scored pairs."""
+def pairwise_metrics(
+    chosen: SequenceScores,
+    rejected: SequenceScores,
+    length_chosen: torch.Tensor | None = None,
+    length_rejected: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Accuracy, ties, margin, calibration, uncertainty quality, length bias and mean objective weights."""
     n = int(chosen.reward.numel())
     if n == 0:
         return {"pairs": 0}
     difference = chosen.reward - rejected.reward
     wins = int((difference > 0).sum())
     ties = int((difference == 0).sum())
-    return {
+    calibrated = calibration(pair_probabilities(chosen.reward.numpy(), rejected.reward.numpy()))
+    out = {
         "pairs": n,
         "accuracy": wins / n,
         "ties": ties,
         "accuracy_ties_half": (wins + 0.5 * ties) / n,
         "mean_margin": float(difference.mean()),
         "nll": pair_nll_from_rewards(chosen.reward, rejected.reward),
+        "brier": calibrated["brier"],
+        "ece": calibrated["ece"],
         "mean_reward_std": float(torch.cat([chosen.reward_std, rejected.reward_std]).mean()),
         "objective_weights": [round(float(v), 4) for v in chosen.objective_weights.mean(0)],
     }
+    pair_std = ((chosen.reward_std**2 + rejected.reward_std**2) / 2).sqrt()
+    if bool((pair_std > 0).any()):  # uncertainty of the pair's decision: does it flag the errors?
+        correct = (difference > 0).float().numpy()
+        out["selective_accuracy"] = selective_accuracy(correct, pair_std.numpy())
+        out["uncertainty_error_auroc"] = auroc(pair_std.numpy(), 1 - correct)
+    if length_chosen is not None and length_rejected is not None:
+        out["length_bias"] = length_bias(
+            chosen.reward.numpy(), rejected.reward.numpy(), length_chosen.numpy(), length_rejected.numpy()
+        )
+    return out
 
 
 def evaluate_pairs(
@@ -79,26 +93,28 @@ def evaluate_pairs(
     batch_size: int = 32,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Metrics overall and per subset (pairs without a subset count only overall)."""
+    """Metrics overall and per subset (pairs without a subset count only overall).
+
+    Response lengths for the length-bias metrics are counted in tokens.
+    """
     chosen, rejected = score_pairs(model, pairs, pad_token_id, batch_size, progress)
-    report = {"overall": pairwise_metrics(chosen, rejected), "subsets": {}}
+    length_chosen = torch.tensor(
+        [len(p.chosen_input_ids) - p.prompt_length for p in pairs], dtype=torch.float32
+    )
+    length_rejected = torch.tensor(
+        [len(p.rejected_input_ids) - p.prompt_length for p in pairs], dtype=torch.float32
+    )
+    report = {"overall": pairwise_metrics(chosen, rejected, length_chosen, length_rejected), "subsets": {}}
     groups: dict[str, list[int]] = defaultdict(list)
     for index, pair in enumerate(pairs):
         if pair.subset is not None:
             groups[pair.subset].append(index)
     for subset in sorted(groups):
         index = torch.tensor(groups[subset])
-        report["subsets"][subset] = pairwise_metrics(_select(chosen, index), _select(rejected, index))
+        report["subsets"][subset] = pairwise_metrics(
+            chosen.select(index), rejected.select(index), length_chosen[index], length_rejected[index]
+        )
     return report
-
-
-def _select(scores: SequenceScores, index: torch.Tensor) -> SequenceScores:
-    return SequenceScores(
-        scores.reward[index],
-        scores.reward_std[index],
-        scores.objective_weights[index],
-        scores.objective_scores[index],
-    )
 
 
 def evaluate_model(
@@ -138,14 +154,24 @@ def format_report(report: dict[str, Any]) -> str:
     from rich.table import Table
 
     table = Table(title=f"vrm eval — {report['model']} ({report['head_type']}, K={report['num_objectives']})")
-    for column in ("dataset / subset", "pairs", "accuracy", "ties", "margin", "nll", "reward_std", "E[w]"):
+    for column in (
+        "dataset / subset",
+        "pairs",
+        "accuracy",
+        "ties",
+        "margin",
+        "nll",
+        "ece",
+        "reward_std",
+        "E[w]",
+    ):
         table.add_column(
-            column, justify="left" if column.startswith("dataset") or column == "E[w]" else "right"
+            column, justify="left" if column.startswith("dataset") or column == "E(w)" else "right"
         )
 
     def row(name: str, m: dict[str, Any]) -> None:
         if not m.get("pairs"):
-            table.add_row(name, "0", "-", "-", "-", "-", "-", "-")
+            table.add_row(name, "0", *["-"] * 7)
             return
         weights = (
             " ".join(f"{w:.2f}" for w in m["objective_weights"]) if len(m["objective_weights"]) > 1 else "-"
@@ -157,6 +183,7 @@ def format_report(report: dict[str, Any]) -> str:
             str(m["ties"]),
             f"{m['mean_margin']:.3f}",
             f"{m['nll']:.3f}" if not math.isnan(m["nll"]) else "nan",
+            f"{m['ece']:.3f}",
             f"{m['mean_reward_std']:.3f}",
             weights,
         )

@@ -1,0 +1,166 @@
+"""Metric functions for reward models, on plain arrays (no model, no I/O): calibration, uncertainty quality,
+length bias and Best-of-N.
+
+* Calibration of P(chosen > rejected) = sigmoid(r+ - r-): NLL, Brier score, expected calibration error (ECE)
+  over the confidence max(p, 1 - p) with equal-width bins, and the reliability-diagram bins.
+* Uncertainty: selective accuracy — accuracy on the pairs kept when the most uncertain fraction is abstained
+  on — with the area under that curve, and the AUROC of uncertainty as a detector of errors.
+* Length bias: Spearman correlation of reward with length; accuracy where the chosen response is the longer
+  vs the shorter one; the accuracy of "the longer response wins".
+* Best-of-N: the unbiased estimator (Gao et al., 2022) of the expected gold score of the proxy's best of n
+  candidates drawn without replacement from a pool of m, averaged over all C(m, n) subsets in closed form:
+  the candidate ranked i-th by the proxy (1 = lowest) is the best of a random n-subset with probability
+  C(i-1, n-1) / C(m, n). `kl_bon(n) = log n - (n - 1) / n`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _array(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64)
+
+
+def pair_probabilities(reward_chosen, reward_rejected) -> np.ndarray:
+    """P(chosen > rejected) = sigmoid(r+ - r-)."""
+    return 1.0 / (1.0 + np.exp(-(_array(reward_chosen) - _array(reward_rejected))))
+
+
+def calibration(probabilities, num_bins: int = 10) -> dict:
+    """NLL, Brier and ECE of pairwise probabilities (the chosen response is the true winner of every pair)."""
+    p = np.clip(_array(probabilities), 1e-12, 1 - 1e-12)
+    if p.size == 0:
+        raise ValueError("no pairs to measure calibration on")
+    confidence = np.maximum(p, 1 - p)
+    correct = (p > 0.5).astype(np.float64) + 0.5 * (p == 0.5)
+    edges = np.linspace(0.5, 1.0, num_bins + 1)
+    index = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, num_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(num_bins):
+        mask = index == b
+        if not mask.any():
+            continue
+        conf, acc = float(confidence[mask].mean()), float(correct[mask].mean())
+        ece += mask.mean() * abs(acc - conf)
+        bins.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "count": int(mask.sum()),
+                "confidence": conf,
+                "accuracy": acc,
+            }
+        )
+    return {
+        "nll": float(-np.log(p).mean()),
+        "brier": float(((1 - p) ** 2).mean()),
+        "ece": float(ece),
+        "bins": bins,
+    }
+
+
+def selective_accuracy(correct, uncertainty, coverages: Sequence[float] | None = None) -> dict:
+    """Accuracy on the most certain `coverage` fraction of pairs, for each coverage, and the curve's area.
+
+    The area is the mean accuracy over coverages k/N, k = 1..N (keeping the k most certain pairs; ties in
+    uncertainty are broken by input order).
+    """
+    correct, uncertainty = _array(correct), _array(uncertainty)
+    if correct.shape != uncertainty.shape or correct.size == 0:
+        raise ValueError("correct and uncertainty must be non-empty and of the same length")
+    order = np.argsort(uncertainty, kind="stable")
+    running = np.cumsum(correct[order]) / np.arange(1, correct.size + 1)
+    coverages = coverages or [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+    curve = {}
+    for coverage in coverages:
+        keep = max(1, int(round(coverage * correct.size)))
+        curve[f"{coverage:g}"] = float(running[keep - 1])
+    return {"curve": curve, "area": float(running.mean())}
+
+
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve of `scores` for binary `labels` (Mann-Whitney U, ties counted half)."""
+    scores, labels = _array(scores), _array(labels).astype(bool)
+    positives, negatives = scores[labels], scores[~labels]
+    if positives.size == 0 or negatives.size == 0:
+        return math.nan
+    ranks = _average_ranks(np.concatenate([positives, negatives]))
+    u = ranks[: positives.size].sum() - positives.size * (positives.size + 1) / 2
+    return float(u / (positives.size * negatives.size))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their average rank."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(values.size)
+    sorted_values = values[order]
+    start = 0
+    while start < values.size:
+        end = start
+        while end + 1 < values.size and sorted_values[end + 1] == sorted_values[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    rx, ry = _average_ranks(_array(x)), _average_ranks(_array(y))
+    if rx.std() == 0 or ry.std() == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def length_bias(reward_chosen, reward_rejected, length_chosen, length_rejected) -> dict:
+    """How much of a reward model's pairwise accuracy follows response length."""
+    rc, rr = _array(reward_chosen), _array(reward_rejected)
+    lc, lr = _array(length_chosen), _array(length_rejected)
+    correct = rc > rr
+    longer = lc > lr
+    shorter = lc < lr
+
+    def mean(mask: np.ndarray) -> float:
+        return float(correct[mask].mean()) if mask.any() else math.nan
+
+    return {
+        "spearman_reward_length": spearman(np.concatenate([rc, rr]), np.concatenate([lc, lr])),
+        "accuracy_chosen_longer": mean(longer),
+        "accuracy_chosen_shorter": mean(shorter),
+        "pairs_chosen_longer": int(longer.sum()),
+        "pairs_chosen_shorter": int(shorter.sum()),
+        "longer_wins_accuracy": float((longer + 0.5 * (lc == lr)).mean()),
+    }
+
+
+def kl_bon(n: int) -> float:
+    """KL divergence of best-of-n sampling from the base policy: log n - (n - 1) / n."""
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n(proxy, gold, n: int) -> tuple[float, float]:
+    """Expected (gold, proxy) score of the proxy's choice among n of the m candidates, over all n-subsets.
+
+    Ties in the proxy are broken by averaging over their orderings (each tied group shares its probability).
+    """
+    proxy, gold = _array(proxy), _array(gold)
+    m = proxy.size
+    if not 1 <= n <= m:
+        raise ValueError(f"n must be between 1 and the pool size {m}, got {n}")
+    order = np.argsort(proxy, kind="stable")
+    ranks = np.arange(1, m + 1)
+    weights = np.array([math.comb(i - 1, n - 1) for i in ranks], dtype=np.float64) / math.comb(m, n)
+    sorted_proxy, sorted_gold = proxy[order], gold[order]
+    # spread the probability of tied proxy values evenly over the tied candidates
+    start = 0
+    while start < m:
+        end = start
+        while end + 1 < m and sorted_proxy[end + 1] == sorted_proxy[start]:
+            end += 1
+        weights[start : end + 1] = weights[start : end + 1].mean()
+        start = end + 1
+    return float(weights @ sorted_gold), float(weights @ sorted_proxy)

@@ -163,7 +163,7 @@ def format_report(report: dict[str, Any]) -> str:
         "nll",
         "ece",
         "reward_std",
-        "E[w]",
+        "E(w)",
     ):
         table.add_column(
             column, justify="left" if column.startswith("dataset") or column == "E(w)" else "right"

@@ -194,7 +194,10 @@ def test_eval_report_has_calibration_uncertainty_and_length_bias(tmp_path, pairs
     output = str(tmp_path / "run")
     assert main(["train", *train_argv(llama_backbone_dir, pairs_file, output)]) == 0
     report_path = str(tmp_path / "report.json")
-    assert main(["eval", "--model", output, "--dataset", pairs_file, "--output", report_path, "--no_progress"]) == 0
+    assert (
+        main(["eval", "--model", output, "--dataset", pairs_file, "--output", report_path, "--no_progress"])
+        == 0
+    )
     with open(report_path) as handle:
         overall = json.load(handle)["datasets"][pairs_file]["overall"]
     assert 0 <= overall["ece"] <= 0.5 and 0 <= overall["brier"] <= 1

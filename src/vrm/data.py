@@ -126,7 +126,8 @@ def _decode_csv_row(row: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _read_source(source: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_source(source: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (location, row) from a file or, for anything else, a `datasets` name's split."""
     if os.path.isfile(source) or source.endswith(FILE_SUFFIXES):
         yield from read_records(source)
         return
@@ -274,7 +275,7 @@ def load_preferences(
         sources = [sources]
     examples: list[PreferenceExample] = []
     for source in sources:
-        for location, row in _read_source(source, split):
+        for location, row in read_source(source, split):
             examples.append(
                 parse_row(row, location, attribute_names=attribute_names, objective_column=objective_column)
             )
@@ -399,7 +400,8 @@ class PreferenceTokenizer:
         return cls(tokenizer, **kwargs)
 
     def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        # verbose=False: the tokenizer's "longer than model_max_length" warning fires before our truncation
+        return self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids
 
     def _response_marker(self) -> list[int] | None:
         if self.input_format == "pair":

@@ -16,6 +16,7 @@ scores chosen and rejected in length-sorted batches, and reports per dataset:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -24,9 +25,11 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import torch
 
-from .data import TokenizedPair, load_preferences
+from .conventions import RM_BENCH_VARIANTS, detect_format, rewardbench_sections, rm_bench_scores
+from .data import TokenizedPair, load_preferences, read_source
 from .losses import pair_nll_from_rewards
 from .metrics import auroc, calibration, length_bias, pair_probabilities, selective_accuracy
 from .modeling import VRMForSequenceClassification
@@ -138,12 +141,40 @@ def evaluate_model(
         "datasets": {},
     }
     for source in datasets:
+        rows = [row for _, row in itertools.islice(read_source(source, split), max_rows)]
+        convention = detect_format(rows)
+        if convention == "rm-bench":
+            report["datasets"][source] = evaluate_rm_bench(pipeline, rows, progress)
+            continue
         examples = load_preferences(source, split=split, max_rows=max_rows)
         pairs, stats = pref_tokenizer.tokenize_pairs(examples)
-        entry = evaluate_pairs(model, pairs, tokenizer.pad_token_id, batch_size, progress)
+        entry = {
+            "convention": convention,
+            **evaluate_pairs(model, pairs, tokenizer.pad_token_id, batch_size, progress),
+        }
         entry["tokenization"] = asdict(stats)
+        if convention == "rewardbench":
+            accuracy = {name: m["accuracy"] for name, m in entry["subsets"].items()}
+            counts = {name: m["pairs"] for name, m in entry["subsets"].items()}
+            entry["rewardbench"] = rewardbench_sections(accuracy, counts)
         report["datasets"][source] = entry
     return report
+
+
+def evaluate_rm_bench(
+    pipeline: RewardPipeline, rows: list[dict[str, Any]], progress: bool = True
+) -> dict[str, Any]:
+    """RM-Bench's convention (see `vrm.conventions`): 3 chosen x 3 rejected style variants per prompt."""
+    variants = RM_BENCH_VARIANTS
+    prompts = [row["prompt"] for row in rows for _ in range(2 * variants)]
+    responses = [text for row in rows for text in (*row["chosen"], *row["rejected"])]
+    rewards = pipeline.score(prompts, responses, progress=progress).reward.view(len(rows), 2, variants)
+    outcomes = (rewards[:, 0, :, None] > rewards[:, 1, None, :]).numpy()  # [N, i chosen, j rejected]
+    entry: dict[str, Any] = {"convention": "rm-bench", "overall": rm_bench_scores(outcomes), "subsets": {}}
+    subsets = np.array([str(row.get("subset")) for row in rows])
+    for subset in sorted(set(subsets.tolist())):
+        entry["subsets"][subset] = rm_bench_scores(outcomes[subsets == subset])
+    return entry
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -188,12 +219,33 @@ def format_report(report: dict[str, Any]) -> str:
             weights,
         )
 
+    notes = []
     for source, entry in report["datasets"].items():
-        row(os.path.basename(source), entry["overall"])
+        name = os.path.basename(source)
+        if entry.get("convention") == "rm-bench":
+            for label, scores in [
+                (name, entry["overall"]),
+                *((f"  {k}", v) for k, v in entry["subsets"].items()),
+            ]:
+                notes.append(
+                    f"{label:<24} RM-Bench ({scores['prompts']} prompts): easy {scores['easy']:.3f}  "
+                    f"normal {scores['normal']:.3f}  hard {scores['hard']:.3f}  average {scores['average']:.3f}"
+                )
+            continue
+        row(name, entry["overall"])
         for subset, metrics in entry["subsets"].items():
             row(f"  {subset}", metrics)
+        if "rewardbench" in entry:
+            sections = "  ".join(f"{k} {v:.3f}" for k, v in entry["rewardbench"]["sections"].items())
+            notes.append(
+                f"{name}: RewardBench sections {sections}; score {entry['rewardbench']['score']:.3f}"
+            )
     buffer = StringIO()
-    Console(file=buffer, width=140, force_terminal=False).print(table)
+    console = Console(file=buffer, width=140, force_terminal=False)
+    if table.row_count:
+        console.print(table)
+    for note in notes:
+        console.print(note, markup=False)
     return buffer.getvalue()
 
 

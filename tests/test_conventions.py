@@ -1,0 +1,73 @@
+import json
+
+import numpy as np
+import pytest
+from test_modeling import build
+
+from vrm.conventions import detect_format, rewardbench_sections, rm_bench_scores
+from vrm.evaluate import evaluate_rm_bench, format_report
+from vrm.pipeline import RewardPipeline
+
+
+def test_detect_format():
+    assert (
+        detect_format([{"prompt": "p", "chosen": ["a", "b", "c"], "rejected": ["d", "e", "f"]}]) == "rm-bench"
+    )
+    assert detect_format(
+        [{"prompt": "p", "chosen": "a", "rejected": "b", "subset": "xstest-should-refuse"}]
+    ) == ("rewardbench")
+    assert detect_format([{"prompt": "p", "chosen": "a", "rejected": "b", "subset": "mine"}]) == "pairwise"
+    conversational = [{"role": "assistant", "content": "a"}]
+    assert detect_format([{"chosen": conversational, "rejected": conversational}]) == "pairwise"
+    bad = [
+        {"chosen": ["a", "b", "c"], "rejected": ["d", "e", "f"]},
+        {"chosen": ["a", "b", "c"], "rejected": "x"},
+    ]
+    with pytest.raises(ValueError, match="row 1: RM-Bench rows need 'rejected'"):
+        detect_format(bad)
+
+
+def test_rm_bench_scores_by_hand():
+    outcome = np.array(
+        [
+            [[1, 0, 0], [1, 1, 0], [1, 1, 1]],  # lower triangle + diagonal right, upper wrong
+            [[1, 1, 1], [0, 0, 1], [0, 0, 0]],
+        ]
+    )
+    scores = rm_bench_scores(outcome)
+    assert scores["hard"] == pytest.approx((0 + 3) / 6)  # i < j entries: (0,1), (0,2), (1,2)
+    assert scores["normal"] == pytest.approx((3 + 1) / 6)
+    assert scores["easy"] == pytest.approx((3 + 0) / 6)
+    assert scores["average"] == pytest.approx((0.5 + 4 / 6 + 0.5) / 3)
+
+
+def test_rewardbench_sections_weighting():
+    accuracy = {"alpacaeval-easy": 1.0, "mt-bench-easy": 0.5, "math-prm": 0.2, "hep-cpp": 1.0, "hep-go": 0.6}
+    counts = {"alpacaeval-easy": 100, "mt-bench-easy": 28, "math-prm": 447, "hep-cpp": 164, "hep-go": 164}
+    out = rewardbench_sections(accuracy, counts)
+    assert out["sections"]["Chat"] == pytest.approx((100 * 1.0 + 28 * 0.5) / 128)
+    assert out["sections"]["Reasoning"] == pytest.approx((0.2 + 0.8) / 2)  # math-prm weighs as much as code
+    assert set(out["sections"]) == {"Chat", "Reasoning"}
+    assert out["score"] == pytest.approx((out["sections"]["Chat"] + 0.5) / 2)
+
+
+def test_rm_bench_evaluation_end_to_end(tmp_path):
+    model, tokenizer, _ = build("llama_chat")
+    pipeline = RewardPipeline(model, tokenizer)
+    rows = [
+        {
+            "prompt": "How do I fix a slow query?",
+            "chosen": ["Add an index.", "Add an index, then measure.", "**Add an index**, then measure."],
+            "rejected": ["No.", "No, do nothing.", "**No**, do nothing."],
+            "subset": subset,
+        }
+        for subset in ("chat", "code", "chat")
+    ]
+    entry = evaluate_rm_bench(pipeline, rows, progress=False)
+    rewards = pipeline.score([rows[0]["prompt"]] * 6, rows[0]["chosen"] + rows[0]["rejected"]).reward
+    expected = (rewards[:3, None] > rewards[None, 3:]).float()
+    assert entry["overall"]["normal"] == pytest.approx(float(expected.diagonal().mean()))
+    assert entry["overall"]["prompts"] == 3 and set(entry["subsets"]) == {"chat", "code"}
+    report = {"model": "m", "head_type": "vrm", "num_objectives": 4, "datasets": {"rm.jsonl": entry}}
+    assert "RM-Bench (3 prompts): easy" in format_report(report)
+    json.dumps(entry)  # the entry is JSON-ready

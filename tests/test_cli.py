@@ -141,7 +141,7 @@ def test_resume_from_checkpoint_continues_the_run(tmp_path, pairs_file, llama_ba
 
 def test_cli_errors_are_clear(tmp_path, capsys, pairs_file, llama_backbone_dir):
     assert main(["eval", "--model", str(tmp_path / "nope"), "--dataset", pairs_file]) == 1
-    assert "nope: not a saved vrm model directory" in capsys.readouterr().err
+    assert "nope: not a saved model directory" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "chosen": "a"}\n')
     argv = train_argv(llama_backbone_dir, str(bad), str(tmp_path / "out"))

@@ -71,3 +71,38 @@ def test_rm_bench_evaluation_end_to_end(tmp_path):
     report = {"model": "m", "head_type": "vrm", "num_objectives": 4, "datasets": {"rm.jsonl": entry}}
     assert "RM-Bench (3 prompts): easy" in format_report(report)
     json.dumps(entry)  # the entry is JSON-ready
+
+
+def test_eval_scores_a_plain_sequence_classifier_and_refuses_nan(tmp_path, pairs_file):
+    import torch
+    from conftest import llama_config, make_llama_tokenizer
+    from transformers import LlamaForSequenceClassification
+
+    from vrm.cli import main
+
+    tokenizer = make_llama_tokenizer()
+    config = llama_config(len(tokenizer))
+    config.num_labels = 1
+    torch.manual_seed(0)
+    plain_dir = str(tmp_path / "plain")
+    LlamaForSequenceClassification(config).save_pretrained(plain_dir)
+    tokenizer.save_pretrained(plain_dir)
+    report_path = str(tmp_path / "r.json")
+    assert (
+        main(
+            ["eval", "--model", plain_dir, "--dataset", pairs_file, "--output", report_path, "--no_progress"]
+        )
+        == 0
+    )
+    with open(report_path) as handle:
+        report = json.load(handle)
+    assert report["head_type"] == "llama sequence classifier"
+    overall = report["datasets"][pairs_file]["overall"]
+    assert overall["pairs"] == 6 and "selective_accuracy" not in overall  # no uncertainty to judge
+
+    model, tok, _ = build("llama_chat")
+    with torch.no_grad():
+        model.head.decoder.weight.fill_(float("nan"))
+    nan_dir = str(tmp_path / "nan")
+    RewardPipeline(model, tok).save_pretrained(nan_dir)
+    assert main(["eval", "--model", nan_dir, "--dataset", pairs_file, "--no_progress"]) == 1

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from .conventions import RM_BENCH_VARIANTS, detect_format, rewardbench_sections, rm_bench_scores
-from .data import TokenizedPair, load_preferences, read_source
+from .data import PreferenceExample, TokenizedPair, load_preferences, read_source
 from .losses import pair_nll_from_rewards
 from .metrics import auroc, calibration, length_bias, pair_probabilities, selective_accuracy
 from .modeling import VRMForSequenceClassification
-from .pipeline import RewardPipeline, SequenceScores, score_sequences
+from .pipeline import RewardPipeline, SequenceScores, load_scorer, score_sequences
 
 
 def score_pairs(
@@ -96,28 +96,61 @@ def evaluate_pairs(
     batch_size: int = 32,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Metrics overall and per subset (pairs without a subset count only overall).
-
-    Response lengths for the length-bias metrics are counted in tokens.
-    """
+    """Metrics of a vrm model on tokenized pairs, overall and per subset (response lengths in tokens)."""
     chosen, rejected = score_pairs(model, pairs, pad_token_id, batch_size, progress)
-    length_chosen = torch.tensor(
-        [len(p.chosen_input_ids) - p.prompt_length for p in pairs], dtype=torch.float32
-    )
-    length_rejected = torch.tensor(
-        [len(p.rejected_input_ids) - p.prompt_length for p in pairs], dtype=torch.float32
-    )
+    length_chosen = [len(p.chosen_input_ids) - p.prompt_length for p in pairs]
+    length_rejected = [len(p.rejected_input_ids) - p.prompt_length for p in pairs]
+    return metrics_by_subset(chosen, rejected, length_chosen, length_rejected, [p.subset for p in pairs])
+
+
+def metrics_by_subset(
+    chosen: SequenceScores,
+    rejected: SequenceScores,
+    length_chosen: Sequence[float],
+    length_rejected: Sequence[float],
+    subsets: Sequence[str | None],
+) -> dict[str, Any]:
+    """`pairwise_metrics` overall and per subset (pairs without a subset count only overall)."""
+    length_chosen = torch.tensor(length_chosen, dtype=torch.float32)
+    length_rejected = torch.tensor(length_rejected, dtype=torch.float32)
     report = {"overall": pairwise_metrics(chosen, rejected, length_chosen, length_rejected), "subsets": {}}
     groups: dict[str, list[int]] = defaultdict(list)
-    for index, pair in enumerate(pairs):
-        if pair.subset is not None:
-            groups[pair.subset].append(index)
+    for index, subset in enumerate(subsets):
+        if subset is not None:
+            groups[subset].append(index)
     for subset in sorted(groups):
         index = torch.tensor(groups[subset])
         report["subsets"][subset] = pairwise_metrics(
             chosen.select(index), rejected.select(index), length_chosen[index], length_rejected[index]
         )
     return report
+
+
+def evaluate_examples(scorer, examples: Sequence[PreferenceExample], progress: bool = True) -> dict[str, Any]:
+    """Metrics of any scorer with a `score(prompts, responses)` method (e.g. a non-vrm reward model)."""
+    prompts = [e.prompt for e in examples]
+    chosen = scorer.score(prompts, [e.chosen for e in examples], progress=progress)
+    rejected = scorer.score(prompts, [e.rejected for e in examples], progress=progress)
+
+    def length(response) -> int:
+        text = response if isinstance(response, str) else "".join(m["content"] for m in response)
+        return len(scorer.tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
+
+    return metrics_by_subset(
+        chosen,
+        rejected,
+        [length(e.chosen) for e in examples],
+        [length(e.rejected) for e in examples],
+        [e.subset for e in examples],
+    )
+
+
+def _check_finite(entry: dict[str, Any], source: str) -> None:
+    """NaN or infinite rewards make every number meaningless: say so instead of reporting them."""
+    overall = entry.get("overall", {})
+    values = [overall.get("mean_margin"), overall.get("nll"), overall.get("average")]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values if v is not None):
+        raise ValueError(f"{source}: the model produced NaN or infinite rewards; no metrics reported")
 
 
 def evaluate_model(
@@ -130,45 +163,55 @@ def evaluate_model(
     max_length: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """The `vrm eval` report: one entry per dataset, each with overall and per-subset metrics."""
-    pipeline = RewardPipeline.from_pretrained(model_path, max_length=max_length)
-    model, tokenizer, pref_tokenizer = pipeline.model, pipeline.tokenizer, pipeline.template
+    """The `vrm eval` report: one entry per dataset, each with overall and per-subset metrics.
+
+    `model_path` is a vrm checkpoint or any `AutoModelForSequenceClassification` reward model.
+    """
+    kwargs: dict[str, Any] = {"batch_size": batch_size}
+    if max_length:
+        kwargs["max_length"] = max_length
+    scorer = load_scorer(model_path, **kwargs)
+    is_vrm = isinstance(scorer, RewardPipeline)
+    config = scorer.model.config
     report: dict[str, Any] = {
         "model": model_path,
-        "head_type": model.config.head_type,
-        "num_objectives": model.config.num_objectives,
-        "objective_names": model.config.objective_names,
+        "head_type": config.head_type if is_vrm else f"{config.model_type} sequence classifier",
+        "num_objectives": config.num_objectives if is_vrm else 1,
+        "objective_names": config.objective_names if is_vrm else None,
         "datasets": {},
     }
     for source in datasets:
         rows = [row for _, row in itertools.islice(read_source(source, split), max_rows)]
         convention = detect_format(rows)
         if convention == "rm-bench":
-            report["datasets"][source] = evaluate_rm_bench(pipeline, rows, progress)
-            continue
-        examples = load_preferences(source, split=split, max_rows=max_rows)
-        pairs, stats = pref_tokenizer.tokenize_pairs(examples)
-        entry = {
-            "convention": convention,
-            **evaluate_pairs(model, pairs, tokenizer.pad_token_id, batch_size, progress),
-        }
-        entry["tokenization"] = asdict(stats)
-        if convention == "rewardbench":
-            accuracy = {name: m["accuracy"] for name, m in entry["subsets"].items()}
-            counts = {name: m["pairs"] for name, m in entry["subsets"].items()}
-            entry["rewardbench"] = rewardbench_sections(accuracy, counts)
+            entry = evaluate_rm_bench(scorer, rows, progress)
+        else:
+            examples = load_preferences(source, split=split, max_rows=max_rows)
+            if is_vrm:
+                pairs, stats = scorer.template.tokenize_pairs(examples)
+                if not pairs:
+                    raise ValueError(f"{source}: no pairs left after tokenization ({stats.summary()})")
+                metrics = evaluate_pairs(
+                    scorer.model, pairs, scorer.tokenizer.pad_token_id, batch_size, progress
+                )
+                entry = {"convention": convention, **metrics, "tokenization": asdict(stats)}
+            else:
+                entry = {"convention": convention, **evaluate_examples(scorer, examples, progress)}
+            if convention == "rewardbench":
+                accuracy = {name: m["accuracy"] for name, m in entry["subsets"].items()}
+                counts = {name: m["pairs"] for name, m in entry["subsets"].items()}
+                entry["rewardbench"] = rewardbench_sections(accuracy, counts)
+        _check_finite(entry, source)
         report["datasets"][source] = entry
     return report
 
 
-def evaluate_rm_bench(
-    pipeline: RewardPipeline, rows: list[dict[str, Any]], progress: bool = True
-) -> dict[str, Any]:
+def evaluate_rm_bench(scorer, rows: list[dict[str, Any]], progress: bool = True) -> dict[str, Any]:
     """RM-Bench's convention (see `vrm.conventions`): 3 chosen x 3 rejected style variants per prompt."""
     variants = RM_BENCH_VARIANTS
     prompts = [row["prompt"] for row in rows for _ in range(2 * variants)]
     responses = [text for row in rows for text in (*row["chosen"], *row["rejected"])]
-    rewards = pipeline.score(prompts, responses, progress=progress).reward.view(len(rows), 2, variants)
+    rewards = scorer.score(prompts, responses, progress=progress).reward.view(len(rows), 2, variants)
     outcomes = (rewards[:, 0, :, None] > rewards[:, 1, None, :]).numpy()  # [N, i chosen, j rejected]
     entry: dict[str, Any] = {"convention": "rm-bench", "overall": rm_bench_scores(outcomes), "subsets": {}}
     subsets = np.array([str(row.get("subset")) for row in rows])

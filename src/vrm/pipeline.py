@@ -290,3 +290,78 @@ def score_file(
             out.flush()
             os.fsync(out.fileno())
     return {"rows": len(rows), "skipped": done, "scored": len(rows) - done}
+
+
+# ----- reward models that are not vrm's -----------------------------------------------------------------------
+class SequenceClassifierPipeline:
+    """Any `AutoModelForSequenceClassification` reward model (one logit), scored like a `RewardPipeline`.
+
+    Texts are formatted with the tokenizer's chat template as a user/assistant conversation (or
+    `prompt + "\\n\\n" + response` without one) and truncated from the left to `max_length`. It has no
+    uncertainty and no objectives: `reward_std` is 0 and the single objective weight is 1.
+    """
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 16, max_length: int = 1024):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str, *, device: str | None = None, **kwargs: Any
+    ) -> SequenceClassifierPipeline:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+        if model.config.num_labels != 1:
+            raise ValueError(f"{path}: a reward model has one output, this one has {model.config.num_labels}")
+        if device:
+            model.to(device)
+        return cls(model, AutoTokenizer.from_pretrained(path), **kwargs)
+
+    def _text(self, prompt: Text, response: Text) -> str:
+        messages = (prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]) + (
+            response if isinstance(response, list) else [{"role": "assistant", "content": response}]
+        )
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+        return "\n\n".join(m["content"] for m in messages)
+
+    @torch.no_grad()
+    def score(
+        self, prompts: Sequence[Text], responses: Sequence[Text], progress: bool = False
+    ) -> SequenceScores:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        self.tokenizer.truncation_side = "left"
+        device = next(self.model.parameters()).device
+        rewards = torch.empty(len(prompts))
+        texts = [self._text(p, r) for p, r in zip(prompts, responses, strict=True)]
+        for start in tqdm(range(0, len(texts), self.batch_size), disable=not progress, leave=False):
+            batch = self.tokenizer(
+                texts[start : start + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(device)
+            rewards[start : start + len(batch["input_ids"])] = self.model(**batch).logits[:, 0].float().cpu()
+        count = len(texts)
+        return SequenceScores(rewards, torch.zeros(count), torch.ones(count, 1), rewards[:, None].clone())
+
+
+def load_scorer(path: str, **kwargs: Any) -> RewardPipeline | SequenceClassifierPipeline:
+    """A `RewardPipeline` for vrm checkpoints, a `SequenceClassifierPipeline` for other reward models."""
+    config_path = os.path.join(path, "config.json")
+    if os.path.isdir(path) and os.path.exists(config_path):
+        with open(config_path, encoding="utf-8") as handle:
+            if json.load(handle).get("model_type") == "vrm":
+                return RewardPipeline.from_pretrained(path, **kwargs)
+    elif os.path.exists(path) or path.startswith(("/", ".", "~")):
+        raise FileNotFoundError(f"{path}: not a saved model directory (no config.json)")
+    kwargs.pop("normalize", None)
+    kwargs.pop("conservative_lambda", None)
+    return SequenceClassifierPipeline.from_pretrained(path, **kwargs)

@@ -20,6 +20,7 @@ commands:
   eval    evaluate trained reward models on preference data
   score   score a file of (prompt, response) rows (resumable)
   serve   serve a reward model over HTTP (OpenRLHF /get_reward, /score)
+  bench   benchmarks: `vrm bench bon` (Best-of-N overoptimization against a gold scorer)
   synth   write the synthetic preference world used by the quickstart
 
 Run `vrm <command> --help` for the options of a command."""
@@ -159,6 +160,18 @@ def cmd_serve(argv: Sequence[str]) -> int:
     return serve_main(argv)
 
 
+def cmd_bench(argv: Sequence[str]) -> int:
+    if not argv or argv[0] != "bon":
+        print(
+            "usage: vrm bench bon [options]   (Best-of-N overoptimization; see vrm bench bon --help)",
+            file=sys.stderr,
+        )
+        return 2
+    from .bon import bon_main
+
+    return bon_main(argv[1:])
+
+
 def cmd_synth(argv: Sequence[str]) -> int:
     from .synthetic import WorldConfig, write_world
 
@@ -176,7 +189,14 @@ def cmd_synth(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "serve": cmd_serve, "synth": cmd_synth}
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "score": cmd_score,
+    "serve": cmd_serve,
+    "bench": cmd_bench,
+    "synth": cmd_synth,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

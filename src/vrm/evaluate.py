@@ -74,6 +74,7 @@ def pairwise_metrics(
         "nll": pair_nll_from_rewards(chosen.reward, rejected.reward),
         "brier": calibrated["brier"],
         "ece": calibrated["ece"],
+        "calibration_bins": calibrated["bins"],
         "mean_reward_std": float(torch.cat([chosen.reward_std, rejected.reward_std]).mean()),
         "objective_weights": [round(float(v), 4) for v in chosen.objective_weights.mean(0)],
     }

@@ -1,0 +1,120 @@
+import json
+
+import numpy as np
+import pytest
+from test_modeling import build
+
+from vrm.bon import bon_curve, build_pool, read_pool, score_pool
+from vrm.cli import main
+from vrm.data import DataFormatError
+from vrm.metrics import kl_bon
+from vrm.pipeline import RewardPipeline
+
+POOL = [
+    {
+        "prompt": "How do I fix a slow query?",
+        "responses": ["Add an index.", "No.", "Measure first.", "Maybe."],
+        "gold": [1.0, -1.0, 0.5, 0.0],
+    },
+    {
+        "prompt": "Tell me a joke.",
+        "responses": ["Why did the chicken cross the road?", "No.", "Later."],
+        "gold": [1.0, -1.0, -0.5],
+    },
+]
+
+
+def write_pool(tmp_path, rows=POOL):
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_bon_curve_by_hand():
+    proxy = [np.array([3.0, 1.0, 2.0]), np.array([0.0, 5.0])]
+    gold = [np.array([0.0, 1.0, 2.0]), np.array([4.0, 6.0])]
+    curve = bon_curve(proxy, gold, [1, 2, 3])
+    assert [p["prompts"] for p in curve] == [2, 2, 1]
+    assert curve[0]["gold"] == pytest.approx((1.0 + 5.0) / 2)  # n = 1: the mean candidate
+    # n = 2, prompt 1: subsets {3,1}->0, {3,2}->0, {1,2}->2 => 2/3; prompt 2: always the 5.0 -> gold 6
+    assert curve[1]["gold"] == pytest.approx((2 / 3 + 6.0) / 2)
+    assert curve[2]["gold"] == pytest.approx(0.0) and curve[2]["kl_bon"] == pytest.approx(kl_bon(3))
+
+
+def test_pool_reading_building_and_scoring(tmp_path):
+    path = write_pool(tmp_path)
+    pool = read_pool(path, "gold")
+    model, tokenizer, _ = build("llama_chat")
+    pipeline = RewardPipeline(model, tokenizer)
+    scores = score_pool(pipeline, pool, progress=False)
+    assert [len(s) for s in scores] == [4, 3]
+    expected = pipeline.score([POOL[1]["prompt"]] * 3, POOL[1]["responses"]).reward.numpy()
+    assert np.allclose(scores[1], expected, atol=1e-5)
+    with pytest.raises(DataFormatError, match="'gold' must list one gold score per response"):
+        read_pool(write_pool(tmp_path, [dict(POOL[0], gold=[1.0])]), "gold")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n"
+            for p, c, r in [("q", "a", "b"), ("q", "c", "a"), ("lonely", "x", "x")]
+        )
+    )
+    assert build_pool(str(pairs), str(tmp_path / "built.jsonl")) == 1
+    (row,) = read_pool(str(tmp_path / "built.jsonl"))
+    assert row == {"prompt": "q", "responses": ["a", "b", "c"]}
+
+
+def test_bench_bon_cli(tmp_path, capsys):
+    model, tokenizer, _ = build("llama_chat")
+    proxy_dir = str(tmp_path / "proxy")
+    RewardPipeline(model, tokenizer).save_pretrained(proxy_dir)
+    output, plot = str(tmp_path / "bon.json"), str(tmp_path / "bon.png")
+    argv = [
+        "bench",
+        "bon",
+        "--pool",
+        write_pool(tmp_path),
+        "--proxy",
+        proxy_dir,
+        "--gold_column",
+        "gold",
+        "--n",
+        "1",
+        "2",
+        "3",
+        "--output",
+        output,
+        "--plot",
+        plot,
+        "--no_progress",
+    ]
+    assert main(argv) == 0
+    with open(output) as handle:
+        report = json.load(handle)
+    curve = report["curves"][proxy_dir]
+    assert [p["n"] for p in curve] == [1, 2, 3] and report["candidates"] == 7
+    assert curve[0]["gold"] == pytest.approx((0.125 + (-0.5 / 3)) / 2)
+    with open(plot, "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    # the gold model path: the proxy judged by itself climbs with n
+    argv = [
+        "bench",
+        "bon",
+        "--pool",
+        write_pool(tmp_path),
+        "--proxy",
+        proxy_dir,
+        "--gold_model",
+        proxy_dir,
+        "--n",
+        "1",
+        "3",
+        "--output",
+        output,
+        "--no_progress",
+    ]
+    assert main(argv) == 0
+    with open(output) as handle:
+        curve = json.load(handle)["curves"][proxy_dir]
+    assert curve[1]["gold"] >= curve[0]["gold"]
+    assert main(["bench", "nope"]) == 2

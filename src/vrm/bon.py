@@ -24,10 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from .data import DataFormatError, read_records
 from .metrics import best_of_n, kl_bon
@@ -191,6 +194,8 @@ def bon_main(argv: Sequence[str]) -> int:
     for path, curve in results.items():
         print(f"{os.path.basename(path.rstrip('/')):<40} " + " ".join(f"{p['gold']:>8.3f}" for p in curve))
     report = {
+        "command": "vrm bench bon " + shlex.join(argv),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__},
         "pool": args.pool,
         "prompts": len(pool),
         "candidates": int(sum(len(row["responses"]) for row in pool)),

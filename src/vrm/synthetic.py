@@ -173,6 +173,8 @@ class WorldConfig:
     label_temperature: float = 0.05
     max_filler: int = 4
     rated_fraction: float = 0.25  # training rows that keep their per-objective ratings (the rest: null)
+    pool_prompts: int = 150  # Best-of-N pool: prompts x candidates with true rewards (`bon_pool.jsonl`)
+    pool_candidates: int = 16
     seed: int = 0
 
 
@@ -230,8 +232,30 @@ def generate_pairs(
     return rows
 
 
+def generate_pool(prompts: int, candidates: int, config: WorldConfig, seed: int) -> list[dict]:
+    """Best-of-N pool rows: each prompt with `candidates` random responses and their true rewards as gold.
+
+    Qualities and filler lengths are drawn independently, so length carries no information about the gold
+    score here: a proxy that rewards length picks longer, not better, answers as n grows.
+    """
+    rng = random.Random(seed)
+    types = list(PROMPT_TYPES)
+    rows = []
+    for index in range(prompts):
+        prompt_type = types[index % len(types)]
+        spec = PROMPT_TYPES[prompt_type]
+        prompt = rng.choice(spec["templates"]).format(task=rng.choice(spec["tasks"]))
+        responses, gold = [], []
+        for _ in range(candidates):
+            levels = tuple(rng.choice((-1, 0, 1)) for _ in OBJECTIVES)
+            responses.append(_response(rng, levels, rng.randint(0, config.max_filler)))
+            gold.append(true_reward(prompt_type, levels))
+        rows.append({"prompt": prompt, "responses": responses, "gold_scores": gold, "subset": prompt_type})
+    return rows
+
+
 def write_world(output_dir: str, config: WorldConfig | None = None) -> dict[str, str]:
-    """Write `train.jsonl`, `test_iid.jsonl`, `test_shifted.jsonl` and `truth.json` (true weights)."""
+    """Write `train.jsonl`, `test_iid.jsonl`, `test_shifted.jsonl`, `bon_pool.jsonl` and `truth.json`."""
     config = config or WorldConfig()
     os.makedirs(output_dir, exist_ok=True)
     splits = {
@@ -241,6 +265,7 @@ def write_world(output_dir: str, config: WorldConfig | None = None) -> dict[str,
         "test_iid": generate_pairs(config.test_pairs, config, config.length_bias, config.seed + 1),
         "test_shifted": generate_pairs(config.test_pairs, config, 1.0 - config.length_bias, config.seed + 2),
     }
+    splits["bon_pool"] = generate_pool(config.pool_prompts, config.pool_candidates, config, config.seed + 3)
     paths = {}
     for name, rows in splits.items():
         path = os.path.join(output_dir, f"{name}.jsonl")

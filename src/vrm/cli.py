@@ -90,6 +90,8 @@ def cmd_eval(argv: Sequence[str]) -> int:
         "--max_rows", type=int, default=None, help="Evaluate at most this many rows per dataset."
     )
     parser.add_argument("--max_length", type=int, default=None, help="Override the training max_length.")
+    parser.add_argument("--plots", default=None, help="Write a reliability diagram and weight heatmaps here.")
+    parser.add_argument("--markdown", default=None, help="Write a side-by-side markdown summary here.")
     parser.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
     args = parser.parse_args(argv)
     reports = []
@@ -108,6 +110,14 @@ def cmd_eval(argv: Sequence[str]) -> int:
     if args.output:
         write_json(reports[0] if len(reports) == 1 else {"models": reports}, args.output)
         print(f"[vrm] report written to {args.output}")
+    if args.plots or args.markdown:
+        from .report import write_markdown, write_plots
+
+        if args.plots:
+            for path in write_plots(reports, args.plots):
+                print(f"[vrm] plot written to {path}")
+        if args.markdown:
+            print(f"[vrm] summary written to {write_markdown(reports, args.markdown)}")
     return 0
 
 

@@ -69,25 +69,8 @@ def test_bench_bon_cli(tmp_path, capsys):
     proxy_dir = str(tmp_path / "proxy")
     RewardPipeline(model, tokenizer).save_pretrained(proxy_dir)
     output, plot = str(tmp_path / "bon.json"), str(tmp_path / "bon.png")
-    argv = [
-        "bench",
-        "bon",
-        "--pool",
-        write_pool(tmp_path),
-        "--proxy",
-        proxy_dir,
-        "--gold_column",
-        "gold",
-        "--n",
-        "1",
-        "2",
-        "3",
-        "--output",
-        output,
-        "--plot",
-        plot,
-        "--no_progress",
-    ]
+    common = ["bench", "bon", "--pool", write_pool(tmp_path), "--proxy", proxy_dir, "--no_progress"]
+    argv = [*common, "--gold_column", "gold", "--n", "1", "2", "3", "--output", output, "--plot", plot]
     assert main(argv) == 0
     with open(output) as handle:
         report = json.load(handle)
@@ -97,22 +80,7 @@ def test_bench_bon_cli(tmp_path, capsys):
     with open(plot, "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
     # the gold model path: the proxy judged by itself climbs with n
-    argv = [
-        "bench",
-        "bon",
-        "--pool",
-        write_pool(tmp_path),
-        "--proxy",
-        proxy_dir,
-        "--gold_model",
-        proxy_dir,
-        "--n",
-        "1",
-        "3",
-        "--output",
-        output,
-        "--no_progress",
-    ]
+    argv = [*common, "--gold_model", proxy_dir, "--n", "1", "3", "--output", output]
     assert main(argv) == 0
     with open(output) as handle:
         curve = json.load(handle)["curves"][proxy_dir]

@@ -194,7 +194,7 @@ def reliability_diagram(reports: list[dict[str, Any]], path: str) -> str:
     axes.set_aspect("equal")
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)
-    lines = [", ".join(titles[i : i + 3]) for i in range(0, len(titles), 3)]
+    lines = [", ".join(titles[i : i + 2]) for i in range(0, len(titles), 2)]
     axes.set_title("Reliability diagram — ECE: " + ("\n".join(lines) if lines else MISSING), fontsize=9)
     figure.tight_layout()
     return _save_figure(figure, path)

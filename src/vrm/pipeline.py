@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import DataFormatError, PreferenceTokenizer, Text, pad_sequences, read_records
-from .modeling import VRMForSequenceClassification
+from .modeling import PromptBoundaryError, VRMForSequenceClassification, find_prompt_end
 
 
 @dataclass
@@ -80,17 +80,6 @@ def split_conversation(
     if not conversation or conversation[-1].get("role") != "assistant":
         raise ValueError("a conversation to score must end with an assistant message")
     return conversation[:-1], conversation[-1:]
-
-
-def _find_marker_end(ids: list[int], marker: list[int] | None) -> int | None:
-    """Number of prompt tokens: up to the end of the last marker occurrence that leaves a response token."""
-    if not marker:
-        return None
-    width = len(marker)
-    for start in range(len(ids) - width - 1, -1, -1):
-        if ids[start : start + width] == marker:
-            return start + width
-    return None
 
 
 class RewardPipeline:
@@ -168,12 +157,14 @@ class RewardPipeline:
             if prompt is not None and text.startswith(prompt):
                 prompt_length = len(self.tokenizer(prompt, add_special_tokens=False).input_ids)
             else:
-                prompt_length = _find_marker_end(ids, marker)
-                if prompt_length is None:
+                row = torch.tensor([ids])
+                try:  # the model's own rule: the last marker that is followed by a response token
+                    prompt_length = int(find_prompt_end(row, torch.ones_like(row), marker_ids=marker)[0]) + 1
+                except PromptBoundaryError:
                     raise ValueError(
                         f"text {index}: cannot find where the response starts (no prompt given, and the response "
                         f"marker {marker} is not in the text); send it with the model's chat template applied"
-                    )
+                    ) from None
             fitted = self.template.fit(ids[:prompt_length], ids[prompt_length:])
             sequences.append(fitted[0] + fitted[1])
             lengths.append(len(fitted[0]))

@@ -182,19 +182,22 @@ def check_model_source(name_or_path: str) -> None:
         raise FileNotFoundError(f"--model_name_or_path {name_or_path}: no such directory")
 
 
-def load_tokenizer(model_args: ModelArguments):
-    check_model_source(model_args.model_name_or_path)
+def backbone_load_kwargs(model_args: ModelArguments) -> dict[str, Any]:
+    """What both the tokenizer and the backbone are loaded with."""
     kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code}
     if model_args.gguf_file:
         kwargs["gguf_file"] = model_args.gguf_file
-    return AutoTokenizer.from_pretrained(model_args.model_name_or_path, **kwargs)
+    return kwargs
+
+
+def load_tokenizer(model_args: ModelArguments):
+    check_model_source(model_args.model_name_or_path)
+    return AutoTokenizer.from_pretrained(model_args.model_name_or_path, **backbone_load_kwargs(model_args))
 
 
 def build_model(model_args: ModelArguments) -> VRMForSequenceClassification:
     """A new reward model on the backbone, or a vrm checkpoint to continue training."""
-    backbone_kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code}
-    if model_args.gguf_file:
-        backbone_kwargs["gguf_file"] = model_args.gguf_file
+    backbone_kwargs = backbone_load_kwargs(model_args)
     dtype = getattr(torch, model_args.dtype)
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, **backbone_kwargs)
     if config.model_type == "vrm":

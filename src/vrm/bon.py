@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .data import DataFormatError, read_records
+from .fileio import atomic_output
 from .metrics import best_of_n, kl_bon
 
 
@@ -66,12 +67,11 @@ def build_pool(pairs_path: str, output_path: str, min_candidates: int = 2) -> in
             if isinstance(row.get(column), str) and row[column] not in candidates:
                 candidates.append(row[column])
     kept = 0
-    with open(output_path + ".tmp", "w", encoding="utf-8") as handle:
+    with atomic_output(output_path) as staging, open(staging, "w", encoding="utf-8") as handle:
         for prompt, responses in groups.items():
             if len(responses) >= min_candidates:
                 handle.write(json.dumps({"prompt": prompt, "responses": responses}) + "\n")
                 kept += 1
-    os.replace(output_path + ".tmp", output_path)
     return kept
 
 
@@ -145,15 +145,14 @@ def plot_curves(results: dict[str, list[dict[str, float]]], path: str) -> str:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    staging = path + ".tmp.png"
-    fig.savefig(staging, dpi=120)
+    with atomic_output(path) as staging:
+        fig.savefig(staging, dpi=120)
     plt.close(fig)
-    os.replace(staging, path)
     return path
 
 
 def bon_main(argv: Sequence[str]) -> int:
-    from .evaluate import write_json
+    from .fileio import write_json
     from .pipeline import load_scorer
 
     parser = argparse.ArgumentParser(prog="vrm bench bon", description=__doc__.split("\n\n")[0])
@@ -171,6 +170,9 @@ def bon_main(argv: Sequence[str]) -> int:
         "--build_pool", default=None, help="Build a pool file from this preference file instead."
     )
     parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument(
+        "--embedding_cache", default=None, help="Backbone states of frozen-backbone proxies are cached here."
+    )
     args = parser.parse_args(argv)
     if args.build_pool:
         kept = build_pool(args.build_pool, args.output)
@@ -188,7 +190,8 @@ def bon_main(argv: Sequence[str]) -> int:
         gold = score_pool(load_scorer(args.gold_model, batch_size=args.batch_size), pool, progress)
     results = {}
     for path in args.proxy:
-        proxy = score_pool(load_scorer(path, batch_size=args.batch_size), pool, progress)
+        scorer = load_scorer(path, batch_size=args.batch_size, embedding_cache=args.embedding_cache)
+        proxy = score_pool(scorer, pool, progress)
         results[path] = bon_curve(proxy, gold, args.n)
     print(f"{'proxy':<40} " + " ".join(f"{'n=' + str(n):>8}" for n in args.n))
     for path, curve in results.items():

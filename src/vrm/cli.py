@@ -93,6 +93,11 @@ def cmd_eval(argv: Sequence[str]) -> int:
     parser.add_argument("--plots", default=None, help="Write a reliability diagram and weight heatmaps here.")
     parser.add_argument("--markdown", default=None, help="Write a side-by-side markdown summary here.")
     parser.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
+    parser.add_argument(
+        "--embedding_cache",
+        default=None,
+        help="For models trained with --freeze_backbone: read (and store) backbone states here.",
+    )
     args = parser.parse_args(argv)
     reports = []
     for model_path in args.model:
@@ -104,6 +109,7 @@ def cmd_eval(argv: Sequence[str]) -> int:
             max_rows=args.max_rows,
             max_length=args.max_length,
             progress=not args.no_progress,
+            embedding_cache=args.embedding_cache,
         )
         print(format_report(report))
         reports.append(report)

@@ -156,6 +156,10 @@ class ModelArguments:
         default="float32", metadata={"help": "Backbone weights dtype: float32, bfloat16, float16."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code of the backbone."})
+    freeze_backbone: bool = field(
+        default=False,
+        metadata={"help": "Train the reward head only, on fixed backbone states (see --embedding_cache)."},
+    )
     use_peft: bool = field(
         default=False, metadata={"help": "Train LoRA adapters instead of the full backbone."}
     )
@@ -201,6 +205,16 @@ class DataArguments:
     )
     objective_column: str | None = field(
         default=None, metadata={"help": "Column naming the objective on which the chosen response is better."}
+    )
+    embedding_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --freeze_backbone: directory where backbone states are computed once and reused "
+            "(keyed by backbone, data, template and max_length; resumable)."
+        },
+    )
+    embedding_batch_size: int = field(
+        default=32, metadata={"help": "Sequences per backbone pass when filling the embedding cache."}
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use at most this many training rows."}

@@ -551,11 +551,18 @@ class PreferenceCollator:
             "rejected_attention_mask": rejected_mask,
             "prompt_lengths": torch.tensor([p.prompt_length for p in pairs], dtype=torch.long),
         }
-        if any(p.margin is not None for p in pairs):
-            batch["margin"] = torch.tensor([p.margin or 0.0 for p in pairs], dtype=torch.float32)
-        if any(p.attribute_targets is not None for p in pairs):
-            width = max(len(p.attribute_targets or []) for p in pairs)
-            batch["attribute_targets"] = torch.tensor(
-                [p.attribute_targets or [math.nan] * width for p in pairs], dtype=torch.float32
-            )
+        batch.update(collate_targets(pairs))
         return batch
+
+
+def collate_targets(pairs: Sequence[TokenizedPair]) -> dict[str, torch.Tensor]:
+    """`margin` [B] and `attribute_targets` [B, K'] (NaN where unknown), when any pair of the batch has them."""
+    batch: dict[str, torch.Tensor] = {}
+    if any(p.margin is not None for p in pairs):
+        batch["margin"] = torch.tensor([p.margin or 0.0 for p in pairs], dtype=torch.float32)
+    if any(p.attribute_targets is not None for p in pairs):
+        width = max(len(p.attribute_targets or []) for p in pairs)
+        batch["attribute_targets"] = torch.tensor(
+            [p.attribute_targets or [math.nan] * width for p in pairs], dtype=torch.float32
+        )
+    return batch

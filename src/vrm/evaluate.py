@@ -17,7 +17,6 @@ scores chosen and rejected in length-sorted batches, and reports per dataset:
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from collections import defaultdict
@@ -30,6 +29,8 @@ import torch
 
 from .conventions import RM_BENCH_VARIANTS, detect_format, rewardbench_sections, rm_bench_scores
 from .data import PreferenceExample, TokenizedPair, load_preferences, read_source
+from .embeddings import EmbeddingCache
+from .fileio import write_json  # noqa: F401  (re-exported: vrm.evaluate.write_json)
 from .losses import pair_nll_from_rewards
 from .metrics import auroc, calibration, length_bias, pair_probabilities, selective_accuracy
 from .modeling import VRMForSequenceClassification
@@ -42,11 +43,14 @@ def score_pairs(
     pad_token_id: int,
     batch_size: int = 32,
     progress: bool = True,
+    embedding_cache: EmbeddingCache | None = None,
 ) -> tuple[SequenceScores, SequenceScores]:
     """Scores of the chosen and of the rejected responses of each pair."""
     sequences = [p.chosen_input_ids for p in pairs] + [p.rejected_input_ids for p in pairs]
     lengths = [p.prompt_length for p in pairs] * 2
-    both = score_sequences(model, sequences, lengths, pad_token_id, batch_size, progress)
+    both = score_sequences(
+        model, sequences, lengths, pad_token_id, batch_size, progress, embedding_cache=embedding_cache
+    )
     n = len(pairs)
     return both.select(slice(0, n)), both.select(slice(n, 2 * n))
 
@@ -96,9 +100,10 @@ def evaluate_pairs(
     pad_token_id: int,
     batch_size: int = 32,
     progress: bool = True,
+    embedding_cache: EmbeddingCache | None = None,
 ) -> dict[str, Any]:
     """Metrics of a vrm model on tokenized pairs, overall and per subset (response lengths in tokens)."""
-    chosen, rejected = score_pairs(model, pairs, pad_token_id, batch_size, progress)
+    chosen, rejected = score_pairs(model, pairs, pad_token_id, batch_size, progress, embedding_cache)
     length_chosen = [len(p.chosen_input_ids) - p.prompt_length for p in pairs]
     length_rejected = [len(p.rejected_input_ids) - p.prompt_length for p in pairs]
     return metrics_by_subset(chosen, rejected, length_chosen, length_rejected, [p.subset for p in pairs])
@@ -163,12 +168,14 @@ def evaluate_model(
     max_rows: int | None = None,
     max_length: int | None = None,
     progress: bool = True,
+    embedding_cache: str | None = None,
 ) -> dict[str, Any]:
     """The `vrm eval` report: one entry per dataset, each with overall and per-subset metrics.
 
-    `model_path` is a vrm checkpoint or any `AutoModelForSequenceClassification` reward model.
+    `model_path` is a vrm checkpoint or any `AutoModelForSequenceClassification` reward model. An
+    `embedding_cache` directory serves (and stores) the backbone states of models trained with a frozen backbone.
     """
-    kwargs: dict[str, Any] = {"batch_size": batch_size}
+    kwargs: dict[str, Any] = {"batch_size": batch_size, "embedding_cache": embedding_cache}
     if max_length:
         kwargs["max_length"] = max_length
     scorer = load_scorer(model_path, **kwargs)
@@ -193,7 +200,12 @@ def evaluate_model(
                 if not pairs:
                     raise ValueError(f"{source}: no pairs left after tokenization ({stats.summary()})")
                 metrics = evaluate_pairs(
-                    scorer.model, pairs, scorer.tokenizer.pad_token_id, batch_size, progress
+                    scorer.model,
+                    pairs,
+                    scorer.tokenizer.pad_token_id,
+                    batch_size,
+                    progress,
+                    scorer.embedding_cache,
                 )
                 entry = {"convention": convention, **metrics, "tokenization": asdict(stats)}
             else:
@@ -291,13 +303,3 @@ def format_report(report: dict[str, Any]) -> str:
     for note in notes:
         console.print(note, markup=False)
     return buffer.getvalue()
-
-
-def write_json(data: Any, path: str) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    staging = f"{path}.tmp"
-    with open(staging, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(staging, path)

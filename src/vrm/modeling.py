@@ -203,6 +203,19 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
             prompt_state = self._encode_prompt_alone(input_ids, attention_mask, prompt_end)
         return prompt_state, response_state
 
+    def encode_responses(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Response states `h_xy` [B, H] alone: one backbone pass, no prompt state."""
+        hidden = self._run_backbone(input_ids, attention_mask)
+        return self._pool(hidden, attention_mask, last_token_index(attention_mask))
+
+    def encode_prompts(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Prompt states `h_x` [B, H] of sequences that hold a templated prompt only (ending with the marker)."""
+        hidden = self._run_backbone(input_ids, attention_mask)
+        end = last_token_index(attention_mask)
+        if self.config.is_causal:
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), end]
+        return self._pool(hidden, attention_mask, end)
+
     def _encode_prompt_alone(self, input_ids: Tensor, attention_mask: Tensor, prompt_end: Tensor) -> Tensor:
         """A bidirectional backbone's prompt state: a pass over the prompt tokens only."""
         width = int(prompt_end.max()) + 1
@@ -239,14 +252,24 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         chosen_attention_mask: Tensor | None = None,
         rejected_input_ids: Tensor | None = None,
         rejected_attention_mask: Tensor | None = None,
+        prompt_states: Tensor | None = None,
+        response_states: Tensor | None = None,
+        chosen_states: Tensor | None = None,
+        rejected_states: Tensor | None = None,
         num_samples: int | None = None,
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> RewardModelOutput | PairSamples:
         """Score sequences (`input_ids`), or, given `chosen_*` and `rejected_*`, sample pairs for training.
 
+        The backbone can be skipped with precomputed states (the frozen-backbone path of `vrm.embeddings`):
+        `prompt_states` + `response_states` score, `prompt_states` + `chosen_states` + `rejected_states` train.
         The pair mode goes through `forward` (not a side method) so that DDP / FSDP / PEFT wrappers see it.
         """
+        if prompt_states is not None:
+            return self._forward_states(
+                prompt_states, response_states, chosen_states, rejected_states, num_samples
+            )
         if chosen_input_ids is not None:
             return self.forward_pairs(
                 chosen_input_ids,
@@ -259,6 +282,9 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         if input_ids is None:
             raise ValueError("forward needs input_ids (or chosen_input_ids and rejected_input_ids)")
         prompt_state, response_state = self.encode(input_ids, attention_mask, prompt_lengths)
+        return self._score_states(prompt_state, response_state)
+
+    def _score_states(self, prompt_state: Tensor, response_state: Tensor) -> RewardModelOutput:
         with self._head_precision(prompt_state):
             out: HeadOutput = self.head(*self._to_head_dtype(prompt_state, response_state))
         return RewardModelOutput(
@@ -270,16 +296,39 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         )
 
     # ----- training -------------------------------------------------------------------------------------------
-    def forward_pairs(
+    def _forward_states(
+        self,
+        prompt_states: Tensor,
+        response_states: Tensor | None,
+        chosen_states: Tensor | None,
+        rejected_states: Tensor | None,
+        num_samples: int | None,
+    ) -> RewardModelOutput | PairSamples:
+        if response_states is not None:
+            return self._score_states(prompt_states, response_states)
+        if chosen_states is None or rejected_states is None:
+            raise ValueError("prompt_states need response_states, or chosen_states and rejected_states")
+        return self._sample_pairs(prompt_states, chosen_states, rejected_states, num_samples)
+
+    def _sample_pairs(
+        self, prompt_state: Tensor, chosen_state: Tensor, rejected_state: Tensor, num_samples: int | None
+    ) -> PairSamples:
+        with self._head_precision(prompt_state):
+            return self.head.sample_pairs(
+                *self._to_head_dtype(prompt_state, chosen_state, rejected_state),
+                num_samples or self.config.num_samples,
+            )
+
+    def encode_pairs(
         self,
         chosen_input_ids: Tensor,
         chosen_attention_mask: Tensor,
         rejected_input_ids: Tensor,
         rejected_attention_mask: Tensor,
         prompt_lengths: Tensor | None = None,
-        num_samples: int | None = None,
-    ) -> PairSamples:
-        """Chosen and rejected through the backbone in one pass; one prompt state (and one w sample) per pair."""
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """States of B pairs — prompt [B, H], chosen [B, H], rejected [B, H] — with one backbone pass over
+        chosen and rejected together (plus, for encoders, one prompt-only pass per pair)."""
         batch = chosen_input_ids.shape[0]
         input_ids, attention_mask = _stack_padded(
             (chosen_input_ids, chosen_attention_mask), (rejected_input_ids, rejected_attention_mask)
@@ -295,11 +344,34 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
             prompt_state = self._encode_prompt_alone(
                 input_ids[:batch], attention_mask[:batch], prompt_end[:batch]
             )
-        with self._head_precision(prompt_state):
-            return self.head.sample_pairs(
-                *self._to_head_dtype(prompt_state, response_state[:batch], response_state[batch:]),
-                num_samples or self.config.num_samples,
-            )
+        return prompt_state, response_state[:batch], response_state[batch:]
+
+    def forward_pairs(
+        self,
+        chosen_input_ids: Tensor,
+        chosen_attention_mask: Tensor,
+        rejected_input_ids: Tensor,
+        rejected_attention_mask: Tensor,
+        prompt_lengths: Tensor | None = None,
+        num_samples: int | None = None,
+    ) -> PairSamples:
+        """Chosen and rejected through the backbone in one pass; one prompt state (and one w sample) per pair."""
+        states = self.encode_pairs(
+            chosen_input_ids,
+            chosen_attention_mask,
+            rejected_input_ids,
+            rejected_attention_mask,
+            prompt_lengths,
+        )
+        return self._sample_pairs(*states, num_samples)
+
+    def train(self, mode: bool = True):
+        """A frozen backbone (no parameter requires grad) stays in eval mode: no dropout on fixed features, so
+        training on the fly matches training on cached states."""
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.backbone.parameters()):
+            self.backbone.eval()
+        return self
 
 
 def _stack_padded(*parts: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:

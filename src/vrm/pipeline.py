@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import DataFormatError, PreferenceTokenizer, Text, pad_sequences, read_records
+from .embeddings import EmbeddingCache
 from .modeling import PromptBoundaryError, VRMForSequenceClassification, find_prompt_end
 
 
@@ -52,24 +53,49 @@ def score_sequences(
     batch_size: int = 32,
     progress: bool = False,
     description: str = "scoring",
+    embedding_cache: EmbeddingCache | None = None,
 ) -> SequenceScores:
-    """Score token sequences in batches sorted by length (little padding), returned in input order."""
+    """Score token sequences in batches sorted by length (little padding), returned in input order.
+
+    With an `embedding_cache` (a model trained with `--freeze_backbone`), the backbone states come from the cache
+    (computed into it once) and only the head runs here.
+    """
     model.eval()
     device = next(model.parameters()).device
     count, k = len(sequences), model.config.num_objectives
-    order = sorted(range(count), key=lambda i: len(sequences[i]))
     out = SequenceScores(torch.empty(count), torch.empty(count), torch.empty(count, k), torch.empty(count, k))
-    for start in tqdm(range(0, count, batch_size), desc=description, disable=not progress, leave=False):
-        index = order[start : start + batch_size]
-        ids, mask = pad_sequences([sequences[i] for i in index], pad_token_id)
-        lengths = torch.tensor([prompt_lengths[i] for i in index])
-        result = model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), prompt_lengths=lengths.to(device)
-        )
+
+    def store(index, result) -> None:
         out.reward[index] = result.logits[:, 0].float().cpu()
         out.reward_std[index] = result.reward_std.float().cpu()
         out.objective_weights[index] = result.objective_weights.float().cpu()
         out.objective_scores[index] = result.objective_scores.float().cpu()
+
+    if embedding_cache is not None:
+        prompt_states, response_states = embedding_cache.states(
+            model, sequences, prompt_lengths, pad_token_id, description
+        )
+        for start in range(0, count, 4096):
+            part = slice(start, start + 4096)
+            store(
+                part,
+                model(
+                    prompt_states=prompt_states[part].to(device),
+                    response_states=response_states[part].to(device),
+                ),
+            )
+        return out
+    order = sorted(range(count), key=lambda i: len(sequences[i]))
+    for start in tqdm(range(0, count, batch_size), desc=description, disable=not progress, leave=False):
+        index = order[start : start + batch_size]
+        ids, mask = pad_sequences([sequences[i] for i in index], pad_token_id)
+        lengths = torch.tensor([prompt_lengths[i] for i in index])
+        store(
+            index,
+            model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), prompt_lengths=lengths.to(device)
+            ),
+        )
     return out
 
 
@@ -94,8 +120,12 @@ class RewardPipeline:
         max_length: int | None = None,
         normalize: bool = True,
         conservative_lambda: float = 0.0,
+        embedding_cache: EmbeddingCache | str | None = None,
     ):
         self.model = model.eval()
+        if isinstance(embedding_cache, str):
+            embedding_cache = EmbeddingCache(embedding_cache, batch_size=batch_size)
+        self.embedding_cache = embedding_cache
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.normalize = normalize
@@ -130,6 +160,7 @@ class RewardPipeline:
             self.tokenizer.pad_token_id,
             self.batch_size,
             progress,
+            embedding_cache=self.embedding_cache,
         )
         return self._maybe_unnormalize(scores)
 
@@ -353,6 +384,8 @@ def load_scorer(path: str, **kwargs: Any) -> RewardPipeline | SequenceClassifier
                 return RewardPipeline.from_pretrained(path, **kwargs)
     elif os.path.exists(path) or path.startswith(("/", ".", "~")):
         raise FileNotFoundError(f"{path}: not a saved model directory (no config.json)")
-    kwargs.pop("normalize", None)
-    kwargs.pop("conservative_lambda", None)
+    for vrm_only in ("normalize", "conservative_lambda"):
+        kwargs.pop(vrm_only, None)
+    if kwargs.pop("embedding_cache", None):
+        print(f"[vrm] {path} is not a vrm model: scored without the embedding cache", flush=True)
     return SequenceClassifierPipeline.from_pretrained(path, **kwargs)

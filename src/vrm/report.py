@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from .fileio import atomic_output
 
 MISSING = "–"
 LENGTH_WARNING_TOLERANCE = 0.02
@@ -102,25 +103,11 @@ def _table(header: list[str], rows: Iterable[list[str]], left: int = 1) -> list[
     return lines
 
 
-def _atomic_write(path: str, write: Callable[[str], None], suffix: str) -> str:
-    """Call `write(temporary_path)` in `path`'s directory, then rename the result onto `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(handle)
-    try:
-        write(staging)
-        os.replace(staging, path)
-    except BaseException:
-        if os.path.exists(staging):
-            os.remove(staging)
-        raise
-    return path
-
-
 def _save_figure(figure: Any, path: str) -> str:
     """Save a matplotlib figure as PNG atomically."""
-    return _atomic_write(path, lambda staging: figure.savefig(staging, format="png", dpi=120), ".png")
+    with atomic_output(path) as staging:
+        figure.savefig(staging, format="png", dpi=120)
+    return path
 
 
 def _new_figure(width: float, height: float) -> Any:
@@ -404,8 +391,6 @@ def write_markdown(reports: list[dict[str, Any]], path: str) -> str:
     """Write `markdown_summary(reports)` to `path` atomically; return the path."""
     text = markdown_summary(reports)
 
-    def write(staging: str) -> None:
-        with open(staging, "w", encoding="utf-8") as handle:
-            handle.write(text)
-
-    return _atomic_write(path, write, ".md")
+    with atomic_output(path) as staging, open(staging, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return path

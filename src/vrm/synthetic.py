@@ -32,6 +32,8 @@ import os
 import random
 from dataclasses import dataclass
 
+from .fileio import atomic_output
+
 OBJECTIVES = ("helpfulness", "safety", "warmth")
 
 PROMPT_TYPES: dict[str, dict] = {
@@ -269,10 +271,9 @@ def write_world(output_dir: str, config: WorldConfig | None = None) -> dict[str,
     paths = {}
     for name, rows in splits.items():
         path = os.path.join(output_dir, f"{name}.jsonl")
-        with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        with atomic_output(path) as staging, open(staging, "w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row) + "\n")
-        os.replace(path + ".tmp", path)
         paths[name] = path
     truth = {
         "objectives": list(OBJECTIVES),

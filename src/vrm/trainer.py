@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from transformers import AutoConfig, AutoTokenizer, Trainer
+from transformers import AutoConfig, AutoTokenizer, Trainer, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from .config import DataArguments, ModelArguments, VRMTrainingArguments
 from .data import PreferenceCollator, PreferenceTokenizer, TokenizedPair, TruncationStats, load_preferences
+from .embeddings import CachedPairDataset, CachedStatesCollator, EmbeddingCache
 from .heads import LatentRewardHead
 from .losses import beta_factor, preference_loss
 from .modeling import VRMForSequenceClassification
@@ -305,6 +306,10 @@ def run_training(
             max_rows=limit,
         )
 
+    if data_args.embedding_cache and not model_args.freeze_backbone:
+        raise ValueError("--embedding_cache holds states of a frozen backbone: pass --freeze_backbone too")
+    if model_args.freeze_backbone and model_args.use_peft:
+        raise ValueError("--freeze_backbone and --use_peft exclude each other (LoRA trains the backbone)")
     # the data is read (and checked) before the backbone is loaded: a bad row fails in seconds, not minutes
     train_examples = read(data_args.dataset_name, data_args.dataset_train_split, data_args.max_train_samples)
     eval_examples = None
@@ -314,6 +319,7 @@ def run_training(
         )
 
     tokenizer = load_tokenizer(model_args)
+    set_seed(training_args.seed)  # the head's initialization is part of the run: same seed, same model
     model = build_model(model_args)
     if attribute_names and len(attribute_names) > model.config.num_objectives:
         raise ValueError(
@@ -341,10 +347,23 @@ def run_training(
     train_dataset, train_stats = tokenize(train_examples, "train")
     eval_dataset, eval_stats = tokenize(eval_examples, "eval") if eval_examples else (None, None)
 
+    collator = PreferenceCollator(pad_token_id=tokenizer.pad_token_id, padding_side="right")
+    if model_args.freeze_backbone:
+        model.backbone.requires_grad_(False)
+        if data_args.embedding_cache:
+            cache = EmbeddingCache(data_args.embedding_cache, batch_size=data_args.embedding_batch_size)
+            model.to(training_args.device)
+            train_dataset = CachedPairDataset.build(
+                model, train_dataset.pairs, cache, tokenizer.pad_token_id, "train"
+            )
+            if eval_dataset is not None:
+                eval_dataset = CachedPairDataset.build(
+                    model, eval_dataset.pairs, cache, tokenizer.pad_token_id, "eval"
+                )
+            collator = CachedStatesCollator()
     if model_args.use_peft:
         model = apply_lora(model, model_args)
         model.print_trainable_parameters()
-    collator = PreferenceCollator(pad_token_id=tokenizer.pad_token_id, padding_side="right")
     trainer = VRMTrainer(
         model=model,
         args=training_args,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -65,15 +66,40 @@ def parse_train_args(argv: Sequence[str]):
     return model_args, data_args, training_args
 
 
+def launch_with_accelerate(config_file: str, train_argv: Sequence[str]) -> int:
+    """`vrm train --accelerate_config FILE ...` = `accelerate launch --config_file FILE -m vrm train ...`."""
+    if not os.path.exists(config_file):
+        raise FileNotFoundError(f"--accelerate_config {config_file}: file not found")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file]
+    command += ["-m", "vrm", "train", *train_argv]
+    print(f"[vrm] launching: {' '.join(command[1:])}", flush=True)
+    return subprocess.call(command)
+
+
 def cmd_train(argv: Sequence[str]) -> int:
+    argv = list(argv)
+    if "--accelerate_config" in argv:
+        position = argv.index("--accelerate_config")
+        if position + 1 >= len(argv):
+            raise ValueError("--accelerate_config needs an accelerate config file (see examples/accelerate/)")
+        config_file = argv[position + 1]
+        return launch_with_accelerate(config_file, argv[:position] + argv[position + 2 :])
+
     from .trainer import run_training
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+
+        if not torch.cuda.is_available():
+            # several processes and no GPU: without this accelerate would run each process alone, silently
+            os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     model_args, data_args, training_args = parse_train_args(argv)
     result = run_training(model_args, data_args, training_args)
-    if result.metrics:
-        shown = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float)}
-        print(f"[vrm] eval metrics: {shown}")
-    print(f"[vrm] model saved to {result.output_dir}")
+    if result.is_main_process:
+        if result.metrics:
+            shown = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float)}
+            print(f"[vrm] eval metrics: {shown}")
+        print(f"[vrm] model saved to {result.output_dir}")
     return 0
 
 

@@ -125,24 +125,32 @@ class VRMTrainer(Trainer):
             loss = loss + self.args.center_rewards_coefficient * centre
 
         mode = "train" if model.training else "eval"
-        rewards = torch.cat([samples.chosen.reward, samples.rejected.reward]).detach()
+        rewards = torch.cat([samples.chosen.reward, samples.rejected.reward]).detach().float()
         values = {
             "accuracy": out.accuracy,
             "nll": out.nll,
             "kl_w": out.kl_weights,
             "kl_z": out.kl_features,
-            "beta_w": beta_w,
-            "beta_z": beta_z,
             "reward_mean": rewards.mean(),
-            "reward_std": rewards.std() if rewards.numel() > 1 else 0.0,
+            "reward_sq": rewards.pow(2).mean(),  # -> reward_std, over all processes' rewards
             "margin": (samples.chosen.reward - samples.rejected.reward).mean(),
             "reward_uncertainty": torch.cat([samples.chosen.reward_std, samples.rejected.reward_std]).mean(),
         }
         if attribute_targets is not None:
             values["attribute_loss"] = out.attribute_loss
-        for name, value in values.items():
-            value = torch.as_tensor(value, device=loss.device, dtype=torch.float32).detach()
-            self._metrics[mode][name].append(float(self.accelerator.gather_for_metrics(value).mean()))
+        # one collective per step: each process's batch means, weighted by its number of pairs
+        pairs = float(samples.reward_chosen.shape[-1])
+        local = torch.stack(
+            [torch.as_tensor(v, dtype=torch.float32, device=loss.device).detach() for v in values.values()]
+        )
+        total = self.accelerator.reduce(
+            torch.cat([local * pairs, local.new_tensor([pairs])]), reduction="sum"
+        )
+        averaged = dict(zip(values, (total[:-1] / total[-1]).tolist(), strict=True))
+        averaged["reward_std"] = max(averaged.pop("reward_sq") - averaged["reward_mean"] ** 2, 0.0) ** 0.5
+        averaged["beta_w"], averaged["beta_z"] = beta_w, beta_z
+        for name, value in averaged.items():
+            self._metrics[mode][name].append(value)
         return (loss, samples) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -174,6 +182,7 @@ class TrainingResult:
     train_stats: TruncationStats
     eval_stats: TruncationStats | None
     metrics: dict[str, float]
+    is_main_process: bool = True
 
 
 def check_model_source(name_or_path: str) -> None:
@@ -339,7 +348,8 @@ def run_training(
 
     def tokenize(examples, name: str) -> tuple[PairDataset, TruncationStats]:
         pairs, stats = pref_tokenizer.tokenize_pairs(examples)
-        print(f"[vrm] {name} data: {stats.summary()}", flush=True)
+        if training_args.process_index == 0:
+            print(f"[vrm] {name} data: {stats.summary()}", flush=True)
         if not pairs:
             raise ValueError(f"no {name} pairs left after tokenization ({stats.summary()})")
         return PairDataset(pairs), stats
@@ -372,10 +382,37 @@ def run_training(
         data_collator=collator,
         processing_class=tokenizer,
     )
+    if (training_args.fsdp or training_args.deepspeed) and not (
+        trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    ):
+        logger.warning("FSDP / DeepSpeed were asked for but accelerate did not enable them (they need GPUs)")
     trainer.train(resume_from_checkpoint=resolve_resume(training_args))
     metrics: dict[str, float] = {}
     if eval_dataset is not None:
         metrics = trainer.evaluate()
-    if trainer.is_world_process_zero():
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        save_sharded_final_model(trainer, tokenizer, model_args, training_args)
+    elif trainer.is_world_process_zero():
         save_final_model(trainer.model, tokenizer, training_args.output_dir, training_args.merge_lora_on_save)
-    return TrainingResult(training_args.output_dir, train_stats, eval_stats, metrics)
+    trainer.accelerator.wait_for_everyone()
+    return TrainingResult(
+        training_args.output_dir, train_stats, eval_stats, metrics, trainer.is_world_process_zero()
+    )
+
+
+def save_sharded_final_model(
+    trainer: VRMTrainer, tokenizer, model_args: ModelArguments, training_args
+) -> None:
+    """The final model of an FSDP / DeepSpeed run: every process takes part in gathering the full state dict
+    (`Trainer.save_model`); process 0 then writes the plain model crash-safe, as `save_final_model` does (with
+    LoRA: the gathered adapter is merged into a freshly loaded base model)."""
+    gathered = os.path.join(training_args.output_dir, ".final-gathered")
+    trainer.save_model(gathered)
+    if trainer.is_world_process_zero():
+        from peft import PeftModel
+
+        model = VRMForSequenceClassification.from_pretrained(gathered) if not model_args.use_peft else None
+        if model is None:
+            model = PeftModel.from_pretrained(build_model(model_args), gathered)
+        save_final_model(model, tokenizer, training_args.output_dir, training_args.merge_lora_on_save)
+        shutil.rmtree(gathered, ignore_errors=True)

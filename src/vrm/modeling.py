@@ -217,7 +217,14 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         return self._pool(hidden, attention_mask, end)
 
     def _encode_prompt_alone(self, input_ids: Tensor, attention_mask: Tensor, prompt_end: Tensor) -> Tensor:
-        """A bidirectional backbone's prompt state: a pass over the prompt tokens only."""
+        """A bidirectional backbone's prompt state: a pass over the prompt tokens only.
+
+        Heads whose objective weights do not depend on the prompt (bt, ib) never read it: the pass is skipped.
+        """
+        if self.config.weight_posterior == "none":
+            return input_ids.new_zeros(
+                input_ids.shape[0], self.config.text_config.hidden_size, dtype=torch.float32
+            )
         width = int(prompt_end.max()) + 1
         positions = torch.arange(width, device=input_ids.device).unsqueeze(0)
         prompt_mask = attention_mask[:, :width] * (positions <= prompt_end.unsqueeze(1)).to(

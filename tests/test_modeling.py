@@ -175,3 +175,25 @@ def test_bfloat16_backbone_keeps_a_float32_head(tmp_path):
     assert loaded.head.weight_net.weight.grad is not None
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what `--bf16 true` does to a float32 model
         assert torch.isfinite(model(**batch).reward_chosen).all()
+
+
+@pytest.mark.parametrize("disable", [True, False])
+def test_trainer_disables_dropout_by_default(tmp_path, disable):
+    from transformers import BertConfig
+
+    from vrm.config import VRMTrainingArguments
+    from vrm.trainer import VRMTrainer
+
+    config = BertConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5,
+    )  # fmt: skip
+    model = VRMForSequenceClassification.from_backbone_config(config, head_type="bt")
+    args = VRMTrainingArguments(output_dir=str(tmp_path), report_to="none", disable_dropout=disable)
+    VRMTrainer(model=model, args=args)
+    model.train()
+    ids = torch.randint(5, 64, (2, 12))
+    with torch.no_grad():
+        first, second = (model(input_ids=ids, prompt_lengths=torch.tensor([4, 4])).logits for _ in range(2))
+    assert torch.equal(first, second) == disable
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout)) == disable

@@ -236,14 +236,13 @@ def speed_part(args: argparse.Namespace) -> dict:
 
 def frozen_part(args: argparse.Namespace, speed: dict) -> dict:
     from vrm.cli import main as vrm_main
+    from vrm.data import read_records
 
     out = {}
     for backbone in args.backbones:
         settings = SETTINGS[backbone]
         count = args.frozen_pairs if backbone == "minilm" else max(args.frozen_pairs // 4, 32)
         data = os.path.join(tempfile.mkdtemp(prefix="vrm-frozen-"), "pairs.jsonl")
-        from vrm.data import read_records
-
         with open(data, "w", encoding="utf-8") as handle:
             for i, (_, row) in enumerate(read_records(args.data)):
                 if i >= count:

@@ -27,6 +27,17 @@ commands:
 Run `vrm <command> --help` for the options of a command."""
 
 
+def pop_option(argv: Sequence[str], flag: str, what: str) -> tuple[str | None, list[str]]:
+    """`flag`'s value (None when absent) and the other arguments, for options handled before argument parsing."""
+    argv = list(argv)
+    if flag not in argv:
+        return None, argv
+    position = argv.index(flag)
+    if position + 1 >= len(argv):
+        raise ValueError(f"{flag} needs {what}")
+    return argv[position + 1], argv[:position] + argv[position + 2 :]
+
+
 def parse_train_args(argv: Sequence[str]):
     """Parse `vrm train` arguments: an optional `--config` YAML gives defaults, flags override them."""
     import yaml
@@ -36,14 +47,10 @@ def parse_train_args(argv: Sequence[str]):
 
     parser = HfArgumentParser((ModelArguments, DataArguments, VRMTrainingArguments), prog="vrm train")
     parser.add_argument("--config", default=None, help="YAML file of arguments (flags override it).")
-    argv = list(argv)
-    config_path = None
-    if "--config" in argv:
-        position = argv.index("--config")
-        if position + 1 >= len(argv):
-            parser.error("--config needs a YAML file path")
-        config_path = argv[position + 1]
-        del argv[position : position + 2]
+    try:
+        config_path, argv = pop_option(argv, "--config", "a YAML file path")
+    except ValueError as err:
+        parser.error(str(err))
     if config_path is not None:
         if not os.path.exists(config_path):
             parser.error(f"--config {config_path}: file not found")
@@ -77,13 +84,11 @@ def launch_with_accelerate(config_file: str, train_argv: Sequence[str]) -> int:
 
 
 def cmd_train(argv: Sequence[str]) -> int:
-    argv = list(argv)
-    if "--accelerate_config" in argv:
-        position = argv.index("--accelerate_config")
-        if position + 1 >= len(argv):
-            raise ValueError("--accelerate_config needs an accelerate config file (see examples/accelerate/)")
-        config_file = argv[position + 1]
-        return launch_with_accelerate(config_file, argv[:position] + argv[position + 2 :])
+    config_file, rest = pop_option(
+        argv, "--accelerate_config", "an accelerate config file (see examples/accelerate/)"
+    )
+    if config_file is not None:
+        return launch_with_accelerate(config_file, rest)
 
     from .trainer import run_training
 

@@ -530,6 +530,17 @@ def pad_sequences(
     return ids, mask
 
 
+def length_sorted_batches(
+    sequences: Sequence[Sequence[int]], batch_size: int, pad_token_id: int
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Batches of sequences sorted by length (little padding): (indices into `sequences`, ids, mask)."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        ids, mask = pad_sequences([sequences[i] for i in index], pad_token_id)
+        yield index, ids, mask
+
+
 @dataclass
 class PreferenceCollator:
     """Pads a list of `TokenizedPair` into the tensors `VRMForSequenceClassification.forward_pairs` takes."""

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .data import TokenizedPair, collate_targets, pad_sequences
+from .data import TokenizedPair, collate_targets, length_sorted_batches
 from .fileio import atomic_output, write_json
 from .modeling import VRMForSequenceClassification
 
@@ -91,10 +91,7 @@ def compute_states(
     response_states = torch.empty(count, hidden_size)
 
     def batches(items: Sequence[Sequence[int]]):
-        order = sorted(range(len(items)), key=lambda i: len(items[i]))
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            ids, mask = pad_sequences([items[i] for i in index], pad_token_id)
+        for index, ids, mask in length_sorted_batches(items, batch_size, pad_token_id):
             yield index, ids.to(device), mask.to(device)
             if progress is not None:
                 progress.update(len(index))
@@ -136,9 +133,11 @@ class EmbeddingCache:
         self.progress = progress
         self.computed = 0  # sequences embedded (not read from disk) by this object
 
-    def entry(self, model: VRMForSequenceClassification, sequences, prompt_lengths) -> str:
+    def entry(
+        self, model: VRMForSequenceClassification, sequences, prompt_lengths, fingerprint: dict | None = None
+    ) -> str:
         """The directory that holds (or will hold) the states of these sequences under this model."""
-        fingerprint = backbone_fingerprint(model)
+        fingerprint = fingerprint or backbone_fingerprint(model)
         key_source = json.dumps(fingerprint, sort_keys=True) + sequences_digest(sequences, prompt_lengths)
         key = hashlib.sha256(f"{key_source}/{self.chunk_size}".encode()).hexdigest()[:24]
         return os.path.join(self.directory, key)
@@ -157,7 +156,8 @@ class EmbeddingCache:
         if len(sequences) != len(prompt_lengths):
             raise ValueError(f"{len(sequences)} sequences but {len(prompt_lengths)} prompt lengths")
         state = PartialState()
-        entry = self.entry(model, sequences, prompt_lengths)
+        fingerprint = backbone_fingerprint(model)
+        entry = self.entry(model, sequences, prompt_lengths, fingerprint)
         num_chunks = math.ceil(len(sequences) / self.chunk_size)
         paths = [os.path.join(entry, f"chunk-{i:05d}.safetensors") for i in range(num_chunks)]
         mine = [i for i in range(num_chunks) if i % state.num_processes == state.process_index]
@@ -165,7 +165,7 @@ class EmbeddingCache:
         if state.is_main_process:
             os.makedirs(entry, exist_ok=True)
             meta = {
-                **backbone_fingerprint(model),
+                **fingerprint,
                 "sequences": len(sequences),
                 "chunk_size": self.chunk_size,
                 "hidden_size": model.config.text_config.hidden_size,

@@ -187,20 +187,29 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
     def encode(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, prompt_lengths: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        prompt_lengths: Tensor | None = None,
+        prompt_rows: int | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Prompt states `h_x` and response states `h_xy`, each [B, H]."""
+        """Prompt states `h_x` and response states `h_xy`, each [B, H].
+
+        With `prompt_rows`, prompt states of the first `prompt_rows` rows only: a pair batch stacks chosen over
+        rejected, and the two share their prompt.
+        """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         prompt_end = find_prompt_end(
             input_ids, attention_mask, prompt_lengths, self.config.response_marker_ids
-        )
+        )[:prompt_rows]
+        rows = prompt_end.shape[0]
         hidden = self._run_backbone(input_ids, attention_mask)
         response_state = self._pool(hidden, attention_mask, last_token_index(attention_mask))
         if self.config.is_causal:
-            prompt_state = hidden[torch.arange(hidden.shape[0], device=hidden.device), prompt_end]
+            prompt_state = hidden[torch.arange(rows, device=hidden.device), prompt_end]
         else:
-            prompt_state = self._encode_prompt_alone(input_ids, attention_mask, prompt_end)
+            prompt_state = self._encode_prompt_alone(input_ids[:rows], attention_mask[:rows], prompt_end)
         return prompt_state, response_state
 
     def encode_responses(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -341,16 +350,7 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
             (chosen_input_ids, chosen_attention_mask), (rejected_input_ids, rejected_attention_mask)
         )
         lengths = None if prompt_lengths is None else torch.cat([prompt_lengths, prompt_lengths])
-        prompt_end = find_prompt_end(input_ids, attention_mask, lengths, self.config.response_marker_ids)
-        hidden = self._run_backbone(input_ids, attention_mask)
-        response_state = self._pool(hidden, attention_mask, last_token_index(attention_mask))
-        if self.config.is_causal:
-            rows = torch.arange(batch, device=hidden.device)
-            prompt_state = hidden[rows, prompt_end[:batch]]
-        else:
-            prompt_state = self._encode_prompt_alone(
-                input_ids[:batch], attention_mask[:batch], prompt_end[:batch]
-            )
+        prompt_state, response_state = self.encode(input_ids, attention_mask, lengths, prompt_rows=batch)
         return prompt_state, response_state[:batch], response_state[batch:]
 
     def forward_pairs(

@@ -23,7 +23,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .data import DataFormatError, PreferenceTokenizer, Text, pad_sequences, read_records
+from .data import (
+    DataFormatError,
+    PreferenceTokenizer,
+    Text,
+    length_sorted_batches,
+    read_records,
+)
 from .embeddings import EmbeddingCache
 from .modeling import PromptBoundaryError, VRMForSequenceClassification, find_prompt_end
 
@@ -85,10 +91,9 @@ def score_sequences(
                 ),
             )
         return out
-    order = sorted(range(count), key=lambda i: len(sequences[i]))
-    for start in tqdm(range(0, count, batch_size), desc=description, disable=not progress, leave=False):
-        index = order[start : start + batch_size]
-        ids, mask = pad_sequences([sequences[i] for i in index], pad_token_id)
+    batches = length_sorted_batches(sequences, batch_size, pad_token_id)
+    total = -(-count // batch_size)
+    for index, ids, mask in tqdm(batches, total=total, desc=description, disable=not progress, leave=False):
         lengths = torch.tensor([prompt_lengths[i] for i in index])
         store(
             index,

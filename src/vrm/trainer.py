@@ -425,8 +425,9 @@ def save_sharded_final_model(
     if trainer.is_world_process_zero():
         from peft import PeftModel
 
-        model = VRMForSequenceClassification.from_pretrained(gathered) if not model_args.use_peft else None
-        if model is None:
+        if model_args.use_peft:
             model = PeftModel.from_pretrained(build_model(model_args), gathered)
+        else:
+            model = VRMForSequenceClassification.from_pretrained(gathered)
         save_final_model(model, tokenizer, training_args.output_dir, training_args.merge_lora_on_save)
         shutil.rmtree(gathered, ignore_errors=True)

@@ -206,3 +206,18 @@ def test_eval_report_has_calibration_uncertainty_and_length_bias(tmp_path, pairs
     bias = overall["length_bias"]
     assert bias["pairs_chosen_longer"] + bias["pairs_chosen_shorter"] <= overall["pairs"]
     assert 0 <= bias["longer_wins_accuracy"] <= 1
+
+
+def test_head_posterior_overrides_reach_the_model(llama_backbone_dir):
+    """`--weight_posterior softmax` on a vrm head: deterministic gate, Gaussian features kept (an ablation)."""
+    from vrm.config import ModelArguments
+    from vrm.trainer import build_model
+
+    model = build_model(
+        ModelArguments(model_name_or_path=llama_backbone_dir, head_type="vrm", weight_posterior="softmax")
+    )
+    assert (model.config.weight_posterior, model.config.feature_posterior) == ("softmax", "gaussian")
+    default = build_model(ModelArguments(model_name_or_path=llama_backbone_dir, head_type="vrm"))
+    assert default.config.weight_posterior == "dirichlet"
+    with pytest.raises(ValueError, match="weight_posterior must be one of"):
+        build_model(ModelArguments(model_name_or_path=llama_backbone_dir, weight_posterior="gumbel"))

@@ -139,3 +139,52 @@ def test_chosen_and_rejected_share_the_weight_sample():
     samples = head.sample_pairs(torch.randn(2, HIDDEN), state, state, num_samples=8)
     assert torch.allclose(samples.reward_chosen, samples.reward_rejected)
     assert samples.reward_chosen.std(0).min() > 0  # and w really is random across samples
+
+
+def test_logistic_normal_weights_start_at_the_prior_and_match_monte_carlo():
+    """The softmax-Gaussian ablation: w = softmax(u); KL to the Laplace prior; moments by Monte Carlo."""
+    head = make_head("vrm", weight_posterior="logistic_normal", num_objectives=3, feature_dim=4)
+    prompt_state, response_state = torch.randn(4, HIDDEN), torch.randn(4, HIDDEN)
+    weights, kl = head.sample_weights(prompt_state, 5)
+    assert kl.abs().max() < 1e-6  # initialized at the prior
+    assert torch.allclose(weights.sum(-1), torch.ones(5, 4)) and (weights > 0).all()
+
+    torch.manual_seed(3)
+    head = randomize(
+        make_head(
+            "vrm",
+            weight_posterior="logistic_normal",
+            num_objectives=3,
+            feature_dim=4,
+            num_eval_samples=20_000,
+        ),
+        seed=3,
+        scale=0.2,
+    )
+    with torch.no_grad():
+        posterior = head.logistic_normal(prompt_state)
+        u = posterior.sample((100_000,))
+        variance = head.logistic_prior_variance
+        log_p = Normal(0.0, math.sqrt(variance)).log_prob(u).sum(-1)
+        _, kl = head.sample_weights(prompt_state, 2)
+        assert torch.allclose(kl, (posterior.log_prob(u).sum(-1) - log_p).mean(0), rtol=0.05, atol=0.02)
+        out = head(prompt_state, response_state)
+        assert torch.equal(out.reward_std, head(prompt_state, response_state).reward_std)  # deterministic
+        weights, _ = head.sample_weights(prompt_state, 100_000)
+        features, _ = head.sample_features(response_state, 100_000)
+        rewards = (weights * head.decoder(features)).sum(-1)
+    assert torch.allclose(out.reward, rewards.mean(0), atol=0.02 * float(rewards.std(0).max()) + 0.01)
+    assert torch.allclose(out.reward_std, rewards.std(0), rtol=0.05, atol=1e-3)
+    with pytest.raises(ValueError, match="num_objectives >= 2"):
+        make_head("vrm", weight_posterior="logistic_normal", num_objectives=1)
+
+
+def test_gradients_reach_the_logistic_normal_weights():
+    torch.manual_seed(0)
+    head = make_head("vrm", weight_posterior="logistic_normal", feature_dim=4)
+    prompt_state, chosen, rejected = torch.randn(6, HIDDEN), torch.randn(6, HIDDEN), torch.randn(6, HIDDEN)
+    preference_loss(
+        head.sample_pairs(prompt_state, chosen, rejected, 4), beta_w=0.1, beta_z=0.1
+    ).loss.backward()
+    for name in ("weight_net.weight", "weight_logvar.weight", "weight_logvar.bias"):
+        assert head.get_parameter(name).grad.abs().sum() > 0, name

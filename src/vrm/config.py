@@ -27,7 +27,7 @@ from transformers import AutoConfig, PretrainedConfig, TrainingArguments
 from transformers.configuration_utils import SubConfigSpec
 
 HEAD_TYPES = ("bt", "ib", "moe", "vrm")
-WEIGHT_POSTERIORS = ("none", "softmax", "dirichlet")
+WEIGHT_POSTERIORS = ("none", "softmax", "dirichlet", "logistic_normal")
 FEATURE_POSTERIORS = ("identity", "deterministic", "gaussian")
 POOLINGS = ("auto", "last", "mean", "cls")
 
@@ -45,7 +45,8 @@ class VRMConfig(PretrainedConfig):
     Args:
         text_config: config of the transformer backbone (any `AutoModel` architecture).
         head_type: one of `bt`, `ib`, `moe`, `vrm`; fills in the three fields below when they are None.
-        weight_posterior: `none` | `softmax` | `dirichlet` — how objective weights come from the prompt state.
+        weight_posterior: `none` | `softmax` | `dirichlet` | `logistic_normal` — how objective weights come from
+            the prompt state (`logistic_normal`: w = softmax(u), u Gaussian; the softmax-Gaussian ablation).
         feature_posterior: `identity` | `deterministic` | `gaussian` — how features come from the response state.
         num_objectives: K, the number of objectives (1 for bt/ib).
         objective_names: optional names of the K objectives (the first ones may be tied to rating columns).
@@ -119,6 +120,8 @@ class VRMConfig(PretrainedConfig):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.num_objectives < 1:
             raise ValueError(f"num_objectives must be >= 1, got {self.num_objectives}")
+        if self.weight_posterior == "logistic_normal" and self.num_objectives < 2:
+            raise ValueError("weight_posterior 'logistic_normal' needs num_objectives >= 2")
         if self.objective_names is not None and len(self.objective_names) != self.num_objectives:
             raise ValueError(
                 f"objective_names has {len(self.objective_names)} names but num_objectives={self.num_objectives}"
@@ -133,7 +136,7 @@ class VRMConfig(PretrainedConfig):
     @property
     def is_stochastic(self) -> bool:
         """True when the head has a posterior to sample from (so KL terms and `reward_std` are meaningful)."""
-        return self.weight_posterior == "dirichlet" or self.feature_posterior == "gaussian"
+        return self.weight_posterior in ("dirichlet", "logistic_normal") or self.feature_posterior == "gaussian"
 
 
 @dataclass
@@ -146,6 +149,14 @@ class ModelArguments:
         default=None, metadata={"help": "K (default: 4 for vrm/moe, 1 for bt/ib)."}
     )
     objective_names: list[str] | None = field(default=None, metadata={"help": "Names of the K objectives."})
+    weight_posterior: str | None = field(
+        default=None,
+        metadata={"help": f"Override the head's objective weights, one of {WEIGHT_POSTERIORS} (ablations)."},
+    )
+    feature_posterior: str | None = field(
+        default=None,
+        metadata={"help": f"Override the head's semantic features, one of {FEATURE_POSTERIORS} (ablations)."},
+    )
     feature_dim: int = field(default=16, metadata={"help": "d, the dimension of the semantic features."})
     decoder_hidden_size: int = field(default=0, metadata={"help": "0: linear decoder g(z); >0: MLP width."})
     prior_concentration: float = field(default=1.0, metadata={"help": "alpha0 of the Dirichlet prior."})

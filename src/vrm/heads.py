@@ -6,6 +6,9 @@ Given a prompt state `h_x` and a response state `h_xy` (both `[B, H]`):
   - `dirichlet`: `q(w | x) = Dirichlet(alpha)`, `alpha = clamp(softplus(W_a h_x + b_a) + eps)`,
     prior `Dirichlet(alpha0 * 1)`;
   - `softmax`:   `w = softmax(W_a h_x + b_a)` (deterministic gate, ArmoRM-style);
+  - `logistic_normal`: `w = softmax(u)`, `q(u | x) = N(W_a h_x + b_a, diag exp(W_v h_x + b_v))`, prior
+    `N(0, s0^2 I)` with `s0^2 = (1 - 1/K) / alpha0`, the Laplace approximation of `Dirichlet(alpha0 * 1)` in the
+    softmax basis (MacKay, 1998); its moments E[w], Cov[w] have no closed form and are estimated by Monte Carlo;
   - `none`:      `w = 1/K` (K = 1 for bt / ib, so `w = 1`).
 * semantic features `z`:
   - `gaussian`:      `q(z | x, y) = N(mu, diag sigma^2)`, `mu = W_mu h_xy`, `log sigma^2 = W_s h_xy`, prior `N(0, I)`;
@@ -77,6 +80,11 @@ class LatentRewardHead(nn.Module):
         self.weight_net = (
             nn.Linear(hidden_size, self.num_objectives) if self.weight_posterior != "none" else None
         )
+        self.weight_logvar = (
+            nn.Linear(hidden_size, self.num_objectives)
+            if self.weight_posterior == "logistic_normal"
+            else None
+        )
         # A deterministic projection needs no bias (it cancels in r+ - r-); a Gaussian mean keeps one (KL uses it).
         self.feature_mean = (
             nn.Linear(hidden_size, self.feature_dim, bias=self.feature_posterior == "gaussian")
@@ -115,6 +123,9 @@ class LatentRewardHead(nn.Module):
                 self.weight_net.bias.fill_(_inverse_softplus(start))
             else:
                 self.weight_net.bias.zero_()
+        if self.weight_logvar is not None:  # start at the prior: KL_w = 0
+            self.weight_logvar.weight.zero_()
+            self.weight_logvar.bias.fill_(math.log(self.logistic_prior_variance))
         for layer in (self.feature_mean, self.feature_logvar):
             if layer is not None:
                 layer.weight.normal_(std=1.0 / math.sqrt(layer.in_features))
@@ -133,6 +144,18 @@ class LatentRewardHead(nn.Module):
                     module.bias.zero_()
 
     # ----- the two latent variables -------------------------------------------------------------------------
+    @property
+    def logistic_prior_variance(self) -> float:
+        """s0^2 of the logistic-normal prior N(0, s0^2 I): Laplace approximation of Dirichlet(alpha0 * 1)."""
+        return (1.0 - 1.0 / self.num_objectives) / self.config.prior_concentration
+
+    def logistic_normal(self, prompt_state: Tensor) -> Normal:
+        """q(u | x) of the logistic-normal weights w = softmax(u)."""
+        logvar = self.weight_logvar(prompt_state).clamp(
+            self.config.feature_logvar_min, self.config.feature_logvar_max
+        )
+        return Normal(self.weight_net(prompt_state), (0.5 * logvar).exp())
+
     def weight_concentration(self, prompt_state: Tensor) -> Tensor:
         """Dirichlet posterior concentrations alpha(h_x), [B, K]."""
         raw = nn.functional.softplus(self.weight_net(prompt_state)) + 1e-4
@@ -146,6 +169,16 @@ class LatentRewardHead(nn.Module):
             return mean, None
         if self.weight_posterior == "softmax":
             return torch.softmax(self.weight_net(prompt_state), dim=-1), None
+        if self.weight_posterior == "logistic_normal":  # Monte Carlo with a fixed seed: deterministic scoring
+            devices = [prompt_state.device] if prompt_state.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(0)
+                samples = torch.softmax(
+                    self.logistic_normal(prompt_state).sample((self.config.num_eval_samples,)), -1
+                )
+            mean = samples.mean(0)
+            centred = samples - mean
+            return mean, torch.einsum("mbk,mbl->bkl", centred, centred) / samples.shape[0]
         alpha = self.weight_concentration(prompt_state)
         total = alpha.sum(-1, keepdim=True)
         mean = alpha / total
@@ -153,7 +186,14 @@ class LatentRewardHead(nn.Module):
         return mean, cov
 
     def sample_weights(self, prompt_state: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
-        """M reparameterized samples of w [M, B, K] and KL(q(w|x) || Dirichlet(alpha0 1)) [B]."""
+        """M reparameterized samples of w [M, B, K] and KL(q(w|x) || p(w)) [B]."""
+        if self.weight_posterior == "logistic_normal":
+            posterior = self.logistic_normal(prompt_state)
+            scale = math.sqrt(self.logistic_prior_variance)
+            prior = Normal(torch.zeros_like(posterior.loc), torch.full_like(posterior.loc, scale))
+            return torch.softmax(posterior.rsample((num_samples,)), -1), kl_divergence(posterior, prior).sum(
+                -1
+            )
         if self.weight_posterior != "dirichlet":
             mean, _ = self.weight_posterior_moments(prompt_state)
             return mean.unsqueeze(0).expand(num_samples, -1, -1), prompt_state.new_zeros(

@@ -235,6 +235,9 @@ def build_model(model_args: ModelArguments) -> VRMForSequenceClassification:
         "num_samples": model_args.num_samples,
         "pooling": model_args.pooling,
     }
+    for key in ("weight_posterior", "feature_posterior"):  # ablations: override the head preset
+        if getattr(model_args, key) is not None:
+            head_kwargs[key] = getattr(model_args, key)
     if model_args.objective_names and model_args.num_objectives is None:
         head_kwargs["num_objectives"] = len(model_args.objective_names)
     return VRMForSequenceClassification.from_backbone(

@@ -1,0 +1,910 @@
+#!/usr/bin/env python
+"""Real-data study: does a Variational Reward Model beat a Bradley-Terry reward model?
+
+One command reproduces every number of `docs/results.md` (stages are resumable: a finished run is skipped):
+
+    python benchmarks/study.py                                  # all stages, all settings
+    python benchmarks/study.py --stages report                  # tables and figures from the finished runs
+
+Stages:
+  prepare   split ../shared/data into train / validation / test files (seeded, by prompt or instruction;
+            written under benchmarks/.cache/study/data, never into the repository);
+  frozen    MiniLM states computed once (embedding cache); for each head (bt, ib, moe, vrm) a sweep of the same
+            size chosen on the validation split only, then seeds with the best setting; the helpfulness ->
+            harmlessness shift; the ablations of vrm (K, d, beta, M, prior, weights, objective labels);
+  finetune  MiniLM fine-tuned end to end, each head with the frozen sweep's head settings, several seeds;
+  report    benchmarks/results/study.json, study.md (tables) and study_bon.png.
+
+Every run trains with `vrm.trainer.run_training` (what `vrm train` runs) and is scored with `vrm.evaluate`'s
+functions; per-pair rewards are kept (`scores.npz`) so that significance tests and the length analysis are
+computed from the same numbers as the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import shlex
+import shutil
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORK = os.path.join(HERE, ".cache", "study")
+RESULTS = os.path.join(HERE, "results")
+HEADS = ("bt", "ib", "moe", "vrm")
+OBJECTIVES = [
+    "helpfulness",
+    "harmlessness",
+]  # RMB's `objective` column; vrm / moe tie their first two objectives
+# RMB categories never seen in training: the "shifted" test splits
+HELD_OUT_HELPFULNESS = ("Code", "Summarization", "Role Playing")
+HELD_OUT_HARMLESSNESS = ("S9", "S10", "multi")
+REFERENCE_GENERATOR = "gpt4_1106_preview"  # AlpacaEval's reference: every judged pair is a model vs it
+BON_NS = [1, 2, 4, 8, 16, 32]
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Sizes of the splits and the training budget (the defaults are the committed study)."""
+
+    seed: int = 0
+    max_length: int = 192
+    max_prompt_length: int = 64
+    rmb_train: int = 3000
+    alpaca_train: int = 1500
+    uf_train: int = 900
+    val_per_source: int = 300
+    test_per_split: int = 600
+    bon_prompts: int = 60
+    finetune_train: int = 1000  # pairs of the fine-tuned setting (a sample of the frozen training set)
+    finetune_test: int = 200  # pairs per test split in the fine-tuned setting
+    finetune_rm_bench: int = 60
+    finetune_bon_prompts: int = 20
+
+
+# ----- data ------------------------------------------------------------------------------------------------------
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def write_jsonl(rows: list[dict[str, Any]], path: str) -> None:
+    from vrm.fileio import atomic_output
+
+    with atomic_output(path) as staging, open(staging, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+
+
+def split_keys(keys: list[str], fractions: tuple[float, ...], rng: random.Random) -> list[set[str]]:
+    """Partition distinct keys (prompts, instructions) at random into parts of the given fractions."""
+    keys = sorted(set(keys))
+    rng.shuffle(keys)
+    parts, start = [], 0
+    for index, fraction in enumerate(fractions):
+        end = len(keys) if index == len(fractions) - 1 else start + round(fraction * len(keys))
+        parts.append(set(keys[start:end]))
+        start = end
+    return parts
+
+
+def response_text(response: Any) -> str:
+    return response if isinstance(response, str) else "".join(m.get("content", "") for m in response)
+
+
+def drop_empty(rows: list[dict[str, Any]], source: str, dropped: dict[str, int]) -> list[dict[str, Any]]:
+    """Pairs with an empty chosen or rejected response are unusable (vrm.data rejects them): counted, left out."""
+    kept = [r for r in rows if response_text(r["chosen"]).strip() and response_text(r["rejected"]).strip()]
+    dropped[source] = len(rows) - len(kept)
+    return kept
+
+
+def sample(rows: list[dict[str, Any]], count: int, rng: random.Random) -> list[dict[str, Any]]:
+    return rng.sample(rows, count) if len(rows) > count else list(rows)
+
+
+def prepare_data(data_dir: str, cfg: StudyConfig) -> dict[str, Any]:
+    """Write the study's split files under WORK/data and return their manifest (counts, definitions)."""
+    out = os.path.join(WORK, "data")
+    manifest_path = os.path.join(out, "manifest.json")
+    if os.path.exists(manifest_path):
+        manifest = json.load(open(manifest_path))
+        if manifest.get("config") == asdict(cfg):
+            return manifest
+    os.makedirs(out, exist_ok=True)
+    rng = random.Random(cfg.seed)
+    files: dict[str, list[dict[str, Any]]] = {}
+    dropped: dict[str, int] = {}
+
+    # RMB: held-out categories make the shifted splits; the rest is split by prompt 80 / 10 / 10
+    rmb = drop_empty(read_jsonl(os.path.join(data_dir, "train", "rmb_pairwise.jsonl.gz")), "rmb", dropped)
+    for row in rmb:
+        parts = row["subset"].split("/")
+        row["category"] = parts[2] if len(parts) > 2 else parts[-1]
+        row["subset"] = f"rmb/{row['objective']}/{row['category']}"
+    held_out = [r for r in rmb if r["category"] in HELD_OUT_HELPFULNESS + HELD_OUT_HARMLESSNESS]
+    in_dist = [r for r in rmb if r["category"] not in HELD_OUT_HELPFULNESS + HELD_OUT_HARMLESSNESS]
+    train_p, val_p, test_p = split_keys([json.dumps(r["prompt"]) for r in in_dist], (0.8, 0.1, 0.1), rng)
+    by_part = defaultdict(list)
+    for row in in_dist:
+        key = json.dumps(row["prompt"])
+        by_part["train" if key in train_p else "val" if key in val_p else "test"].append(row)
+    rmb_train = sample(by_part["train"], cfg.rmb_train, rng)
+    rmb_val = sample(by_part["val"], cfg.val_per_source, rng)
+    files["rmb_id"] = sample(by_part["test"], cfg.test_per_split, rng)
+    files["rmb_shift_help"] = sample(
+        [r for r in held_out if r["objective"] == "helpfulness"], cfg.test_per_split, rng
+    )
+    files["rmb_shift_harm"] = sample(
+        [r for r in held_out if r["objective"] == "harmlessness"], cfg.test_per_split, rng
+    )
+    # helpfulness -> harmlessness: the same training pairs without any harmlessness pair; tested on all of
+    # RMB's harmlessness test pairs (in-distribution categories and held-out ones)
+    files["rmb_harm_all"] = [
+        r for r in files["rmb_id"] + files["rmb_shift_harm"] if r["objective"] == "harmlessness"
+    ]
+
+    # AlpacaEval: split by instruction 60 / 10 / 30; the pool of the test instructions is the Best-of-N pool
+    alpaca = drop_empty(
+        read_jsonl(os.path.join(data_dir, "train", "alpacaeval_judged.jsonl.gz")), "alpaca", dropped
+    )
+    for row in alpaca:
+        row["judge_confidence"] = float(row["judge_confidence"])
+        row["subset"] = f"alpaca/{row['subset']}"
+    train_i, val_i, test_i = split_keys([r["prompt"] for r in alpaca], (0.6, 0.1, 0.3), rng)
+    alpaca_train = sample([r for r in alpaca if r["prompt"] in train_i], cfg.alpaca_train, rng)
+    alpaca_val = sample([r for r in alpaca if r["prompt"] in val_i], cfg.val_per_source, rng)
+    files["alpaca_test"] = sample([r for r in alpaca if r["prompt"] in test_i], cfg.test_per_split, rng)
+    pool: dict[str, dict[str, Any]] = {}
+    for row in alpaca:  # gold = the judge's P(candidate beats the reference); the reference is left out
+        if row["prompt"] not in test_i:
+            continue
+        chosen_is_reference = row["chosen_generator"] == REFERENCE_GENERATOR
+        candidate = row["rejected"] if chosen_is_reference else row["chosen"]
+        gold = 1.0 - row["judge_confidence"] if chosen_is_reference else row["judge_confidence"]
+        entry = pool.setdefault(row["prompt"], {"prompt": row["prompt"], "responses": [], "gold": []})
+        if candidate not in entry["responses"]:
+            entry["responses"].append(candidate)
+            entry["gold"].append(gold)
+    pool_rows = sorted(pool.values(), key=lambda r: r["prompt"])
+    rng.shuffle(pool_rows)
+    files["bon_pool"] = pool_rows[: cfg.bon_prompts]
+
+    # UltraFeedback: the 1,000-pair sample trains (and validates); the dev sample tests
+    uf = drop_empty(
+        read_jsonl(os.path.join(data_dir, "train", "ultrafeedback_sample.jsonl.gz")), "uf", dropped
+    )
+    rng.shuffle(uf)
+    for row in uf:
+        row["subset"] = "ultrafeedback"
+    uf_train, uf_val = uf[: cfg.uf_train], uf[cfg.uf_train :]
+    files["uf_eval"] = [
+        {**r, "subset": "ultrafeedback"}
+        for r in read_jsonl(os.path.join(data_dir, "dev", "ultrafeedback_sample_eval.jsonl.gz"))
+    ]
+    files["rm_bench"] = read_jsonl(os.path.join(data_dir, "dev", "rm_bench.jsonl.gz"))
+
+    files["train"] = rmb_train + alpaca_train + uf_train
+    rng.shuffle(files["train"])
+    files["train_help_only"] = [r for r in files["train"] if r.get("objective") != "harmlessness"]
+    files["val"] = rmb_val + alpaca_val + uf_val
+    # the fine-tuned setting: a sample of the same training pairs, smaller test splits and pool
+    files["ft_train"] = files["train"][: cfg.finetune_train]
+    for name in ("rmb_id", "rmb_shift_help", "rmb_shift_harm", "alpaca_test", "val"):
+        files[f"ft_{name}"] = sample(files[name], cfg.finetune_test, random.Random(cfg.seed + 1))
+    files["ft_rm_bench"] = sample(files["rm_bench"], cfg.finetune_rm_bench, random.Random(cfg.seed + 1))
+    files["ft_bon_pool"] = files["bon_pool"][: cfg.finetune_bon_prompts]
+    counts = {}
+    for name, rows in files.items():
+        write_jsonl(rows, os.path.join(out, f"{name}.jsonl"))
+        counts[name] = len(rows)
+    manifest = {
+        "config": asdict(cfg),
+        "counts": counts,
+        "dropped_empty_response": dropped,
+        "candidates_bon_pool": sum(len(r["responses"]) for r in files["bon_pool"]),
+        "held_out_categories": {"helpfulness": HELD_OUT_HELPFULNESS, "harmlessness": HELD_OUT_HARMLESSNESS},
+        "sources": {
+            "rmb": "train/rmb_pairwise.jsonl.gz (in-distribution categories split by prompt 80/10/10)",
+            "alpaca": "train/alpacaeval_judged.jsonl.gz (split by instruction 60/10/30)",
+            "ultrafeedback": "train/ultrafeedback_sample.jsonl.gz (900 train / 100 val); "
+            "dev/ultrafeedback_sample_eval.jsonl.gz (test)",
+            "rm_bench": "dev/rm_bench.jsonl.gz",
+        },
+    }
+    from vrm.fileio import write_json
+
+    write_json(manifest, manifest_path)
+    return manifest
+
+
+def data_file(name: str) -> str:
+    return os.path.join(WORK, "data", f"{name}.jsonl")
+
+
+# ----- runs ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run and its evaluation. `learning_rate` is the head's (frozen) or the backbone's (finetune)."""
+
+    setting: str  # frozen | finetune
+    backbone: str
+    head: str
+    seed: int
+    learning_rate: float
+    group: str = "main"  # sweep | main | shift | ablation
+    train: str = "train"
+    beta: float = 0.01  # beta_w = beta_z
+    num_objectives: int | None = None
+    feature_dim: int = 16
+    num_samples: int = 4
+    prior_concentration: float = 1.0
+    weight_posterior: str | None = None
+    objective_labels: bool = True  # moe / vrm: supervise the first two objectives with RMB's `objective`
+    epochs: float = 4.0
+    batch_size: int = 64
+    use_peft: bool = False  # LoRA (r 16) instead of full fine-tuning
+    bf16: bool = False
+    max_length: int | None = None  # None: the study's max_length
+    label: str = ""  # a readable name for tables (e.g. "K=8")
+
+    @property
+    def uses_objectives(self) -> bool:
+        return self.head in ("moe", "vrm") and self.objective_labels
+
+    @property
+    def key(self) -> str:
+        """Hash of the fields that differ from their defaults: a new option never renames earlier runs."""
+        defaults = RunSpec(setting="", backbone="", head="", seed=0, learning_rate=0.0)
+        values = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("group", "label")
+            and (k in ("setting", "backbone", "head", "seed", "learning_rate") or v != getattr(defaults, k))
+        }
+        digest = hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.head}-s{self.seed}-{digest}"
+
+    @property
+    def directory(self) -> str:
+        return os.path.join(WORK, "runs", self.setting, backbone_label(self.backbone), self.key)
+
+    @property
+    def config_fields(self) -> dict[str, Any]:
+        """The hyperparameters that define a configuration (everything but the seed)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("seed", "group", "label")}
+
+
+def backbone_path(name: str) -> str:
+    """`minilm` and `smollm2` are the pip-installed backbones; anything else is a local directory or hub id."""
+    if name not in ("minilm", "smollm2"):
+        return name
+    sys.path.insert(0, HERE)
+    from train_throughput import backbone_path as resolve
+
+    return resolve(name)
+
+
+def backbone_label(name: str) -> str:
+    """A directory-safe name of a backbone (hub ids have slashes)."""
+    return name.rstrip("/").replace("/", "--")
+
+
+def train_run(spec: RunSpec, cfg: StudyConfig) -> str:
+    """Train with `vrm.trainer.run_training` (= `vrm train`); returns the model directory."""
+    from vrm.config import DataArguments, ModelArguments, VRMTrainingArguments
+    from vrm.trainer import run_training
+
+    frozen = spec.setting == "frozen"
+    model_dir = os.path.join(spec.directory, "model")
+    model_args = ModelArguments(
+        model_name_or_path=backbone_path(spec.backbone),
+        head_type=spec.head,
+        num_objectives=spec.num_objectives,
+        objective_names=None,
+        feature_dim=spec.feature_dim,
+        num_samples=spec.num_samples,
+        prior_concentration=spec.prior_concentration,
+        weight_posterior=spec.weight_posterior,
+        freeze_backbone=frozen,
+        use_peft=spec.use_peft,
+        dtype="bfloat16" if spec.bf16 else "float32",
+    )
+    max_length = spec.max_length or cfg.max_length
+    data_args = DataArguments(
+        dataset_name=[data_file(spec.train)],
+        max_length=max_length,
+        max_prompt_length=max(cfg.max_prompt_length, max_length // 3),
+        attribute_names=OBJECTIVES if spec.uses_objectives else None,
+        objective_column="objective" if spec.uses_objectives else None,
+        embedding_cache=os.path.join(WORK, "embeddings") if frozen else None,
+    )
+    training_args = VRMTrainingArguments(
+        output_dir=model_dir,
+        per_device_train_batch_size=spec.batch_size,
+        num_train_epochs=spec.epochs,
+        learning_rate=spec.learning_rate,
+        head_learning_rate=spec.learning_rate if frozen else None,
+        beta_w=spec.beta,
+        beta_z=spec.beta,
+        seed=spec.seed,
+        save_strategy="no",
+        logging_steps=50,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=spec.bf16,
+        gradient_checkpointing=spec.use_peft,
+    )
+    run_training(model_args, data_args, training_args)
+    return model_dir
+
+
+def pair_arrays(chosen, rejected, pairs) -> dict[str, np.ndarray]:
+    return {
+        "reward_chosen": chosen.reward.numpy(),
+        "reward_rejected": rejected.reward.numpy(),
+        "std_chosen": chosen.reward_std.numpy(),
+        "std_rejected": rejected.reward_std.numpy(),
+        "length_chosen": np.array([len(p.chosen_input_ids) - p.prompt_length for p in pairs]),
+        "length_rejected": np.array([len(p.rejected_input_ids) - p.prompt_length for p in pairs]),
+    }
+
+
+def evaluate_run(
+    model_dir: str, spec: RunSpec, eval_sets: dict[str, str], tokenized: dict
+) -> tuple[dict, dict]:
+    """Metrics per evaluation set, and the per-pair arrays behind them."""
+    from vrm.bon import bon_curve, read_pool, score_pool
+    from vrm.data import load_preferences
+    from vrm.evaluate import evaluate_rm_bench, metrics_by_subset, score_pairs
+    from vrm.pipeline import load_scorer
+
+    cache = os.path.join(WORK, "embeddings") if spec.setting == "frozen" else None
+    scorer = load_scorer(model_dir, batch_size=64, embedding_cache=cache)
+    metrics: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for name, path in eval_sets.items():
+        if name.endswith("rm_bench"):
+            metrics[name] = evaluate_rm_bench(scorer, read_jsonl(path), progress=False)
+            continue
+        if name.endswith("bon_pool"):
+            pool = read_pool(path, "gold")
+            proxy = score_pool(scorer, pool, progress=False)
+            gold = [np.asarray(row["gold"], dtype=np.float64) for row in pool]
+            metrics[name] = {"curve": bon_curve(proxy, gold, BON_NS)}
+            continue
+        if name not in tokenized:  # the template is the same for every run of a backbone: tokenize once
+            tokenized[name], _ = scorer.template.tokenize_pairs(load_preferences(path))
+        pairs = tokenized[name]
+        chosen, rejected = score_pairs(
+            scorer.model, pairs, scorer.tokenizer.pad_token_id, 64, False, scorer.embedding_cache
+        )
+        found = pair_arrays(chosen, rejected, pairs)
+        metrics[name] = metrics_by_subset(
+            chosen, rejected, found["length_chosen"], found["length_rejected"], [p.subset for p in pairs]
+        )
+        for key, value in found.items():
+            arrays[f"{name}/{key}"] = value
+    return metrics, arrays
+
+
+def execute(spec: RunSpec, cfg: StudyConfig, eval_sets: dict[str, str], tokenized: dict) -> dict[str, Any]:
+    """Train and evaluate one run unless its result exists; the result file is written last (atomically)."""
+    from vrm.fileio import atomic_output, write_json
+
+    result_path = os.path.join(spec.directory, "result.json")
+    if os.path.exists(result_path):
+        return json.load(open(result_path))
+    print(
+        f"[study] {spec.setting}/{spec.backbone} {spec.group} {spec.head} {spec.label} seed {spec.seed}",
+        flush=True,
+    )
+    started = time.perf_counter()
+    model_dir = train_run(spec, cfg)
+    trained = time.perf_counter()
+    metrics, arrays = evaluate_run(model_dir, spec, eval_sets, tokenized)
+    with atomic_output(os.path.join(spec.directory, "scores.npz")) as staging:
+        np.savez_compressed(staging, **arrays)
+    result = {
+        "spec": asdict(spec),
+        "key": spec.key,
+        "train_seconds": trained - started,
+        "eval_seconds": time.perf_counter() - trained,
+        "metrics": metrics,
+    }
+    write_json(result, result_path)
+    shutil.rmtree(model_dir, ignore_errors=True)  # weights are cheap to re-train; the study keeps scores only
+    print(
+        f"[study]   val acc {accuracy(result, eval_sets):.3f}  train {result['train_seconds']:.0f}s "
+        f"eval {result['eval_seconds']:.0f}s",
+        flush=True,
+    )
+    return result
+
+
+def accuracy(result: dict[str, Any], eval_sets: dict[str, str]) -> float:
+    name = next(n for n in eval_sets if n.endswith("val"))
+    return result["metrics"][name]["overall"]["accuracy"]
+
+
+def select(results: list[dict[str, Any]], eval_sets: dict[str, str]) -> dict[str, Any]:
+    """The sweep's winner: highest validation accuracy, then lowest validation NLL."""
+    name = next(n for n in eval_sets if n.endswith("val"))
+    return max(
+        results,
+        key=lambda r: (r["metrics"][name]["overall"]["accuracy"], -r["metrics"][name]["overall"]["nll"]),
+    )
+
+
+# ----- the settings ----------------------------------------------------------------------------------------------
+def sweep_grid(head: str, setting: str, backbone: str) -> list[RunSpec]:
+    """Four configurations per head (the same tuning effort): learning rates, and beta where the head has a KL."""
+    base = dict(setting=setting, backbone=backbone, head=head, seed=0, group="sweep")
+    if head in ("ib", "vrm"):
+        return [RunSpec(learning_rate=lr, beta=beta, **base) for lr in (1e-3, 3e-3) for beta in (0.01, 0.1)]
+    return [RunSpec(learning_rate=lr, **base) for lr in (3e-4, 1e-3, 3e-3, 1e-2)]
+
+
+def frozen_setting(cfg: StudyConfig, backbone: str, seeds: list[int], ablation_seeds: list[int]) -> None:
+    eval_sets = {
+        name: data_file(name)
+        for name in (
+            "val",
+            "rmb_id",
+            "rmb_shift_help",
+            "rmb_shift_harm",
+            "alpaca_test",
+            "uf_eval",
+            "rm_bench",
+        )
+    }
+    eval_sets["bon_pool"] = data_file("bon_pool")
+    tokenized: dict = {}
+    best: dict[str, RunSpec] = {}
+    for head in HEADS:
+        sweep = [execute(spec, cfg, eval_sets, tokenized) for spec in sweep_grid(head, "frozen", backbone)]
+        winner = RunSpec(**select(sweep, eval_sets)["spec"])
+        best[head] = winner
+        for seed in seeds:
+            execute(replace(winner, seed=seed, group="main"), cfg, eval_sets, tokenized)
+    # vrm without objective labels belongs in the main table (the synthetic study showed the labels matter)
+    for seed in seeds:
+        execute(
+            replace(best["vrm"], seed=seed, group="main", objective_labels=False, label="no labels"),
+            cfg,
+            eval_sets,
+            tokenized,
+        )
+    # helpfulness -> harmlessness: trained without a single harmlessness pair
+    shift_sets = {"val": eval_sets["val"], "rmb_harm_all": data_file("rmb_harm_all")}
+    for head in HEADS:
+        for seed in ablation_seeds:
+            execute(
+                replace(best[head], seed=seed, group="shift", train="train_help_only"), cfg, shift_sets, {}
+            )
+    # ablations of vrm around its chosen setting
+    vrm = best["vrm"]
+    ablations = [
+        dict(num_objectives=2, label="K=2"),
+        dict(num_objectives=8, label="K=8"),
+        dict(feature_dim=4, label="d=4"),
+        dict(feature_dim=64, label="d=64"),
+        dict(beta=0.001, label="beta=0.001"),
+        dict(beta=1.0, label="beta=1"),
+        dict(num_samples=1, label="M=1"),
+        dict(num_samples=16, label="M=16"),
+        dict(prior_concentration=0.3, label="alpha0=0.3"),
+        dict(prior_concentration=3.0, label="alpha0=3"),
+        dict(weight_posterior="logistic_normal", label="softmax-Gaussian weights"),
+        dict(weight_posterior="softmax", label="deterministic softmax weights"),
+        dict(objective_labels=False, label="no objective labels"),
+    ]
+    for change in ablations:
+        for seed in ablation_seeds:
+            execute(replace(vrm, seed=seed, group="ablation", **change), cfg, eval_sets, tokenized)
+
+
+def finetune_setting(
+    cfg: StudyConfig, backbone: str, seeds: list[int], learning_rate: float, scale: str = "cpu"
+) -> None:
+    """End-to-end fine-tuning; each head keeps the beta its frozen sweep chose (0.01 without one), one epoch.
+
+    `cpu`: full fine-tuning on 1,000 of the training pairs, smaller test splits (what 2 cores allow);
+    `gpu`: LoRA (r 16) in bf16 on all training pairs, the full test splits, max_length 1024.
+    """
+    if scale == "cpu":
+        names = [
+            "ft_val",
+            "ft_rmb_id",
+            "ft_rmb_shift_help",
+            "ft_rmb_shift_harm",
+            "ft_alpaca_test",
+            "uf_eval",
+            "ft_rm_bench",
+            "ft_bon_pool",
+        ]
+        run = dict(train="ft_train", epochs=1.0, batch_size=8)
+    else:
+        names = [
+            "val",
+            "rmb_id",
+            "rmb_shift_help",
+            "rmb_shift_harm",
+            "alpaca_test",
+            "uf_eval",
+            "rm_bench",
+            "bon_pool",
+        ]
+        run = dict(train="train", epochs=1.0, batch_size=16, use_peft=True, bf16=True, max_length=1024)
+    eval_sets = {name: data_file(name) for name in names}
+    tokenized: dict = {}
+    frozen = load_results("frozen", backbone) or load_results("frozen", "minilm")
+    for (
+        seed
+    ) in seeds:  # seeds in the outer loop: an interrupted study still has every head at the first seeds
+        for head in HEADS:
+            chosen = [
+                r
+                for r in frozen
+                if r["spec"]["group"] == "main" and r["spec"]["head"] == head and not r["spec"]["label"]
+            ]
+            beta = chosen[0]["spec"]["beta"] if chosen else 0.01
+            spec = RunSpec(
+                setting="finetune",
+                backbone=backbone,
+                head=head,
+                seed=seed,
+                learning_rate=learning_rate,
+                beta=beta,
+                **run,
+            )
+            execute(spec, cfg, eval_sets, tokenized)
+
+
+def load_results(setting: str, backbone: str) -> list[dict[str, Any]]:
+    directory = os.path.join(WORK, "runs", setting, backbone_label(backbone))
+    if not os.path.isdir(directory):
+        return []
+    results = []
+    for key in sorted(os.listdir(directory)):
+        path = os.path.join(directory, key, "result.json")
+        if os.path.exists(path):
+            result = json.load(open(path))
+            result["scores_path"] = os.path.join(directory, key, "scores.npz")
+            results.append(result)
+    return results
+
+
+# ----- the report ------------------------------------------------------------------------------------------------
+def permutation_p(differences: np.ndarray, rounds: int = 20000, seed: int = 0) -> float:
+    """Two-sided sign-flip permutation test of mean(differences) = 0 (paired, per test pair)."""
+    differences = np.asarray(differences, dtype=np.float64)
+    observed = abs(differences.mean())
+    rng = np.random.default_rng(seed)
+    signs = rng.choice((-1.0, 1.0), size=(rounds, differences.size))
+    null = np.abs((signs * differences).mean(1))
+    return float((1 + (null >= observed - 1e-12).sum()) / (rounds + 1))
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    return {
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
+
+
+def fmt(stat: dict[str, float], digits: int = 3) -> str:
+    if not stat or stat.get("n", 0) == 0:
+        return "—"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def variant(result: dict[str, Any]) -> str:
+    spec = result["spec"]
+    return spec["head"] + (f" ({spec['label']})" if spec["label"] else "")
+
+
+def summarize(results: list[dict[str, Any]], pair_sets: list[str]) -> dict[str, Any]:
+    """Per variant: mean ± std over seeds of the headline metrics of each evaluation set."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for result in results:
+        groups[variant(result)].append(result)
+    table: dict[str, Any] = {}
+    for name, runs in groups.items():
+        row: dict[str, Any] = {"seeds": sorted(r["spec"]["seed"] for r in runs), "spec": runs[0]["spec"]}
+        for set_name in pair_sets:
+            overall = [r["metrics"][set_name]["overall"] for r in runs if set_name in r["metrics"]]
+            if not overall:
+                continue
+            row[set_name] = {
+                metric: mean_std([o.get(metric) for o in overall])
+                for metric in ("accuracy", "ties", "nll", "ece", "mean_reward_std", "uncertainty_error_auroc")
+            }
+            row[set_name]["accuracy_chosen_longer"] = mean_std(
+                [o["length_bias"]["accuracy_chosen_longer"] for o in overall]
+            )
+            row[set_name]["accuracy_chosen_shorter"] = mean_std(
+                [o["length_bias"]["accuracy_chosen_shorter"] for o in overall]
+            )
+            row[set_name]["longer_wins_accuracy"] = overall[0]["length_bias"]["longer_wins_accuracy"]
+            row[set_name]["selective_accuracy_50"] = mean_std(
+                [
+                    o["selective_accuracy"]["curve"]["0.5"] if "selective_accuracy" in o else None
+                    for o in overall
+                ]
+            )
+        for set_name, metric in runs[0]["metrics"].items():
+            if set_name.endswith("rm_bench"):
+                row[set_name] = {
+                    key: mean_std([r["metrics"][set_name]["overall"][key] for r in runs])
+                    for key in ("easy", "normal", "hard", "average")
+                }
+            if set_name.endswith("bon_pool"):
+                curves = [r["metrics"][set_name]["curve"] for r in runs]
+                row[set_name] = [
+                    {
+                        "n": point["n"],
+                        "kl_bon": point["kl_bon"],
+                        "gold": mean_std([c[i]["gold"] for c in curves]),
+                    }
+                    for i, point in enumerate(metric["curve"])
+                ]
+        row["train_seconds"] = mean_std([r["train_seconds"] for r in runs])
+        table[name] = row
+    return table
+
+
+def significance(results: list[dict[str, Any]], pair_sets: list[str], a: str = "vrm", b: str = "bt") -> dict:
+    """a - b accuracy per set: mean over seeds, and a paired permutation test over test pairs of the
+    seed-averaged correctness (does the difference survive the test set's sampling noise?)."""
+
+    def correctness(head: str, set_name: str) -> np.ndarray | None:
+        rows = []
+        for result in results:
+            if variant(result) != head:
+                continue
+            scores = np.load(result["scores_path"])
+            rows.append(
+                (scores[f"{set_name}/reward_chosen"] > scores[f"{set_name}/reward_rejected"]).astype(float)
+            )
+        return np.mean(rows, 0) if rows else None
+
+    out = {}
+    for set_name in pair_sets:
+        first, second = correctness(a, set_name), correctness(b, set_name)
+        if first is None or second is None:
+            continue
+        out[set_name] = {
+            "difference": float(first.mean() - second.mean()),
+            "p_value": permutation_p(first - second),
+            "pairs": int(first.size),
+        }
+    return out
+
+
+def plot_bon(tables: dict[str, dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(title, table, pool) for title, (table, pool) in tables.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, table, pool) in zip(axes[0], panels, strict=True):
+        for name, row in table.items():
+            if pool not in row:
+                continue
+            kl = [p["kl_bon"] for p in row[pool]]
+            mean = np.array([p["gold"]["mean"] for p in row[pool]])
+            std = np.array([p["gold"]["std"] for p in row[pool]])
+            ax.plot(kl, mean, marker="o", label=name)
+            ax.fill_between(kl, mean - std, mean + std, alpha=0.15)
+        ax.set_xlabel("KL_BoN = log n - (n-1)/n")
+        ax.set_ylabel("gold: judge P(candidate beats GPT-4 reference)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    from vrm.fileio import atomic_output
+
+    with atomic_output(path) as staging:
+        fig.savefig(staging, dpi=120, format="png")
+    plt.close(fig)
+
+
+def markdown_table(table: dict[str, Any], sets: list[str], metric: str, extra: list[str] = ()) -> list[str]:
+    header = ["model", *sets, *extra]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in table.items():
+        cells = [fmt(row[s][metric]) if s in row and metric in row[s] else "—" for s in sets]
+        for key in extra:
+            if key.endswith("rm_bench") and key in row:
+                cells.append(f"{fmt(row[key]['average'])} (hard {fmt(row[key]['hard'])})")
+            elif key.endswith("bon_pool") and key in row:
+                point = next(p for p in row[key] if p["n"] == 16)
+                cells.append(fmt(point["gold"]))
+            else:
+                cells.append("—")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def report(manifest: dict[str, Any], argv: list[str], started: float) -> None:
+    from vrm.fileio import atomic_output, write_json
+
+    out: dict[str, Any] = {
+        "command": "python benchmarks/study.py " + shlex.join(argv),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        },
+        "data": manifest,
+        "settings": {},
+    }
+    md = ["# Study results (generated by `benchmarks/study.py --stages report`)", ""]
+    bon_panels = {}
+    for setting in ("frozen", "finetune"):
+        directory = os.path.join(WORK, "runs", setting)
+        for backbone in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+            results = load_results(setting, backbone)
+            if not results:
+                continue
+            prefix = "ft_" if results[0]["spec"]["train"] == "ft_train" else ""
+            pair_sets = [
+                f"{prefix}val",
+                f"{prefix}rmb_id",
+                f"{prefix}rmb_shift_help",
+                f"{prefix}rmb_shift_harm",
+                f"{prefix}alpaca_test",
+                "uf_eval",
+            ]
+            by_group = defaultdict(list)
+            for result in results:
+                by_group[result["spec"]["group"]].append(result)
+            main = summarize(by_group["main"], pair_sets)
+            entry = {
+                "runs": len(results),
+                "train_seconds_total": sum(r["train_seconds"] for r in results),
+                "eval_seconds_total": sum(r["eval_seconds"] for r in results),
+                "main": main,
+                "significance_vrm_minus_bt": significance(by_group["main"], pair_sets),
+                "sweep": [
+                    {
+                        "spec": r["spec"],
+                        "val_accuracy": r["metrics"][pair_sets[0]]["overall"]["accuracy"],
+                        "val_nll": r["metrics"][pair_sets[0]]["overall"]["nll"],
+                    }
+                    for r in by_group["sweep"]
+                ],
+            }
+            if by_group["shift"]:
+                entry["help_to_harm"] = summarize(by_group["shift"], ["rmb_harm_all"])
+                entry["significance_help_to_harm"] = significance(by_group["shift"], ["rmb_harm_all"])
+            if by_group["ablation"]:
+                ablation = summarize(by_group["ablation"], pair_sets)
+                vrm_main = {k: v for k, v in main.items() if k == "vrm"}
+                entry["ablations"] = {**{"vrm (chosen setting)": vrm_main.get("vrm")}, **ablation}
+            out["settings"][f"{setting}/{backbone}"] = entry
+            title = f"{setting} {backbone}"
+            bon_panels[title] = (main, f"{prefix}bon_pool")
+            rm_bench = f"{prefix}rm_bench"
+            md += [f"## {title}: accuracy (mean ± std over seeds)", ""]
+            md += markdown_table(main, pair_sets, "accuracy", [rm_bench, f"{prefix}bon_pool"])
+            md += [
+                "",
+                "Longer-wins rule on the same pairs: "
+                + ", ".join(
+                    f"{s} {next(iter(main.values()))[s]['longer_wins_accuracy']:.3f}"
+                    for s in pair_sets
+                    if s in next(iter(main.values()))
+                ),
+                "",
+            ]
+            md += [
+                "### vrm − bt (accuracy; p: paired sign-flip permutation test over test pairs)",
+                "",
+                "| set | difference | p | pairs |",
+                "|---|---|---|---|",
+            ]
+            for s, v in entry["significance_vrm_minus_bt"].items():
+                md.append(f"| {s} | {v['difference']:+.3f} | {v['p_value']:.3f} | {v['pairs']} |")
+            md += ["", f"### {title}: calibration (ECE) and NLL", ""]
+            md += markdown_table(main, pair_sets, "ece")
+            md += [""]
+            md += markdown_table(main, pair_sets, "nll")
+            md += [
+                "",
+                f"### {title}: uncertainty (AUROC of reward_std for errors; selective accuracy at 50%)",
+                "",
+            ]
+            md += markdown_table(main, pair_sets, "uncertainty_error_auroc")
+            md += [""]
+            md += markdown_table(main, pair_sets, "selective_accuracy_50")
+            md += ["", f"### {title}: length (accuracy when the chosen response is shorter / longer)", ""]
+            md += markdown_table(main, pair_sets, "accuracy_chosen_shorter")
+            md += [""]
+            md += markdown_table(main, pair_sets, "accuracy_chosen_longer")
+            if "help_to_harm" in entry:
+                md += ["", f"### {title}: helpfulness → harmlessness (no harmlessness pair in training)", ""]
+                md += markdown_table(entry["help_to_harm"], ["rmb_harm_all"], "accuracy")
+            if "ablations" in entry:
+                md += ["", f"### {title}: ablations of vrm", ""]
+                md += markdown_table(
+                    {k: v for k, v in entry["ablations"].items() if v}, pair_sets, "accuracy"
+                )
+            md += [""]
+    out["wall_seconds_of_this_invocation"] = time.perf_counter() - started
+    write_json(out, os.path.join(RESULTS, "study.json"))
+    with atomic_output(os.path.join(RESULTS, "study.md")) as staging, open(staging, "w") as handle:
+        handle.write("\n".join(md) + "\n")
+    if bon_panels:
+        plot_bon(bon_panels, os.path.join(RESULTS, "study_bon.png"))
+    print("\n".join(md))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", default=os.path.join(HERE, "..", "..", "shared", "data"))
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        default=["prepare", "frozen", "finetune", "report"],
+        choices=["prepare", "frozen", "finetune", "report"],
+    )
+    parser.add_argument(
+        "--backbones",
+        nargs="+",
+        default=["minilm"],
+        help="minilm, smollm2 (pip-installed) or any local directory / hub id (e.g. with --finetune_scale gpu)",
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--ablation_seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--finetune_seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--finetune_learning_rate", type=float, default=5e-5)
+    parser.add_argument(
+        "--finetune_scale",
+        choices=["cpu", "gpu"],
+        default="cpu",
+        help="cpu: full fine-tuning on 1,000 pairs; gpu: LoRA + bf16 on all pairs, full test splits",
+    )
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    cfg = StudyConfig()
+    manifest = prepare_data(args.data_dir, cfg)
+    print(f"[study] data: {manifest['counts']}", flush=True)
+    for backbone in args.backbones:
+        if "frozen" in args.stages:
+            frozen_setting(cfg, backbone, args.seeds, args.ablation_seeds)
+        if "finetune" in args.stages and (backbone == "minilm" or args.finetune_scale == "gpu"):
+            finetune_setting(
+                cfg, backbone, args.finetune_seeds, args.finetune_learning_rate, args.finetune_scale
+            )
+    if "report" in args.stages:
+        report(manifest, argv, started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -136,7 +136,9 @@ class VRMConfig(PretrainedConfig):
     @property
     def is_stochastic(self) -> bool:
         """True when the head has a posterior to sample from (so KL terms and `reward_std` are meaningful)."""
-        return self.weight_posterior in ("dirichlet", "logistic_normal") or self.feature_posterior == "gaussian"
+        return (
+            self.weight_posterior in ("dirichlet", "logistic_normal") or self.feature_posterior == "gaussian"
+        )
 
 
 @dataclass

@@ -730,20 +730,43 @@ def plot_bon(tables: dict[str, dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
-def markdown_table(table: dict[str, Any], sets: list[str], metric: str, extra: list[str] = ()) -> list[str]:
-    header = ["model", *sets, *extra]
+SET_NAMES = {
+    "val": "validation",
+    "rmb_id": "RMB (seen categories)",
+    "rmb_shift_help": "RMB helpfulness, held-out categories",
+    "rmb_shift_harm": "RMB harmlessness, held-out categories",
+    "alpaca_test": "AlpacaEval (held-out instructions)",
+    "uf_eval": "UltraFeedback eval",
+    "rm_bench": "RM-Bench avg (hard)",
+    "bon_pool": "BoN gold @ n=16",
+    "rmb_harm_all": "RMB harmlessness (all test pairs)",
+}
+
+
+def set_title(name: str) -> str:
+    return SET_NAMES.get(name.removeprefix("ft_"), name)
+
+
+def markdown_table(
+    table: dict[str, Any], sets: list[str], metric: str, extra: list[str] = (), longer_wins: bool = False
+) -> list[str]:
+    header = ["model", *(set_title(s) for s in (*sets, *extra))]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in table.items():
         cells = [fmt(row[s][metric]) if s in row and metric in row[s] else "—" for s in sets]
         for key in extra:
             if key.endswith("rm_bench") and key in row:
-                cells.append(f"{fmt(row[key]['average'])} (hard {fmt(row[key]['hard'])})")
+                cells.append(f"{fmt(row[key]['average'])} ({fmt(row[key]['hard'])})")
             elif key.endswith("bon_pool") and key in row:
                 point = next(p for p in row[key] if p["n"] == 16)
                 cells.append(fmt(point["gold"]))
             else:
                 cells.append("—")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if longer_wins and table:
+        first = next(iter(table.values()))
+        cells = [f"{first[s]['longer_wins_accuracy']:.3f}" if s in first else "—" for s in sets]
+        lines.append("| *the longer response wins* | " + " | ".join(cells + ["—"] * len(extra)) + " |")
     return lines
 
 
@@ -809,15 +832,14 @@ def report(manifest: dict[str, Any], argv: list[str], started: float) -> None:
             bon_panels[title] = (main, f"{prefix}bon_pool")
             rm_bench = f"{prefix}rm_bench"
             md += [f"## {title}: accuracy (mean ± std over seeds)", ""]
-            md += markdown_table(main, pair_sets, "accuracy", [rm_bench, f"{prefix}bon_pool"])
+            md += markdown_table(
+                main, pair_sets, "accuracy", [rm_bench, f"{prefix}bon_pool"], longer_wins=True
+            )
+            seconds = entry["train_seconds_total"] + entry["eval_seconds_total"]
             md += [
                 "",
-                "Longer-wins rule on the same pairs: "
-                + ", ".join(
-                    f"{s} {next(iter(main.values()))[s]['longer_wins_accuracy']:.3f}"
-                    for s in pair_sets
-                    if s in next(iter(main.values()))
-                ),
+                f"{entry['runs']} runs, {seconds / 60:.0f} min of training and evaluation "
+                "(embedding included).",
                 "",
             ]
             md += [
@@ -846,7 +868,23 @@ def report(manifest: dict[str, Any], argv: list[str], started: float) -> None:
             md += markdown_table(main, pair_sets, "accuracy_chosen_longer")
             if "help_to_harm" in entry:
                 md += ["", f"### {title}: helpfulness → harmlessness (no harmlessness pair in training)", ""]
-                md += markdown_table(entry["help_to_harm"], ["rmb_harm_all"], "accuracy")
+                md += markdown_table(entry["help_to_harm"], ["rmb_harm_all"], "accuracy", longer_wins=True)
+            if entry["sweep"]:
+                md += [
+                    "",
+                    f"### {title}: the sweep (seed 0; chosen on validation accuracy)",
+                    "",
+                    "| head | learning rate | beta | validation accuracy | validation NLL |",
+                    "|---|---|---|---|---|",
+                ]
+                for point in sorted(
+                    entry["sweep"], key=lambda p: (p["spec"]["head"], p["spec"]["learning_rate"])
+                ):
+                    spec = point["spec"]
+                    md.append(
+                        f"| {spec['head']} | {spec['learning_rate']:g} | {spec['beta']:g} | "
+                        f"{point['val_accuracy']:.3f} | {point['val_nll']:.3f} |"
+                    )
             if "ablations" in entry:
                 md += ["", f"### {title}: ablations of vrm", ""]
                 md += markdown_table(

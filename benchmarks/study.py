@@ -623,6 +623,19 @@ def variant(result: dict[str, Any]) -> str:
     return spec["head"] + (f" ({spec['label']})" if spec["label"] else "")
 
 
+def config_of(result: dict[str, Any]) -> str:
+    return json.dumps(
+        {k: v for k, v in result["spec"].items() if k not in ("seed", "group", "label")}, sort_keys=True
+    )
+
+
+def members(results: list[dict[str, Any]], group: str) -> list[dict[str, Any]]:
+    """Runs of a group: those trained for it, and runs of the same configuration trained earlier for another
+    group (the sweep's seed-0 run of the chosen configuration is also the main table's seed 0)."""
+    configs = {config_of(r) for r in results if r["spec"]["group"] == group}
+    return [r for r in results if config_of(r) in configs]
+
+
 def summarize(results: list[dict[str, Any]], pair_sets: list[str]) -> dict[str, Any]:
     """Per variant: mean ± std over seeds of the headline metrics of each evaluation set."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -801,9 +814,8 @@ def report(manifest: dict[str, Any], argv: list[str], started: float) -> None:
                 f"{prefix}alpaca_test",
                 "uf_eval",
             ]
-            by_group = defaultdict(list)
-            for result in results:
-                by_group[result["spec"]["group"]].append(result)
+            by_group = {group: members(results, group) for group in ("main", "shift", "ablation")}
+            by_group["sweep"] = [r for r in results if r["spec"]["group"] == "sweep"]
             main = summarize(by_group["main"], pair_sets)
             entry = {
                 "runs": len(results),
@@ -825,8 +837,12 @@ def report(manifest: dict[str, Any], argv: list[str], started: float) -> None:
                 entry["significance_help_to_harm"] = significance(by_group["shift"], ["rmb_harm_all"])
             if by_group["ablation"]:
                 ablation = summarize(by_group["ablation"], pair_sets)
-                vrm_main = {k: v for k, v in main.items() if k == "vrm"}
-                entry["ablations"] = {**{"vrm (chosen setting)": vrm_main.get("vrm")}, **ablation}
+                chosen = {
+                    f"{k} (chosen setting)" if k == "vrm" else k: v
+                    for k, v in main.items()
+                    if k.startswith("vrm")
+                }
+                entry["ablations"] = {**chosen, **ablation}
             out["settings"][f"{setting}/{backbone}"] = entry
             title = f"{setting} {backbone}"
             bon_panels[title] = (main, f"{prefix}bon_pool")

@@ -54,6 +54,9 @@ HELD_OUT_HELPFULNESS = ("Code", "Summarization", "Role Playing")
 HELD_OUT_HARMLESSNESS = ("S9", "S10", "multi")
 REFERENCE_GENERATOR = "gpt4_1106_preview"  # AlpacaEval's reference: every judged pair is a model vs it
 BON_NS = [1, 2, 4, 8, 16, 32]
+# pairwise test splits; the CPU fine-tuned setting uses `ft_`-prefixed samples of them (UltraFeedback eval is
+# used whole everywhere)
+PAIR_SETS = ("val", "rmb_id", "rmb_shift_help", "rmb_shift_harm", "alpaca_test")
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,7 @@ def prepare_data(data_dir: str, cfg: StudyConfig) -> dict[str, Any]:
     files["val"] = rmb_val + alpaca_val + uf_val
     # the fine-tuned setting: a sample of the same training pairs, smaller test splits and pool
     files["ft_train"] = files["train"][: cfg.finetune_train]
-    for name in ("rmb_id", "rmb_shift_help", "rmb_shift_harm", "alpaca_test", "val"):
+    for name in PAIR_SETS:
         files[f"ft_{name}"] = sample(files[name], cfg.finetune_test, random.Random(cfg.seed + 1))
     files["ft_rm_bench"] = sample(files["rm_bench"], cfg.finetune_rm_bench, random.Random(cfg.seed + 1))
     files["ft_bon_pool"] = files["bon_pool"][: cfg.finetune_bon_prompts]
@@ -234,6 +237,18 @@ def prepare_data(data_dir: str, cfg: StudyConfig) -> dict[str, Any]:
 
 def data_file(name: str) -> str:
     return os.path.join(WORK, "data", f"{name}.jsonl")
+
+
+def pair_set_names(prefix: str) -> list[str]:
+    """The pairwise evaluation sets of a setting (`prefix` is "" or "ft_")."""
+    return [prefix + name for name in PAIR_SETS] + ["uf_eval"]
+
+
+def eval_set_files(prefix: str) -> dict[str, str]:
+    """Every evaluation set of a setting: the pairwise ones, RM-Bench and the Best-of-N pool."""
+    return {
+        name: data_file(name) for name in pair_set_names(prefix) + [f"{prefix}rm_bench", f"{prefix}bon_pool"]
+    }
 
 
 # ----- runs ------------------------------------------------------------------------------------------------------
@@ -315,7 +330,6 @@ def train_run(spec: RunSpec, cfg: StudyConfig) -> str:
         model_name_or_path=backbone_path(spec.backbone),
         head_type=spec.head,
         num_objectives=spec.num_objectives,
-        objective_names=None,
         feature_dim=spec.feature_dim,
         num_samples=spec.num_samples,
         prior_concentration=spec.prior_concentration,
@@ -437,14 +451,17 @@ def execute(spec: RunSpec, cfg: StudyConfig, eval_sets: dict[str, str], tokenize
     return result
 
 
+def validation_set(eval_sets: dict[str, str]) -> str:
+    return next(n for n in eval_sets if n.endswith("val"))
+
+
 def accuracy(result: dict[str, Any], eval_sets: dict[str, str]) -> float:
-    name = next(n for n in eval_sets if n.endswith("val"))
-    return result["metrics"][name]["overall"]["accuracy"]
+    return result["metrics"][validation_set(eval_sets)]["overall"]["accuracy"]
 
 
 def select(results: list[dict[str, Any]], eval_sets: dict[str, str]) -> dict[str, Any]:
     """The sweep's winner: highest validation accuracy, then lowest validation NLL."""
-    name = next(n for n in eval_sets if n.endswith("val"))
+    name = validation_set(eval_sets)
     return max(
         results,
         key=lambda r: (r["metrics"][name]["overall"]["accuracy"], -r["metrics"][name]["overall"]["nll"]),
@@ -461,19 +478,7 @@ def sweep_grid(head: str, setting: str, backbone: str) -> list[RunSpec]:
 
 
 def frozen_setting(cfg: StudyConfig, backbone: str, seeds: list[int], ablation_seeds: list[int]) -> None:
-    eval_sets = {
-        name: data_file(name)
-        for name in (
-            "val",
-            "rmb_id",
-            "rmb_shift_help",
-            "rmb_shift_harm",
-            "alpaca_test",
-            "uf_eval",
-            "rm_bench",
-        )
-    }
-    eval_sets["bon_pool"] = data_file("bon_pool")
+    eval_sets = eval_set_files("")
     tokenized: dict = {}
     best: dict[str, RunSpec] = {}
     for head in HEADS:
@@ -528,35 +533,15 @@ def finetune_setting(
     `gpu`: LoRA (r 16) in bf16 on all training pairs, the full test splits, max_length 1024.
     """
     if scale == "cpu":
-        names = [
-            "ft_val",
-            "ft_rmb_id",
-            "ft_rmb_shift_help",
-            "ft_rmb_shift_harm",
-            "ft_alpaca_test",
-            "uf_eval",
-            "ft_rm_bench",
-            "ft_bon_pool",
-        ]
+        eval_sets = eval_set_files("ft_")
         run = dict(train="ft_train", epochs=1.0, batch_size=8)
     else:
-        names = [
-            "val",
-            "rmb_id",
-            "rmb_shift_help",
-            "rmb_shift_harm",
-            "alpaca_test",
-            "uf_eval",
-            "rm_bench",
-            "bon_pool",
-        ]
+        eval_sets = eval_set_files("")
         run = dict(train="train", epochs=1.0, batch_size=16, use_peft=True, bf16=True, max_length=1024)
-    eval_sets = {name: data_file(name) for name in names}
     tokenized: dict = {}
     frozen = load_results("frozen", backbone) or load_results("frozen", "minilm")
-    for (
-        seed
-    ) in seeds:  # seeds in the outer loop: an interrupted study still has every head at the first seeds
+    # seeds in the outer loop: an interrupted study still has every head at the first seeds
+    for seed in seeds:
         for head in HEADS:
             chosen = [
                 r
@@ -690,15 +675,16 @@ def significance(results: list[dict[str, Any]], pair_sets: list[str], a: str = "
     """a - b accuracy per set: mean over seeds, and a paired permutation test over test pairs of the
     seed-averaged correctness (does the difference survive the test set's sampling noise?)."""
 
+    scores = {id(r): np.load(r["scores_path"]) for r in results if variant(r) in (a, b)}  # each file once
+
     def correctness(head: str, set_name: str) -> np.ndarray | None:
         rows = []
         for result in results:
-            if variant(result) != head:
-                continue
-            scores = np.load(result["scores_path"])
-            rows.append(
-                (scores[f"{set_name}/reward_chosen"] > scores[f"{set_name}/reward_rejected"]).astype(float)
-            )
+            if variant(result) == head:
+                found = scores[id(result)]
+                rows.append(
+                    (found[f"{set_name}/reward_chosen"] > found[f"{set_name}/reward_rejected"]).astype(float)
+                )
         return np.mean(rows, 0) if rows else None
 
     out = {}
@@ -806,14 +792,7 @@ def report(manifest: dict[str, Any], argv: list[str], started: float) -> None:
             if not results:
                 continue
             prefix = "ft_" if results[0]["spec"]["train"] == "ft_train" else ""
-            pair_sets = [
-                f"{prefix}val",
-                f"{prefix}rmb_id",
-                f"{prefix}rmb_shift_help",
-                f"{prefix}rmb_shift_harm",
-                f"{prefix}alpaca_test",
-                "uf_eval",
-            ]
+            pair_sets = pair_set_names(prefix)
             by_group = {group: members(results, group) for group in ("main", "shift", "ablation")}
             by_group["sweep"] = [r for r in results if r["spec"]["group"] == "sweep"]
             main = summarize(by_group["main"], pair_sets)

@@ -27,6 +27,7 @@ so `reward_std` is exact and deterministic. With an MLP decoder it is estimated 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -60,6 +61,15 @@ class PairSamples:
     kl_features: Tensor  # [B] KL(q(z+|x,y+) || N(0,I)) + KL(q(z-|x,y-) || N(0,I)), summed over dimensions
     chosen: HeadOutput  # plug-in outputs, for metrics
     rejected: HeadOutput
+
+
+@contextlib.contextmanager
+def _fixed_seed(reference: Tensor):
+    """Monte-Carlo estimates at inference draw from seed 0, without touching the caller's random state."""
+    devices = [reference.device] if reference.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(0)
+        yield
 
 
 def _inverse_softplus(value: float) -> float:
@@ -170,9 +180,7 @@ class LatentRewardHead(nn.Module):
         if self.weight_posterior == "softmax":
             return torch.softmax(self.weight_net(prompt_state), dim=-1), None
         if self.weight_posterior == "logistic_normal":  # Monte Carlo with a fixed seed: deterministic scoring
-            devices = [prompt_state.device] if prompt_state.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(0)
+            with _fixed_seed(prompt_state):
                 samples = torch.softmax(
                     self.logistic_normal(prompt_state).sample((self.config.num_eval_samples,)), -1
                 )
@@ -255,9 +263,7 @@ class LatentRewardHead(nn.Module):
         return HeadOutput(reward, reward_std, weight_mean, scores, feature_mean)
 
     def _monte_carlo_std(self, prompt_state: Tensor, response_state: Tensor) -> Tensor:
-        devices = [response_state.device] if response_state.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # a fixed seed keeps scoring deterministic
-            torch.manual_seed(0)
+        with _fixed_seed(response_state):  # a fixed seed keeps scoring deterministic
             weights, _ = self.sample_weights(prompt_state, self.config.num_eval_samples)
             features, _ = self.sample_features(response_state, self.config.num_eval_samples)
         rewards = (weights * self.decoder(features)).sum(-1)

@@ -379,10 +379,13 @@ def pair_arrays(chosen, rejected, pairs) -> dict[str, np.ndarray]:
     }
 
 
+DIAGNOSTIC_SET = "rmb_id"  # posterior diagnostics of the frozen runs: the in-distribution RMB test pairs
+
+
 def evaluate_run(
     model_dir: str, spec: RunSpec, eval_sets: dict[str, str], tokenized: dict
-) -> tuple[dict, dict]:
-    """Metrics per evaluation set, and the per-pair arrays behind them."""
+) -> tuple[dict, dict, dict]:
+    """Metrics per evaluation set, the per-pair arrays behind them, and the posterior diagnostics."""
     from vrm.bon import bon_curve, read_pool, score_pool
     from vrm.data import load_preferences
     from vrm.evaluate import evaluate_rm_bench, metrics_by_subset, score_pairs
@@ -414,7 +417,46 @@ def evaluate_run(
         )
         for key, value in found.items():
             arrays[f"{name}/{key}"] = value
-    return metrics, arrays
+    diagnostics = (
+        posterior_diagnostics(scorer, tokenized[DIAGNOSTIC_SET]) if DIAGNOSTIC_SET in tokenized else {}
+    )
+    return metrics, arrays, diagnostics
+
+
+@torch.no_grad()
+def posterior_diagnostics(scorer, pairs: list) -> dict[str, Any]:
+    """Is the posterior used? On one test set's chosen responses (frozen states from the cache):
+
+    * `kl_z_per_dim` — KL(q(z|x,y) || N(0, I)) per feature dimension, averaged over responses, and
+      `active_feature_dims`, the dimensions above 0.01 nats (posterior collapse leaves few);
+    * `kl_w`, `concentration_total` — KL(q(w|x) || Dir(alpha0)) and sum_k alpha_k(x), averaged over prompts:
+      a total near K * alpha0 means the weights stay at the prior.
+    """
+    from torch.distributions import Dirichlet, Normal, kl_divergence
+
+    model, head = scorer.model, scorer.model.head
+    if scorer.embedding_cache is None:
+        return {}
+    prompt_states, response_states = scorer.embedding_cache.states(
+        model,
+        [p.chosen_input_ids for p in pairs],
+        [p.prompt_length for p in pairs],
+        scorer.tokenizer.pad_token_id,
+        "diagnostics",
+    )
+    prompt_states, response_states = prompt_states.float(), response_states.float()
+    out: dict[str, Any] = {}
+    mean, var = head.feature_posterior_moments(response_states)
+    if var is not None:
+        kl = kl_divergence(Normal(mean, var.sqrt()), Normal(0.0, 1.0)).mean(0)
+        out["kl_z_per_dim"] = [round(float(v), 4) for v in kl]
+        out["active_feature_dims"] = int((kl > 0.01).sum())
+    if head.weight_posterior == "dirichlet":
+        alpha = head.weight_concentration(prompt_states)
+        prior = Dirichlet(torch.full_like(alpha, head.config.prior_concentration))
+        out["kl_w"] = float(kl_divergence(Dirichlet(alpha), prior).mean())
+        out["concentration_total"] = float(alpha.sum(-1).mean())
+    return out
 
 
 def execute(spec: RunSpec, cfg: StudyConfig, eval_sets: dict[str, str], tokenized: dict) -> dict[str, Any]:
@@ -431,7 +473,7 @@ def execute(spec: RunSpec, cfg: StudyConfig, eval_sets: dict[str, str], tokenize
     started = time.perf_counter()
     model_dir = train_run(spec, cfg)
     trained = time.perf_counter()
-    metrics, arrays = evaluate_run(model_dir, spec, eval_sets, tokenized)
+    metrics, arrays, diagnostics = evaluate_run(model_dir, spec, eval_sets, tokenized)
     with atomic_output(os.path.join(spec.directory, "scores.npz")) as staging:
         np.savez_compressed(staging, **arrays)
     result = {
@@ -440,6 +482,7 @@ def execute(spec: RunSpec, cfg: StudyConfig, eval_sets: dict[str, str], tokenize
         "train_seconds": trained - started,
         "eval_seconds": time.perf_counter() - trained,
         "metrics": metrics,
+        "diagnostics": diagnostics,
     }
     write_json(result, result_path)
     shutil.rmtree(model_dir, ignore_errors=True)  # weights are cheap to re-train; the study keeps scores only
@@ -470,11 +513,17 @@ def select(results: list[dict[str, Any]], eval_sets: dict[str, str]) -> dict[str
 
 # ----- the settings ----------------------------------------------------------------------------------------------
 def sweep_grid(head: str, setting: str, backbone: str) -> list[RunSpec]:
-    """Four configurations per head (the same tuning effort): learning rates, and beta where the head has a KL."""
+    """Six configurations per head (the same tuning effort): learning rates, and beta where the head has a KL.
+
+    (A first pass with four configurations each chose learning rates at the top of the grids, so both grids
+    were extended upwards by one step; every configuration tried is reported.)
+    """
     base = dict(setting=setting, backbone=backbone, head=head, seed=0, group="sweep")
     if head in ("ib", "vrm"):
-        return [RunSpec(learning_rate=lr, beta=beta, **base) for lr in (1e-3, 3e-3) for beta in (0.01, 0.1)]
-    return [RunSpec(learning_rate=lr, **base) for lr in (3e-4, 1e-3, 3e-3, 1e-2)]
+        return [
+            RunSpec(learning_rate=lr, beta=beta, **base) for lr in (1e-3, 3e-3, 1e-2) for beta in (0.01, 0.1)
+        ]
+    return [RunSpec(learning_rate=lr, **base) for lr in (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)]
 
 
 def frozen_setting(cfg: StudyConfig, backbone: str, seeds: list[int], ablation_seeds: list[int]) -> None:
@@ -621,6 +670,49 @@ def members(results: list[dict[str, Any]], group: str) -> list[dict[str, Any]]:
     return [r for r in results if config_of(r) in configs]
 
 
+def error_detection_of(result: dict[str, Any], set_name: str) -> dict[str, float]:
+    """`vrm.metrics.error_detection` on a run's stored per-pair scores (margin, std and flip AUROC)."""
+    from vrm.metrics import error_detection
+
+    scores = np.load(result["scores_path"])
+    return error_detection(
+        *(
+            scores[f"{set_name}/{k}"]
+            for k in ("reward_chosen", "reward_rejected", "std_chosen", "std_rejected")
+        )
+    )
+
+
+def harmlessness_weight_gap(result: dict[str, Any]) -> float | None:
+    """Mean E[w_harmlessness] on harmlessness prompts minus on helpfulness prompts (RMB seen categories): how
+    much the objective weights move with the prompt (0 = they ignore it; 1 = all-or-nothing)."""
+    subsets = result["metrics"].get(DIAGNOSTIC_SET, {}).get("subsets", {})
+    index = OBJECTIVES.index("harmlessness")
+    means = {}
+    for objective in OBJECTIVES:
+        found = [
+            (v["objective_weights"][index], v["pairs"]) for k, v in subsets.items() if f"/{objective}/" in k
+        ]
+        if not found:
+            return None
+        means[objective] = sum(w * n for w, n in found) / sum(n for _, n in found)
+    return means["harmlessness"] - means["helpfulness"]
+
+
+def diagnostics_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over seeds of the posterior diagnostics (`posterior_diagnostics`) and the weight gap."""
+    found = [r.get("diagnostics") or {} for r in runs]
+    out = {
+        "kl_z": mean_std([sum(d["kl_z_per_dim"]) if "kl_z_per_dim" in d else None for d in found]),
+        "active_feature_dims": mean_std([d.get("active_feature_dims") for d in found]),
+        "kl_w": mean_std([d.get("kl_w") for d in found]),
+        "concentration_total": mean_std([d.get("concentration_total") for d in found]),
+    }
+    if runs[0]["spec"]["head"] in ("moe", "vrm"):
+        out["harmlessness_weight_gap"] = mean_std([harmlessness_weight_gap(r) for r in runs])
+    return out
+
+
 def summarize(results: list[dict[str, Any]], pair_sets: list[str]) -> dict[str, Any]:
     """Per variant: mean ± std over seeds of the headline metrics of each evaluation set."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -644,6 +736,9 @@ def summarize(results: list[dict[str, Any]], pair_sets: list[str]) -> dict[str, 
                 [o["length_bias"]["accuracy_chosen_shorter"] for o in overall]
             )
             row[set_name]["longer_wins_accuracy"] = overall[0]["length_bias"]["longer_wins_accuracy"]
+            detected = [error_detection_of(r, set_name) for r in runs if set_name in r["metrics"]]
+            for signal in ("margin", "std", "flip"):
+                row[set_name][f"{signal}_error_auroc"] = mean_std([d.get(signal) for d in detected])
             row[set_name]["selective_accuracy_50"] = mean_std(
                 [
                     o["selective_accuracy"]["curve"]["0.5"] if "selective_accuracy" in o else None
@@ -667,6 +762,7 @@ def summarize(results: list[dict[str, Any]], pair_sets: list[str]) -> dict[str, 
                     for i, point in enumerate(metric["curve"])
                 ]
         row["train_seconds"] = mean_std([r["train_seconds"] for r in runs])
+        row["diagnostics"] = diagnostics_summary(runs)
         table[name] = row
     return table
 
@@ -769,6 +865,26 @@ def markdown_table(
     return lines
 
 
+DIAGNOSTIC_COLUMNS = [
+    ("KL(q(z) ‖ p(z)), nats", "kl_z"),
+    ("active z dims (KL > 0.01)", "active_feature_dims"),
+    ("KL(q(w) ‖ Dir(α0)), nats", "kl_w"),
+    ("Σα (prior: K·α0)", "concentration_total"),
+    ("E[w_harm]: harm − help prompts", "harmlessness_weight_gap"),
+]
+
+
+def diagnostics_table(table: dict[str, Any]) -> list[str]:
+    header = ["model", *(name for name, _ in DIAGNOSTIC_COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in table.items():
+        found = row.get("diagnostics", {})
+        cells = [fmt(found[key], 2) if found.get(key, {}).get("n") else "—" for _, key in DIAGNOSTIC_COLUMNS]
+        if any(cell != "—" for cell in cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def report(manifest: dict[str, Any], argv: list[str], started: float) -> None:
     from vrm.fileio import atomic_output, write_json
 
@@ -845,22 +961,28 @@ def report(manifest: dict[str, Any], argv: list[str], started: float) -> None:
             ]
             for s, v in entry["significance_vrm_minus_bt"].items():
                 md.append(f"| {s} | {v['difference']:+.3f} | {v['p_value']:.3f} | {v['pairs']} |")
-            md += ["", f"### {title}: calibration (ECE) and NLL", ""]
-            md += markdown_table(main, pair_sets, "ece")
-            md += [""]
-            md += markdown_table(main, pair_sets, "nll")
-            md += [
-                "",
-                f"### {title}: uncertainty (AUROC of reward_std for errors; selective accuracy at 50%)",
-                "",
+            sections = [
+                ("calibration: expected calibration error (lower is better)", "ece"),
+                ("Bradley-Terry NLL of the plug-in rewards (lower is better)", "nll"),
+                (
+                    "errors flagged by the plug-in margin |r+ − r−| (AUROC; every model has it: the baseline)",
+                    "margin_error_auroc",
+                ),
+                ("errors flagged by the posterior std of the pair alone (AUROC)", "std_error_auroc"),
+                (
+                    "errors flagged by the posterior flip probability Φ(−|Δr| / σ) (AUROC; margin and std)",
+                    "flip_error_auroc",
+                ),
+                (
+                    "selective accuracy: keeping the 50% of pairs with the lowest posterior std",
+                    "selective_accuracy_50",
+                ),
+                ("length: accuracy where the chosen response is the shorter one", "accuracy_chosen_shorter"),
+                ("length: accuracy where the chosen response is the longer one", "accuracy_chosen_longer"),
             ]
-            md += markdown_table(main, pair_sets, "uncertainty_error_auroc")
-            md += [""]
-            md += markdown_table(main, pair_sets, "selective_accuracy_50")
-            md += ["", f"### {title}: length (accuracy when the chosen response is shorter / longer)", ""]
-            md += markdown_table(main, pair_sets, "accuracy_chosen_shorter")
-            md += [""]
-            md += markdown_table(main, pair_sets, "accuracy_chosen_longer")
+            for heading, metric in sections:
+                md += ["", f"### {title}: {heading}", ""]
+                md += markdown_table(main, pair_sets, metric)
             if "help_to_harm" in entry:
                 md += ["", f"### {title}: helpfulness → harmlessness (no harmlessness pair in training)", ""]
                 md += markdown_table(entry["help_to_harm"], ["rmb_harm_all"], "accuracy", longer_wins=True)
@@ -885,6 +1007,9 @@ def report(manifest: dict[str, Any], argv: list[str], started: float) -> None:
                 md += markdown_table(
                     {k: v for k, v in entry["ablations"].items() if v}, pair_sets, "accuracy"
                 )
+            diagnosed = {**main, **entry.get("ablations", {})}
+            md += ["", f"### {title}: is the posterior used? (RMB seen categories; see docs/results.md)", ""]
+            md += diagnostics_table(diagnosed)
             md += [""]
     out["wall_seconds_of_this_invocation"] = time.perf_counter() - started
     write_json(out, os.path.join(RESULTS, "study.json"))

@@ -8,6 +8,7 @@ from vrm.metrics import (
     auroc,
     best_of_n,
     calibration,
+    error_detection,
     kl_bon,
     length_bias,
     pair_probabilities,
@@ -37,6 +38,23 @@ def test_selective_accuracy_by_hand():
     out = selective_accuracy(correct, uncertainty, coverages=[1.0, 0.75, 0.5])
     assert out["curve"] == {"1": 0.75, "0.75": 1.0, "0.5": 1.0}
     assert out["area"] == pytest.approx((1 + 1 + 1 + 0.75) / 4)
+
+
+def test_error_detection_separates_margin_from_posterior_std():
+    # pairs 0-2 are right with large margins, pair 3 is wrong with a small one: the margin flags it perfectly
+    chosen, rejected = [3.0, 2.0, 1.5, 0.0], [0.0, 0.0, 0.0, 0.2]
+    # the std is largest where |reward| is largest (as a multiplicative posterior gives): it flags the wrong
+    # pairs worse than chance, and the flip probability, which divides the margin by it, recovers the margin's
+    std = [1.0, 0.8, 0.6, 0.5]
+    out = error_detection(chosen, rejected, std, [0.0] * 4)
+    assert out["margin"] == pytest.approx(1.0)
+    assert out["std"] == pytest.approx(0.0)
+    assert out["flip"] == pytest.approx(1.0)
+    assert set(error_detection(chosen, rejected)) == {"margin"}  # no posterior: only the margin
+    assert set(error_detection(chosen, rejected, [0.0] * 4, [0.0] * 4)) == {"margin"}
+    # a std that is large exactly where the model errs, with equal margins: the std carries the signal
+    out = error_detection([1.0, 1.0, 1.0, -1.0], [0.0] * 4, [0.1, 0.1, 0.1, 3.0], [0.0] * 4)
+    assert out["margin"] == pytest.approx(0.5) and out["std"] == pytest.approx(1.0)
 
 
 def test_auroc_matches_pair_counting():

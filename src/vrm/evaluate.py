@@ -9,6 +9,8 @@ scores chosen and rejected in length-sorted batches, and reports per dataset:
 * `brier`, `ece` — calibration of P(chosen > rejected) = sigmoid(r+ - r-) (see `vrm.metrics`);
 * `mean_reward_std` — mean posterior standard deviation (vrm / ib), and where it is non-zero the
   `selective_accuracy` curve (abstaining on the most uncertain pairs) and `uncertainty_error_auroc`;
+  `error_auroc` compares that std with the plug-in margin and the posterior flip probability as detectors
+  of errors (`vrm.metrics.error_detection`): an uncertainty is only useful if it beats the margin;
 * `length_bias` — Spearman(reward, length), accuracy when the chosen response is longer / shorter, and the
   accuracy of "the longer response wins" on the same pairs;
 * `objective_weights` — the mean E[w] per subset (vrm / moe), so one sees which objectives a prompt type uses.
@@ -32,7 +34,14 @@ from .data import PreferenceExample, TokenizedPair, load_preferences, read_sourc
 from .embeddings import EmbeddingCache
 from .fileio import write_json  # noqa: F401  (re-exported: vrm.evaluate.write_json)
 from .losses import pair_nll_from_rewards
-from .metrics import auroc, calibration, length_bias, pair_probabilities, selective_accuracy
+from .metrics import (
+    auroc,
+    calibration,
+    error_detection,
+    length_bias,
+    pair_probabilities,
+    selective_accuracy,
+)
 from .modeling import VRMForSequenceClassification
 from .pipeline import RewardPipeline, SequenceScores, load_scorer, score_sequences
 
@@ -87,6 +96,9 @@ def pairwise_metrics(
         correct = (difference > 0).float().numpy()
         out["selective_accuracy"] = selective_accuracy(correct, pair_std.numpy())
         out["uncertainty_error_auroc"] = auroc(pair_std.numpy(), 1 - correct)
+    out["error_auroc"] = error_detection(
+        chosen.reward.numpy(), rejected.reward.numpy(), chosen.reward_std.numpy(), rejected.reward_std.numpy()
+    )
     if length_chosen is not None and length_rejected is not None:
         out["length_bias"] = length_bias(
             chosen.reward.numpy(), rejected.reward.numpy(), length_chosen.numpy(), length_rejected.numpy()

@@ -4,7 +4,10 @@ length bias and Best-of-N.
 * Calibration of P(chosen > rejected) = sigmoid(r+ - r-): NLL, Brier score, expected calibration error (ECE)
   over the confidence max(p, 1 - p) with equal-width bins, and the reliability-diagram bins.
 * Uncertainty: selective accuracy — accuracy on the pairs kept when the most uncertain fraction is abstained
-  on — with the area under that curve, and the AUROC of uncertainty as a detector of errors.
+  on — with the area under that curve, and the AUROC of uncertainty as a detector of errors. `error_detection`
+  compares three signals on the same pairs: the posterior std of the pair alone, the plug-in margin |r+ - r-|
+  (which every reward model has: the baseline any uncertainty must beat), and the posterior probability that
+  the decision flips, Phi(-|r+ - r-| / sqrt(s+^2 + s-^2)), which uses both.
 * Length bias: Spearman correlation of reward with length; accuracy where the chosen response is the longer
   vs the shorter one; the accuracy of "the longer response wins".
 * Best-of-N: the unbiased estimator (Gao et al., 2022) of the expected gold score of the proxy's best of n
@@ -91,6 +94,28 @@ def auroc(scores, labels) -> float:
     ranks = _average_ranks(np.concatenate([positives, negatives]))
     u = ranks[: positives.size].sum() - positives.size * (positives.size + 1) / 2
     return float(u / (positives.size * negatives.size))
+
+
+def error_detection(reward_chosen, reward_rejected, std_chosen=None, std_rejected=None) -> dict:
+    """AUROC of each uncertainty signal as a detector of the pairs the model gets wrong (ties count as wrong).
+
+    `margin`: -|r+ - r-|, for any model. Where a posterior std is given and non-zero, also `std`:
+    sqrt(s+^2 + s-^2), and `flip`: Phi(-|r+ - r-| / sqrt(s+^2 + s-^2)), the probability under independent
+    Gaussian rewards that the sampled preference disagrees with the plug-in one. 0.5 = no better than chance.
+    """
+    margin = _array(reward_chosen) - _array(reward_rejected)
+    wrong = margin <= 0
+    out = {"margin": auroc(-np.abs(margin), wrong)}
+    if std_chosen is None or std_rejected is None:
+        return out
+    pair_std = np.sqrt(_array(std_chosen) ** 2 + _array(std_rejected) ** 2)
+    if not (pair_std > 0).any():
+        return out
+    z = np.abs(margin) / np.maximum(pair_std, np.finfo(np.float64).tiny)
+    flip = np.array([0.5 * math.erfc(v / math.sqrt(2.0)) for v in z])
+    out["std"] = auroc(pair_std, wrong)
+    out["flip"] = auroc(flip, wrong)
+    return out
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:

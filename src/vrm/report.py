@@ -254,6 +254,8 @@ METRIC_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
     ("mean reward_std", lambda m: m.get("mean_reward_std")),
     ("sel. acc. area", lambda m: (m.get("selective_accuracy") or {}).get("area")),
     ("uncertainty AUROC", lambda m: m.get("uncertainty_error_auroc")),
+    ("margin AUROC", lambda m: (m.get("error_auroc") or {}).get("margin")),
+    ("flip AUROC", lambda m: (m.get("error_auroc") or {}).get("flip")),
     ("Spearman(reward, length)", lambda m: (m.get("length_bias") or {}).get("spearman_reward_length")),
     ("acc chosen-longer", lambda m: (m.get("length_bias") or {}).get("accuracy_chosen_longer")),
     ("acc chosen-shorter", lambda m: (m.get("length_bias") or {}).get("accuracy_chosen_shorter")),

@@ -1005,9 +1005,16 @@ def report(manifest: dict[str, Any], argv: list[str], started: float) -> None:
             if "ablations" in entry:
                 md += ["", f"### {title}: ablations of vrm", ""]
                 md += markdown_table(
-                    {k: v for k, v in entry["ablations"].items() if v}, pair_sets, "accuracy"
+                    {k: v for k, v in entry["ablations"].items() if v},
+                    pair_sets,
+                    "accuracy",
+                    [rm_bench, f"{prefix}bon_pool"],
                 )
-            diagnosed = {**main, **entry.get("ablations", {})}
+            ablations = entry.get("ablations", {})  # holds the chosen vrm and vrm (no labels) already
+            diagnosed = {
+                **{k: v for k, v in main.items() if not (ablations and k.startswith("vrm"))},
+                **ablations,
+            }
             md += ["", f"### {title}: is the posterior used? (RMB seen categories; see docs/results.md)", ""]
             md += diagnostics_table(diagnosed)
             md += [""]

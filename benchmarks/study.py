@@ -670,17 +670,12 @@ def members(results: list[dict[str, Any]], group: str) -> list[dict[str, Any]]:
     return [r for r in results if config_of(r) in configs]
 
 
-def error_detection_of(result: dict[str, Any], set_name: str) -> dict[str, float]:
+def error_detection_of(scores, set_name: str) -> dict[str, float]:
     """`vrm.metrics.error_detection` on a run's stored per-pair scores (margin, std and flip AUROC)."""
     from vrm.metrics import error_detection
 
-    scores = np.load(result["scores_path"])
-    return error_detection(
-        *(
-            scores[f"{set_name}/{k}"]
-            for k in ("reward_chosen", "reward_rejected", "std_chosen", "std_rejected")
-        )
-    )
+    keys = ("reward_chosen", "reward_rejected", "std_chosen", "std_rejected")
+    return error_detection(*(scores[f"{set_name}/{k}"] for k in keys))
 
 
 def harmlessness_weight_gap(result: dict[str, Any]) -> float | None:
@@ -721,6 +716,7 @@ def summarize(results: list[dict[str, Any]], pair_sets: list[str]) -> dict[str, 
     table: dict[str, Any] = {}
     for name, runs in groups.items():
         row: dict[str, Any] = {"seeds": sorted(r["spec"]["seed"] for r in runs), "spec": runs[0]["spec"]}
+        scores = [np.load(r["scores_path"]) for r in runs]  # each run's per-pair scores, opened once
         for set_name in pair_sets:
             overall = [r["metrics"][set_name]["overall"] for r in runs if set_name in r["metrics"]]
             if not overall:
@@ -736,7 +732,11 @@ def summarize(results: list[dict[str, Any]], pair_sets: list[str]) -> dict[str, 
                 [o["length_bias"]["accuracy_chosen_shorter"] for o in overall]
             )
             row[set_name]["longer_wins_accuracy"] = overall[0]["length_bias"]["longer_wins_accuracy"]
-            detected = [error_detection_of(r, set_name) for r in runs if set_name in r["metrics"]]
+            detected = [
+                error_detection_of(found, set_name)
+                for r, found in zip(runs, scores, strict=True)
+                if set_name in r["metrics"]
+            ]
             for signal in ("margin", "std", "flip"):
                 row[set_name][f"{signal}_error_auroc"] = mean_std([d.get(signal) for d in detected])
             row[set_name]["selective_accuracy_50"] = mean_std(

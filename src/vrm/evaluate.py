@@ -34,14 +34,7 @@ from .data import PreferenceExample, TokenizedPair, load_preferences, read_sourc
 from .embeddings import EmbeddingCache
 from .fileio import write_json  # noqa: F401  (re-exported: vrm.evaluate.write_json)
 from .losses import pair_nll_from_rewards
-from .metrics import (
-    auroc,
-    calibration,
-    error_detection,
-    length_bias,
-    pair_probabilities,
-    selective_accuracy,
-)
+from .metrics import calibration, error_detection, length_bias, pair_probabilities, selective_accuracy
 from .modeling import VRMForSequenceClassification
 from .pipeline import RewardPipeline, SequenceScores, load_scorer, score_sequences
 
@@ -91,14 +84,15 @@ def pairwise_metrics(
         "mean_reward_std": float(torch.cat([chosen.reward_std, rejected.reward_std]).mean()),
         "objective_weights": [round(float(v), 4) for v in chosen.objective_weights.mean(0)],
     }
-    pair_std = ((chosen.reward_std**2 + rejected.reward_std**2) / 2).sqrt()
-    if bool((pair_std > 0).any()):  # uncertainty of the pair's decision: does it flag the errors?
-        correct = (difference > 0).float().numpy()
-        out["selective_accuracy"] = selective_accuracy(correct, pair_std.numpy())
-        out["uncertainty_error_auroc"] = auroc(pair_std.numpy(), 1 - correct)
+    # which signal flags the errors: the margin (any model), the posterior std, the flip probability
     out["error_auroc"] = error_detection(
         chosen.reward.numpy(), rejected.reward.numpy(), chosen.reward_std.numpy(), rejected.reward_std.numpy()
     )
+    pair_std = ((chosen.reward_std**2 + rejected.reward_std**2) / 2).sqrt()
+    if bool((pair_std > 0).any()):  # uncertainty of the pair's decision
+        correct = (difference > 0).float().numpy()
+        out["selective_accuracy"] = selective_accuracy(correct, pair_std.numpy())
+        out["uncertainty_error_auroc"] = out["error_auroc"]["std"]
     if length_chosen is not None and length_rejected is not None:
         out["length_bias"] = length_bias(
             chosen.reward.numpy(), rejected.reward.numpy(), length_chosen.numpy(), length_rejected.numpy()

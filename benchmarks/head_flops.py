@@ -9,6 +9,8 @@ the bt and the vrm head. The count is deterministic: one run suffices.
 Where vrm costs more it says where: a bidirectional encoder (MiniLM) needs a prompt-only backbone pass for the
 prompt state h_x (the prompt must not see the response), so its overhead is about the prompt's share of the
 tokens; a causal backbone (SmolLM2) reads h_x from the same pass, so only the head's few matmuls remain.
+`vrm-detached` is vrm with `--no_prompt_state_gradient`: h_x is detached, so the encoder's prompt-only pass
+runs forward only (no backward).
 
     python benchmarks/head_flops.py                      # -> benchmarks/results/head_flops.json
 """
@@ -24,7 +26,14 @@ import time
 import torch
 from train_throughput import DEFAULT_DATA, HERE, SETTINGS, backbone_path, machine, tokenized_pairs
 
-HEADS = ("bt", "moe", "ib", "vrm")
+# name -> (head type, VRMConfig fields)
+VARIANTS = {
+    "bt": ("bt", {}),
+    "moe": ("moe", {}),
+    "ib": ("ib", {}),
+    "vrm": ("vrm", {}),
+    "vrm-detached": ("vrm", {"prompt_state_gradient": False}),
+}
 
 
 def step_flops(model, batch: dict) -> int:
@@ -63,11 +72,11 @@ def measure(backbone: str, data: str, batches: int, seed: int) -> dict:
     collate = PreferenceCollator(tokenizer.pad_token_id)
     collated = [collate(pairs[i : i + size]) for i in range(0, len(pairs), size)]
     flops = {}
-    for head in HEADS:
+    for name, (head, fields) in VARIANTS.items():
         torch.manual_seed(seed)
-        model = VRMForSequenceClassification.from_backbone(path, head_type=head)
+        model = VRMForSequenceClassification.from_backbone(path, head_type=head, **fields)
         model.config.response_marker_ids = template.response_marker_ids
-        flops[head] = sum(step_flops(model, batch) for batch in collated)
+        flops[name] = sum(step_flops(model, batch) for batch in collated)
         del model
     prompt_tokens = sum(p.prompt_length for p in pairs)
     tokens = sum(len(p.chosen_input_ids) + len(p.rejected_input_ids) for p in pairs)
@@ -105,10 +114,12 @@ def main() -> None:
     from vrm.fileio import write_json
 
     write_json(report, args.output)
-    print("\n| backbone | causal | prompt share of tokens | " + " | ".join(f"{h} / bt" for h in HEADS) + " |")
-    print("|---|---|---:|" + "---:|" * len(HEADS))
+    print(
+        "\n| backbone | causal | prompt share of tokens | " + " | ".join(f"{v} / bt" for v in VARIANTS) + " |"
+    )
+    print("|---|---|---:|" + "---:|" * len(VARIANTS))
     for name, entry in report["backbones"].items():
-        ratios = " | ".join(f"{entry['over_bt'][h]:.4f}" for h in HEADS)
+        ratios = " | ".join(f"{entry['over_bt'][v]:.4f}" for v in VARIANTS)
         print(f"| {name} | {entry['is_causal']} | {entry['prompt_share_of_tokens']:.3f} | {ratios} |")
     print(f"written to {args.output}")
 

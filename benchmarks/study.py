@@ -12,6 +12,9 @@ Stages:
   frozen    MiniLM states computed once (embedding cache); for each head (bt, ib, moe, vrm) a sweep of the same
             size chosen on the validation split only, then seeds with the best setting; the helpfulness ->
             harmlessness shift; the ablations of vrm (K, d, beta, M, prior, weights, objective labels);
+  frozen_subset  the same sweep and seeds on the fine-tuned setting's subset (1,000 training pairs, smaller
+            test splits), for MiniLM and SmolLM2-135M: the backbone compared at equal data, at a CPU cost
+            SmolLM2 (9x slower to embed than MiniLM) allows;
   finetune  MiniLM fine-tuned end to end, each head with the frozen sweep's head settings, several seeds;
   report    benchmarks/results/study.json, study.md (tables) and study_bon.png.
 
@@ -54,8 +57,9 @@ HELD_OUT_HELPFULNESS = ("Code", "Summarization", "Role Playing")
 HELD_OUT_HARMLESSNESS = ("S9", "S10", "multi")
 REFERENCE_GENERATOR = "gpt4_1106_preview"  # AlpacaEval's reference: every judged pair is a model vs it
 BON_NS = [1, 2, 4, 8, 16, 32]
-# pairwise test splits; the CPU fine-tuned setting uses `ft_`-prefixed samples of them (UltraFeedback eval is
-# used whole everywhere)
+FROZEN_SETTINGS = ("frozen", "frozen_subset")  # settings that train heads on cached states
+# pairwise test splits; the CPU fine-tuned setting and frozen_subset use `ft_`-prefixed samples of them
+# (UltraFeedback eval is used whole everywhere)
 PAIR_SETS = ("val", "rmb_id", "rmb_shift_help", "rmb_shift_harm", "alpaca_test")
 
 
@@ -256,7 +260,7 @@ def eval_set_files(prefix: str) -> dict[str, str]:
 class RunSpec:
     """One training run and its evaluation. `learning_rate` is the head's (frozen) or the backbone's (finetune)."""
 
-    setting: str  # frozen | finetune
+    setting: str  # frozen | frozen_subset | finetune
     backbone: str
     head: str
     seed: int
@@ -273,6 +277,7 @@ class RunSpec:
     epochs: float = 4.0
     batch_size: int = 64
     use_peft: bool = False  # LoRA (r 16) instead of full fine-tuning
+    prompt_state_gradient: bool = True  # False: --no_prompt_state_gradient (h_x detached)
     bf16: bool = False
     max_length: int | None = None  # None: the study's max_length
     label: str = ""  # a readable name for tables (e.g. "K=8")
@@ -324,7 +329,7 @@ def train_run(spec: RunSpec, cfg: StudyConfig) -> str:
     from vrm.config import DataArguments, ModelArguments, VRMTrainingArguments
     from vrm.trainer import run_training
 
-    frozen = spec.setting == "frozen"
+    frozen = spec.setting in FROZEN_SETTINGS
     model_dir = os.path.join(spec.directory, "model")
     model_args = ModelArguments(
         model_name_or_path=backbone_path(spec.backbone),
@@ -334,6 +339,7 @@ def train_run(spec: RunSpec, cfg: StudyConfig) -> str:
         num_samples=spec.num_samples,
         prior_concentration=spec.prior_concentration,
         weight_posterior=spec.weight_posterior,
+        prompt_state_gradient=spec.prompt_state_gradient,
         freeze_backbone=frozen,
         use_peft=spec.use_peft,
         dtype="bfloat16" if spec.bf16 else "float32",
@@ -391,7 +397,7 @@ def evaluate_run(
     from vrm.evaluate import evaluate_rm_bench, metrics_by_subset, score_pairs
     from vrm.pipeline import load_scorer
 
-    cache = os.path.join(WORK, "embeddings") if spec.setting == "frozen" else None
+    cache = os.path.join(WORK, "embeddings") if spec.setting in FROZEN_SETTINGS else None
     scorer = load_scorer(model_dir, batch_size=64, embedding_cache=cache)
     metrics: dict[str, Any] = {}
     arrays: dict[str, np.ndarray] = {}
@@ -417,9 +423,8 @@ def evaluate_run(
         )
         for key, value in found.items():
             arrays[f"{name}/{key}"] = value
-    diagnostics = (
-        posterior_diagnostics(scorer, tokenized[DIAGNOSTIC_SET]) if DIAGNOSTIC_SET in tokenized else {}
-    )
+    diagnostic_set = next((n for n in eval_sets if n.endswith(DIAGNOSTIC_SET)), None)
+    diagnostics = posterior_diagnostics(scorer, tokenized[diagnostic_set]) if diagnostic_set else {}
     return metrics, arrays, diagnostics
 
 
@@ -512,13 +517,13 @@ def select(results: list[dict[str, Any]], eval_sets: dict[str, str]) -> dict[str
 
 
 # ----- the settings ----------------------------------------------------------------------------------------------
-def sweep_grid(head: str, setting: str, backbone: str) -> list[RunSpec]:
+def sweep_grid(head: str, setting: str, backbone: str, train: str = "train") -> list[RunSpec]:
     """Six configurations per head (the same tuning effort): learning rates, and beta where the head has a KL.
 
     (A first pass with four configurations each chose learning rates at the top of the grids, so both grids
     were extended upwards by one step; every configuration tried is reported.)
     """
-    base = dict(setting=setting, backbone=backbone, head=head, seed=0, group="sweep")
+    base = dict(setting=setting, backbone=backbone, head=head, seed=0, group="sweep", train=train)
     if head in ("ib", "vrm"):
         return [
             RunSpec(learning_rate=lr, beta=beta, **base) for lr in (1e-3, 3e-3, 1e-2) for beta in (0.01, 0.1)
@@ -526,12 +531,17 @@ def sweep_grid(head: str, setting: str, backbone: str) -> list[RunSpec]:
     return [RunSpec(learning_rate=lr, **base) for lr in (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)]
 
 
-def frozen_setting(cfg: StudyConfig, backbone: str, seeds: list[int], ablation_seeds: list[int]) -> None:
-    eval_sets = eval_set_files("")
+def frozen_setting(
+    cfg: StudyConfig, backbone: str, seeds: list[int], ablation_seeds: list[int], subset: bool = False
+) -> None:
+    """Heads on cached states. `subset`: the fine-tuned setting's data (frozen_subset), main table only."""
+    setting, prefix, train = ("frozen_subset", "ft_", "ft_train") if subset else ("frozen", "", "train")
+    eval_sets = eval_set_files(prefix)
     tokenized: dict = {}
     best: dict[str, RunSpec] = {}
     for head in HEADS:
-        sweep = [execute(spec, cfg, eval_sets, tokenized) for spec in sweep_grid(head, "frozen", backbone)]
+        grid = sweep_grid(head, setting, backbone, train)
+        sweep = [execute(spec, cfg, eval_sets, tokenized) for spec in grid]
         winner = RunSpec(**select(sweep, eval_sets)["spec"])
         best[head] = winner
         for seed in seeds:
@@ -544,6 +554,8 @@ def frozen_setting(cfg: StudyConfig, backbone: str, seeds: list[int], ablation_s
             eval_sets,
             tokenized,
         )
+    if subset:
+        return
     # helpfulness -> harmlessness: trained without a single harmlessness pair
     shift_sets = {"val": eval_sets["val"], "rmb_harm_all": data_file("rmb_harm_all")}
     for head in HEADS:
@@ -576,7 +588,8 @@ def frozen_setting(cfg: StudyConfig, backbone: str, seeds: list[int], ablation_s
 def finetune_setting(
     cfg: StudyConfig, backbone: str, seeds: list[int], learning_rate: float, scale: str = "cpu"
 ) -> None:
-    """End-to-end fine-tuning; each head keeps the beta its frozen sweep chose (0.01 without one), one epoch.
+    """End-to-end fine-tuning; each head keeps the beta its frozen sweep chose (0.01 without one), one epoch;
+    on the CPU also vrm with h_x detached (`--no_prompt_state_gradient`).
 
     `cpu`: full fine-tuning on 1,000 of the training pairs, smaller test splits (what 2 cores allow);
     `gpu`: LoRA (r 16) in bf16 on all training pairs, the full test splits, max_length 1024.
@@ -608,6 +621,12 @@ def finetune_setting(
                 **run,
             )
             execute(spec, cfg, eval_sets, tokenized)
+            if head == "vrm":
+                vrm = spec
+    if scale == "cpu":  # what detaching h_x (the encoder's cheaper prompt pass, see head_flops.py) costs
+        for seed in seeds:
+            detached = replace(vrm, seed=seed, prompt_state_gradient=False, label="h_x detached")
+            execute(detached, cfg, eval_sets, tokenized)
 
 
 def load_results(setting: str, backbone: str) -> list[dict[str, Any]]:
@@ -619,6 +638,7 @@ def load_results(setting: str, backbone: str) -> list[dict[str, Any]]:
         path = os.path.join(directory, key, "result.json")
         if os.path.exists(path):
             result = json.load(open(path))
+            result["spec"] = asdict(RunSpec(**result["spec"]))  # fields added since get their defaults
             result["scores_path"] = os.path.join(directory, key, "scores.npz")
             results.append(result)
     return results
@@ -681,7 +701,8 @@ def error_detection_of(scores, set_name: str) -> dict[str, float]:
 def harmlessness_weight_gap(result: dict[str, Any]) -> float | None:
     """Mean E[w_harmlessness] on harmlessness prompts minus on helpfulness prompts (RMB seen categories): how
     much the objective weights move with the prompt (0 = they ignore it; 1 = all-or-nothing)."""
-    subsets = result["metrics"].get(DIAGNOSTIC_SET, {}).get("subsets", {})
+    name = next((n for n in result["metrics"] if n.endswith(DIAGNOSTIC_SET)), DIAGNOSTIC_SET)
+    subsets = result["metrics"].get(name, {}).get("subsets", {})
     index = OBJECTIVES.index("harmlessness")
     means = {}
     for objective in OBJECTIVES:
@@ -901,7 +922,7 @@ def report(manifest: dict[str, Any], argv: list[str], started: float) -> None:
     }
     md = ["# Study results (generated by `benchmarks/study.py --stages report`)", ""]
     bon_panels = {}
-    for setting in ("frozen", "finetune"):
+    for setting in (*FROZEN_SETTINGS, "finetune"):
         directory = os.path.join(WORK, "runs", setting)
         for backbone in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
             results = load_results(setting, backbone)
@@ -1034,14 +1055,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stages",
         nargs="+",
-        default=["prepare", "frozen", "finetune", "report"],
-        choices=["prepare", "frozen", "finetune", "report"],
+        default=["prepare", "frozen", "frozen_subset", "finetune", "report"],
+        choices=["prepare", "frozen", "frozen_subset", "finetune", "report"],
     )
     parser.add_argument(
         "--backbones",
         nargs="+",
         default=["minilm"],
         help="minilm, smollm2 (pip-installed) or any local directory / hub id (e.g. with --finetune_scale gpu)",
+    )
+    parser.add_argument(
+        "--subset_backbones",
+        nargs="+",
+        default=["minilm", "smollm2"],
+        help="backbones of the frozen_subset stage",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--ablation_seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -1066,6 +1093,9 @@ def main(argv: list[str] | None = None) -> int:
             finetune_setting(
                 cfg, backbone, args.finetune_seeds, args.finetune_learning_rate, args.finetune_scale
             )
+    if "frozen_subset" in args.stages:
+        for backbone in args.subset_backbones:
+            frozen_setting(cfg, backbone, args.seeds, args.ablation_seeds, subset=True)
     if "report" in args.stages:
         report(manifest, argv, started)
     return 0

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from conftest import PAIRS, bert_config, llama_config, make_bert_tokenizer, make_llama_tokenizer
@@ -197,3 +199,38 @@ def test_trainer_disables_dropout_by_default(tmp_path, disable):
         first, second = (model(input_ids=ids, prompt_lengths=torch.tensor([4, 4])).logits for _ in range(2))
     assert torch.equal(first, second) == disable
     assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout)) == disable
+
+
+@pytest.mark.parametrize("setup", ["llama_chat", "bert_pair"])
+def test_detached_prompt_state_changes_gradients_not_outputs(setup):
+    """--no_prompt_state_gradient: same loss, the weight network still learns, the backbone's gradient loses
+    the prompt-state path, and an encoder's prompt-only pass runs without backward (fewer FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vrm.losses import preference_loss
+
+    model, tokenizer, pref = build(setup)
+    detached = copy.deepcopy(model)
+    detached.config.prompt_state_gradient = False
+    examples = [PreferenceExample(p, c, r) for p, c, r in PAIRS]
+    batch = PreferenceCollator(tokenizer.pad_token_id)(pref.tokenize_pairs(examples)[0])
+    losses, flops = [], []
+    for m in (model, detached):
+        torch.manual_seed(0)
+        with FlopCounterMode(display=False) as counter:
+            samples = m(**batch)
+            loss = preference_loss(samples, beta_w=0.1, beta_z=0.1).loss
+            loss.backward()
+        losses.append(loss.detach())
+        flops.append(counter.get_total_flops())
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)
+    assert detached.head.weight_net.weight.grad.abs().sum() > 0
+    backbone_grads = [
+        torch.cat([p.grad.flatten() for p in m.backbone.parameters() if p.grad is not None])
+        for m in (model, detached)
+    ]
+    assert not torch.allclose(backbone_grads[0], backbone_grads[1])
+    if setup == "bert_pair":
+        assert flops[1] < flops[0]
+    else:  # a causal backbone reads h_x from the shared pass: only the head's input gradient is saved
+        assert 0.99 * flops[0] < flops[1] <= flops[0]

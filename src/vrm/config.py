@@ -61,6 +61,10 @@ class VRMConfig(PretrainedConfig):
         pooling: how the response state `h_xy` is read from the backbone: `last` token (causal backbones),
             `mean` over tokens or `cls`; `auto` picks `last` for causal and `mean` for bidirectional backbones.
         is_causal: whether the backbone attends causally; None = infer from the architecture.
+        prompt_state_gradient: whether the objective-weight network trains the backbone through the prompt
+            state h_x. False detaches h_x (the weight network still learns, on the backbone's current states):
+            an encoder's prompt-only pass then runs forward only, which cuts vrm's extra cost over bt on
+            bidirectional backbones to about a third; a causal backbone reads h_x from the shared pass anyway.
         response_marker_ids: token ids that end every prompt (e.g. the chat template's assistant header); used
             to find the prompt/response boundary when `prompt_lengths` are not passed to `forward`.
         input_format: how texts were turned into tokens at training time (`chat`, `plain` or `pair`); see
@@ -90,6 +94,7 @@ class VRMConfig(PretrainedConfig):
     num_eval_samples: int = 64
     pooling: str = "auto"
     is_causal: bool | None = None
+    prompt_state_gradient: bool = True
     response_marker_ids: list[int] | None = None
     input_format: str | None = None
     max_length: int | None = None
@@ -169,6 +174,13 @@ class ModelArguments:
         default="float32", metadata={"help": "Backbone weights dtype: float32, bfloat16, float16."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code of the backbone."})
+    prompt_state_gradient: bool = field(
+        default=True,
+        metadata={
+            "help": "Let the objective weights train the backbone through the prompt state. --no_prompt_state_"
+            "gradient detaches it: on encoders the prompt-only pass then costs a forward pass only."
+        },
+    )
     freeze_backbone: bool = field(
         default=False,
         metadata={"help": "Train the reward head only, on fixed backbone states (see --embedding_cache)."},

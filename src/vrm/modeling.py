@@ -209,7 +209,10 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         if self.config.is_causal:
             prompt_state = hidden[torch.arange(rows, device=hidden.device), prompt_end]
         else:
-            prompt_state = self._encode_prompt_alone(input_ids[:rows], attention_mask[:rows], prompt_end)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.prompt_state_gradient):
+                prompt_state = self._encode_prompt_alone(input_ids[:rows], attention_mask[:rows], prompt_end)
+        if not self.config.prompt_state_gradient:
+            prompt_state = prompt_state.detach()
         return prompt_state, response_state
 
     def encode_responses(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

@@ -234,6 +234,7 @@ def build_model(model_args: ModelArguments) -> VRMForSequenceClassification:
         "prior_concentration": model_args.prior_concentration,
         "num_samples": model_args.num_samples,
         "pooling": model_args.pooling,
+        "prompt_state_gradient": model_args.prompt_state_gradient,
     }
     for key in ("weight_posterior", "feature_posterior"):  # ablations: override the head preset
         if getattr(model_args, key) is not None:

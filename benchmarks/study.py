@@ -752,6 +752,9 @@ def summarize(results: list[dict[str, Any]], pair_sets: list[str]) -> dict[str, 
             row[set_name]["accuracy_chosen_shorter"] = mean_std(
                 [o["length_bias"]["accuracy_chosen_shorter"] for o in overall]
             )
+            row[set_name]["spearman_reward_length"] = mean_std(
+                [o["length_bias"]["spearman_reward_length"] for o in overall]
+            )
             row[set_name]["longer_wins_accuracy"] = overall[0]["length_bias"]["longer_wins_accuracy"]
             detected = [
                 error_detection_of(found, set_name)
@@ -1000,6 +1003,10 @@ def report(manifest: dict[str, Any], argv: list[str], started: float) -> None:
                 ),
                 ("length: accuracy where the chosen response is the shorter one", "accuracy_chosen_shorter"),
                 ("length: accuracy where the chosen response is the longer one", "accuracy_chosen_longer"),
+                (
+                    "length: Spearman correlation of reward and response length (0: length-blind)",
+                    "spearman_reward_length",
+                ),
             ]
             for heading, metric in sections:
                 md += ["", f"### {title}: {heading}", ""]

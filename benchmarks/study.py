@@ -585,8 +585,33 @@ def frozen_setting(
             execute(replace(vrm, seed=seed, group="ablation", **change), cfg, eval_sets, tokenized)
 
 
+def frozen_beta(head: str, backbone: str) -> float:
+    """The beta the frozen sweep chose for `head`: from the frozen runs on disk, else from the committed report
+    (runs on disk are a cache), on `backbone` else on MiniLM; 0.01 without either."""
+    for name in (backbone, "minilm"):
+        for result in load_results("frozen", name):
+            spec = result["spec"]
+            if spec["group"] == "main" and spec["head"] == head and not spec["label"]:
+                return spec["beta"]
+    path = os.path.join(RESULTS, "study.json")
+    settings = json.load(open(path))["settings"] if os.path.exists(path) else {}
+    for name in (backbone_label(backbone), "minilm"):
+        found = settings.get(f"frozen/{name}", {}).get("main", {}).get(head)
+        if found:
+            return found["spec"]["beta"]
+    return 0.01
+
+
+FINETUNE_VARIANTS = (*HEADS, "vrm-detached")
+
+
 def finetune_setting(
-    cfg: StudyConfig, backbone: str, seeds: list[int], learning_rate: float, scale: str = "cpu"
+    cfg: StudyConfig,
+    backbone: str,
+    seeds: list[int],
+    learning_rate: float,
+    scale: str = "cpu",
+    variants: tuple[str, ...] = FINETUNE_VARIANTS,
 ) -> None:
     """End-to-end fine-tuning; each head keeps the beta its frozen sweep chose (0.01 without one), one epoch;
     on the CPU also vrm with h_x detached (`--no_prompt_state_gradient`).
@@ -601,31 +626,27 @@ def finetune_setting(
         eval_sets = eval_set_files("")
         run = dict(train="train", epochs=1.0, batch_size=16, use_peft=True, bf16=True, max_length=1024)
     tokenized: dict = {}
-    frozen = load_results("frozen", backbone) or load_results("frozen", "minilm")
+
+    def spec_of(head: str, seed: int) -> RunSpec:
+        beta = frozen_beta(head, backbone)
+        return RunSpec(
+            setting="finetune",
+            backbone=backbone,
+            head=head,
+            seed=seed,
+            learning_rate=learning_rate,
+            beta=beta,
+            **run,
+        )
+
     # seeds in the outer loop: an interrupted study still has every head at the first seeds
     for seed in seeds:
         for head in HEADS:
-            chosen = [
-                r
-                for r in frozen
-                if r["spec"]["group"] == "main" and r["spec"]["head"] == head and not r["spec"]["label"]
-            ]
-            beta = chosen[0]["spec"]["beta"] if chosen else 0.01
-            spec = RunSpec(
-                setting="finetune",
-                backbone=backbone,
-                head=head,
-                seed=seed,
-                learning_rate=learning_rate,
-                beta=beta,
-                **run,
-            )
-            execute(spec, cfg, eval_sets, tokenized)
-            if head == "vrm":
-                vrm = spec
-    if scale == "cpu":  # what detaching h_x (the encoder's cheaper prompt pass, see head_flops.py) costs
+            if head in variants:
+                execute(spec_of(head, seed), cfg, eval_sets, tokenized)
+    if scale == "cpu" and "vrm-detached" in variants:  # what detaching h_x (the cheaper prompt pass) costs
         for seed in seeds:
-            detached = replace(vrm, seed=seed, prompt_state_gradient=False, label="h_x detached")
+            detached = replace(spec_of("vrm", seed), prompt_state_gradient=False, label="h_x detached")
             execute(detached, cfg, eval_sets, tokenized)
 
 
@@ -909,9 +930,157 @@ def diagnostics_table(table: dict[str, Any]) -> list[str]:
     return lines
 
 
+def setting_entry(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report of one setting and backbone, from its runs on disk."""
+    prefix = "ft_" if results[0]["spec"]["train"] == "ft_train" else ""
+    pair_sets = pair_set_names(prefix)
+    by_group = {group: members(results, group) for group in ("main", "shift", "ablation")}
+    by_group["sweep"] = [r for r in results if r["spec"]["group"] == "sweep"]
+    main = summarize(by_group["main"], pair_sets)
+    entry = {
+        "runs": len(results),
+        "train_seconds_total": sum(r["train_seconds"] for r in results),
+        "eval_seconds_total": sum(r["eval_seconds"] for r in results),
+        "main": main,
+        "significance_vrm_minus_bt": significance(by_group["main"], pair_sets),
+        "sweep": [
+            {
+                "spec": r["spec"],
+                "val_accuracy": r["metrics"][pair_sets[0]]["overall"]["accuracy"],
+                "val_nll": r["metrics"][pair_sets[0]]["overall"]["nll"],
+            }
+            for r in by_group["sweep"]
+        ],
+    }
+    if by_group["shift"]:
+        entry["help_to_harm"] = summarize(by_group["shift"], ["rmb_harm_all"])
+        entry["significance_help_to_harm"] = significance(by_group["shift"], ["rmb_harm_all"])
+    if by_group["ablation"]:
+        ablation = summarize(by_group["ablation"], pair_sets)
+        chosen = {
+            f"{k} (chosen setting)" if k == "vrm" else k: v for k, v in main.items() if k.startswith("vrm")
+        }
+        entry["ablations"] = {**chosen, **ablation}
+    return entry
+
+
+def merge_entry(previous: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
+    """Runs on disk are a cache (benchmarks/.cache is not committed and may be cleaned); the committed report
+    is the record. Models (variants) regenerated from runs on disk replace the same models of the previous
+    report; the previous report's other models, tests and sweep are kept, and listed under
+    `kept_from_previous_report`, so adding runs to a setting never loses the results of runs no longer on disk.
+    `runs` and the seconds add up the previous report's and the fresh runs."""
+    if previous is None or set(previous["main"]) <= set(fresh["main"]):
+        return fresh
+    merged = dict(previous)
+    merged["main"] = {**previous["main"], **fresh["main"]}
+    for key in ("runs", "train_seconds_total", "eval_seconds_total"):
+        merged[key] = previous[key] + fresh[key]
+    for key in ("significance_vrm_minus_bt", "sweep", "help_to_harm", "significance_help_to_harm"):
+        if fresh.get(key):
+            merged[key] = fresh[key]
+    if fresh.get("ablations"):
+        merged["ablations"] = {**previous.get("ablations", {}), **fresh["ablations"]}
+    merged["kept_from_previous_report"] = sorted(
+        set(previous.get("kept_from_previous_report", [])) | (set(previous["main"]) - set(fresh["main"]))
+    )
+    return merged
+
+
+SIGNAL_SECTIONS = [
+    ("calibration: expected calibration error (lower is better)", "ece"),
+    ("Bradley-Terry NLL of the plug-in rewards (lower is better)", "nll"),
+    (
+        "errors flagged by the plug-in margin |r+ − r−| (AUROC; every model has it: the baseline)",
+        "margin_error_auroc",
+    ),
+    ("errors flagged by the posterior std of the pair alone (AUROC)", "std_error_auroc"),
+    (
+        "errors flagged by the posterior flip probability Φ(−|Δr| / σ) (AUROC; margin and std)",
+        "flip_error_auroc",
+    ),
+    ("selective accuracy: keeping the 50% of pairs with the lowest posterior std", "selective_accuracy_50"),
+    ("length: accuracy where the chosen response is the shorter one", "accuracy_chosen_shorter"),
+    ("length: accuracy where the chosen response is the longer one", "accuracy_chosen_longer"),
+    (
+        "length: Spearman correlation of reward and response length (0: length-blind)",
+        "spearman_reward_length",
+    ),
+]
+
+
+def eval_prefix(entry: dict[str, Any]) -> str:
+    """ "ft_" when the entry was evaluated on the fine-tuned setting's test splits."""
+    return "ft_" if any(key.startswith("ft_") for row in entry["main"].values() for key in row) else ""
+
+
+def setting_markdown(title: str, entry: dict[str, Any]) -> list[str]:
+    """The markdown section of one setting and backbone, from its report entry alone."""
+    prefix = eval_prefix(entry)
+    pair_sets = pair_set_names(prefix)
+    main = entry["main"]
+    rm_bench, bon_pool = f"{prefix}rm_bench", f"{prefix}bon_pool"
+    md = [f"## {title}: accuracy (mean ± std over seeds)", ""]
+    md += markdown_table(main, pair_sets, "accuracy", [rm_bench, bon_pool], longer_wins=True)
+    seconds = entry["train_seconds_total"] + entry["eval_seconds_total"]
+    md += [
+        "",
+        f"{entry['runs']} runs, {seconds / 60:.0f} min of training and evaluation (embedding included).",
+    ]
+    if entry.get("kept_from_previous_report"):
+        kept = ", ".join(entry["kept_from_previous_report"])
+        md.append(f"Kept from the previous report (their runs are no longer on disk): {kept}.")
+    md += [
+        "",
+        "### vrm − bt (accuracy; p: paired sign-flip permutation test over test pairs)",
+        "",
+        "| set | difference | p | pairs |",
+        "|---|---|---|---|",
+    ]
+    for s, v in entry["significance_vrm_minus_bt"].items():
+        md.append(f"| {s} | {v['difference']:+.3f} | {v['p_value']:.3f} | {v['pairs']} |")
+    for heading, metric in SIGNAL_SECTIONS:
+        md += ["", f"### {title}: {heading}", ""]
+        md += markdown_table(main, pair_sets, metric)
+    if "help_to_harm" in entry:
+        md += ["", f"### {title}: helpfulness → harmlessness (no harmlessness pair in training)", ""]
+        md += markdown_table(entry["help_to_harm"], ["rmb_harm_all"], "accuracy", longer_wins=True)
+    if entry["sweep"]:
+        md += [
+            "",
+            f"### {title}: the sweep (seed 0; chosen on validation accuracy)",
+            "",
+            "| head | learning rate | beta | validation accuracy | validation NLL |",
+            "|---|---|---|---|---|",
+        ]
+        for point in sorted(entry["sweep"], key=lambda p: (p["spec"]["head"], p["spec"]["learning_rate"])):
+            spec = point["spec"]
+            md.append(
+                f"| {spec['head']} | {spec['learning_rate']:g} | {spec['beta']:g} | "
+                f"{point['val_accuracy']:.3f} | {point['val_nll']:.3f} |"
+            )
+    if "ablations" in entry:
+        md += ["", f"### {title}: ablations of vrm", ""]
+        md += markdown_table(
+            {k: v for k, v in entry["ablations"].items() if v}, pair_sets, "accuracy", [rm_bench, bon_pool]
+        )
+    ablations = entry.get("ablations", {})  # holds the chosen vrm and vrm (no labels) already
+    diagnosed = {**{k: v for k, v in main.items() if not (ablations and k.startswith("vrm"))}, **ablations}
+    md += ["", f"### {title}: is the posterior used? (RMB seen categories; see docs/results.md)", ""]
+    md += diagnostics_table(diagnosed)
+    return md + [""]
+
+
+SETTING_ORDER = (*FROZEN_SETTINGS, "finetune")
+
+
 def report(manifest: dict[str, Any], argv: list[str], started: float) -> None:
+    """study.json / study.md / study_bon.png: each setting and backbone with runs on disk, merged into the
+    previous report (`merge_entry`)."""
     from vrm.fileio import atomic_output, write_json
 
+    json_path = os.path.join(RESULTS, "study.json")
+    previous = json.load(open(json_path))["settings"] if os.path.exists(json_path) else {}
     out: dict[str, Any] = {
         "command": "python benchmarks/study.py " + shlex.join(argv),
         "machine": {
@@ -921,133 +1090,26 @@ def report(manifest: dict[str, Any], argv: list[str], started: float) -> None:
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         },
         "data": manifest,
-        "settings": {},
+        "settings": dict(previous),
     }
-    md = ["# Study results (generated by `benchmarks/study.py --stages report`)", ""]
-    bon_panels = {}
-    for setting in (*FROZEN_SETTINGS, "finetune"):
+    for setting in SETTING_ORDER:
         directory = os.path.join(WORK, "runs", setting)
         for backbone in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
             results = load_results(setting, backbone)
-            if not results:
-                continue
-            prefix = "ft_" if results[0]["spec"]["train"] == "ft_train" else ""
-            pair_sets = pair_set_names(prefix)
-            by_group = {group: members(results, group) for group in ("main", "shift", "ablation")}
-            by_group["sweep"] = [r for r in results if r["spec"]["group"] == "sweep"]
-            main = summarize(by_group["main"], pair_sets)
-            entry = {
-                "runs": len(results),
-                "train_seconds_total": sum(r["train_seconds"] for r in results),
-                "eval_seconds_total": sum(r["eval_seconds"] for r in results),
-                "main": main,
-                "significance_vrm_minus_bt": significance(by_group["main"], pair_sets),
-                "sweep": [
-                    {
-                        "spec": r["spec"],
-                        "val_accuracy": r["metrics"][pair_sets[0]]["overall"]["accuracy"],
-                        "val_nll": r["metrics"][pair_sets[0]]["overall"]["nll"],
-                    }
-                    for r in by_group["sweep"]
-                ],
-            }
-            if by_group["shift"]:
-                entry["help_to_harm"] = summarize(by_group["shift"], ["rmb_harm_all"])
-                entry["significance_help_to_harm"] = significance(by_group["shift"], ["rmb_harm_all"])
-            if by_group["ablation"]:
-                ablation = summarize(by_group["ablation"], pair_sets)
-                chosen = {
-                    f"{k} (chosen setting)" if k == "vrm" else k: v
-                    for k, v in main.items()
-                    if k.startswith("vrm")
-                }
-                entry["ablations"] = {**chosen, **ablation}
-            out["settings"][f"{setting}/{backbone}"] = entry
-            title = f"{setting} {backbone}"
-            bon_panels[title] = (main, f"{prefix}bon_pool")
-            rm_bench = f"{prefix}rm_bench"
-            md += [f"## {title}: accuracy (mean ± std over seeds)", ""]
-            md += markdown_table(
-                main, pair_sets, "accuracy", [rm_bench, f"{prefix}bon_pool"], longer_wins=True
-            )
-            seconds = entry["train_seconds_total"] + entry["eval_seconds_total"]
-            md += [
-                "",
-                f"{entry['runs']} runs, {seconds / 60:.0f} min of training and evaluation "
-                "(embedding included).",
-                "",
-            ]
-            md += [
-                "### vrm − bt (accuracy; p: paired sign-flip permutation test over test pairs)",
-                "",
-                "| set | difference | p | pairs |",
-                "|---|---|---|---|",
-            ]
-            for s, v in entry["significance_vrm_minus_bt"].items():
-                md.append(f"| {s} | {v['difference']:+.3f} | {v['p_value']:.3f} | {v['pairs']} |")
-            sections = [
-                ("calibration: expected calibration error (lower is better)", "ece"),
-                ("Bradley-Terry NLL of the plug-in rewards (lower is better)", "nll"),
-                (
-                    "errors flagged by the plug-in margin |r+ − r−| (AUROC; every model has it: the baseline)",
-                    "margin_error_auroc",
-                ),
-                ("errors flagged by the posterior std of the pair alone (AUROC)", "std_error_auroc"),
-                (
-                    "errors flagged by the posterior flip probability Φ(−|Δr| / σ) (AUROC; margin and std)",
-                    "flip_error_auroc",
-                ),
-                (
-                    "selective accuracy: keeping the 50% of pairs with the lowest posterior std",
-                    "selective_accuracy_50",
-                ),
-                ("length: accuracy where the chosen response is the shorter one", "accuracy_chosen_shorter"),
-                ("length: accuracy where the chosen response is the longer one", "accuracy_chosen_longer"),
-                (
-                    "length: Spearman correlation of reward and response length (0: length-blind)",
-                    "spearman_reward_length",
-                ),
-            ]
-            for heading, metric in sections:
-                md += ["", f"### {title}: {heading}", ""]
-                md += markdown_table(main, pair_sets, metric)
-            if "help_to_harm" in entry:
-                md += ["", f"### {title}: helpfulness → harmlessness (no harmlessness pair in training)", ""]
-                md += markdown_table(entry["help_to_harm"], ["rmb_harm_all"], "accuracy", longer_wins=True)
-            if entry["sweep"]:
-                md += [
-                    "",
-                    f"### {title}: the sweep (seed 0; chosen on validation accuracy)",
-                    "",
-                    "| head | learning rate | beta | validation accuracy | validation NLL |",
-                    "|---|---|---|---|---|",
-                ]
-                for point in sorted(
-                    entry["sweep"], key=lambda p: (p["spec"]["head"], p["spec"]["learning_rate"])
-                ):
-                    spec = point["spec"]
-                    md.append(
-                        f"| {spec['head']} | {spec['learning_rate']:g} | {spec['beta']:g} | "
-                        f"{point['val_accuracy']:.3f} | {point['val_nll']:.3f} |"
-                    )
-            if "ablations" in entry:
-                md += ["", f"### {title}: ablations of vrm", ""]
-                md += markdown_table(
-                    {k: v for k, v in entry["ablations"].items() if v},
-                    pair_sets,
-                    "accuracy",
-                    [rm_bench, f"{prefix}bon_pool"],
-                )
-            ablations = entry.get("ablations", {})  # holds the chosen vrm and vrm (no labels) already
-            diagnosed = {
-                **{k: v for k, v in main.items() if not (ablations and k.startswith("vrm"))},
-                **ablations,
-            }
-            md += ["", f"### {title}: is the posterior used? (RMB seen categories; see docs/results.md)", ""]
-            md += diagnostics_table(diagnosed)
-            md += [""]
+            if results:
+                key = f"{setting}/{backbone}"
+                out["settings"][key] = merge_entry(previous.get(key), setting_entry(results))
+    order = {setting: i for i, setting in enumerate(SETTING_ORDER)}
+    keys = sorted(out["settings"], key=lambda k: (order.get(k.split("/")[0], len(order)), k))
+    out["settings"] = {key: out["settings"][key] for key in keys}
+    md = ["# Study results (generated by `benchmarks/study.py --stages report`)", ""]
+    bon_panels = {}
+    for key, entry in out["settings"].items():
+        title = key.replace("/", " ")
+        md += setting_markdown(title, entry)
+        bon_panels[title] = (entry["main"], f"{eval_prefix(entry)}bon_pool")
     out["wall_seconds_of_this_invocation"] = time.perf_counter() - started
-    write_json(out, os.path.join(RESULTS, "study.json"))
+    write_json(out, json_path)
     with atomic_output(os.path.join(RESULTS, "study.md")) as staging, open(staging, "w") as handle:
         handle.write("\n".join(md) + "\n")
     if bon_panels:
@@ -1082,6 +1144,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune_seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--finetune_learning_rate", type=float, default=5e-5)
     parser.add_argument(
+        "--finetune_variants",
+        nargs="+",
+        default=list(FINETUNE_VARIANTS),
+        choices=FINETUNE_VARIANTS,
+        help="models of the finetune stage (vrm-detached: vrm with --no_prompt_state_gradient, cpu scale only)",
+    )
+    parser.add_argument(
         "--finetune_scale",
         choices=["cpu", "gpu"],
         default="cpu",
@@ -1098,7 +1167,12 @@ def main(argv: list[str] | None = None) -> int:
             frozen_setting(cfg, backbone, args.seeds, args.ablation_seeds)
         if "finetune" in args.stages and (backbone == "minilm" or args.finetune_scale == "gpu"):
             finetune_setting(
-                cfg, backbone, args.finetune_seeds, args.finetune_learning_rate, args.finetune_scale
+                cfg,
+                backbone,
+                args.finetune_seeds,
+                args.finetune_learning_rate,
+                args.finetune_scale,
+                tuple(args.finetune_variants),
             )
     if "frozen_subset" in args.stages:
         for backbone in args.subset_backbones:

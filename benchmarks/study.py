@@ -6,6 +6,9 @@ One command reproduces every number of `docs/results.md` (stages are resumable: 
     python benchmarks/study.py                                  # all stages, all settings
     python benchmarks/study.py --stages report                  # tables and figures from the finished runs
 
+Runs live under benchmarks/.cache/study (not committed); the report merges them into the committed
+benchmarks/results/study.json, so a cleaned cache never loses a result.
+
 Stages:
   prepare   split ../shared/data into train / validation / test files (seeded, by prompt or instruction;
             written under benchmarks/.cache/study/data, never into the repository);
@@ -15,7 +18,8 @@ Stages:
   frozen_subset  the same sweep and seeds on the fine-tuned setting's subset (1,000 training pairs, smaller
             test splits), for MiniLM and SmolLM2-135M: the backbone compared at equal data, at a CPU cost
             SmolLM2 (9x slower to embed than MiniLM) allows;
-  finetune  MiniLM fine-tuned end to end, each head with the frozen sweep's head settings, several seeds;
+  finetune  MiniLM fine-tuned end to end: each head sweeps the backbone learning rate at seed 0 (beta from
+            the frozen sweep), then more seeds; vrm also with h_x detached (`--no_prompt_state_gradient`);
   report    benchmarks/results/study.json, study.md (tables) and study_bon.png.
 
 Every run trains with `vrm.trainer.run_training` (what `vrm train` runs) and is scored with `vrm.evaluate`'s
@@ -609,12 +613,15 @@ def finetune_setting(
     cfg: StudyConfig,
     backbone: str,
     seeds: list[int],
-    learning_rate: float,
+    learning_rates: list[float],
     scale: str = "cpu",
     variants: tuple[str, ...] = FINETUNE_VARIANTS,
 ) -> None:
-    """End-to-end fine-tuning; each head keeps the beta its frozen sweep chose (0.01 without one), one epoch;
-    on the CPU also vrm with h_x detached (`--no_prompt_state_gradient`).
+    """End-to-end fine-tuning for one epoch; each head keeps the beta its frozen sweep chose (`frozen_beta`).
+
+    With several `learning_rates`, each head first sweeps them at seed 0 (the same tuning effort for every head,
+    chosen on validation accuracy; the winner's sweep run is also its seed 0), then trains the other seeds.
+    `vrm-detached`: vrm at vrm's learning rate with h_x detached (`--no_prompt_state_gradient`), cpu scale only.
 
     `cpu`: full fine-tuning on 1,000 of the training pairs, smaller test splits (what 2 cores allow);
     `gpu`: LoRA (r 16) in bf16 on all training pairs, the full test splits, max_length 1024.
@@ -626,27 +633,38 @@ def finetune_setting(
         eval_sets = eval_set_files("")
         run = dict(train="train", epochs=1.0, batch_size=16, use_peft=True, bf16=True, max_length=1024)
     tokenized: dict = {}
-
-    def spec_of(head: str, seed: int) -> RunSpec:
-        beta = frozen_beta(head, backbone)
-        return RunSpec(
-            setting="finetune",
-            backbone=backbone,
-            head=head,
-            seed=seed,
-            learning_rate=learning_rate,
-            beta=beta,
-            **run,
-        )
-
+    heads = [h for h in HEADS if h in variants or (h == "vrm" and "vrm-detached" in variants)]
+    best: dict[str, RunSpec] = {}
+    for head in heads:
+        grid = [
+            RunSpec(
+                setting="finetune",
+                backbone=backbone,
+                head=head,
+                seed=0,
+                learning_rate=learning_rate,
+                beta=frozen_beta(head, backbone),
+                group="sweep" if len(learning_rates) > 1 else "main",
+                **run,
+            )
+            for learning_rate in learning_rates
+        ]
+        if len(grid) > 1:
+            best[head] = RunSpec(
+                **select([execute(spec, cfg, eval_sets, tokenized) for spec in grid], eval_sets)["spec"]
+            )
+        else:
+            best[head] = grid[0]
     # seeds in the outer loop: an interrupted study still has every head at the first seeds
     for seed in seeds:
-        for head in HEADS:
+        for head in heads:
             if head in variants:
-                execute(spec_of(head, seed), cfg, eval_sets, tokenized)
+                execute(replace(best[head], seed=seed, group="main"), cfg, eval_sets, tokenized)
     if scale == "cpu" and "vrm-detached" in variants:  # what detaching h_x (the cheaper prompt pass) costs
         for seed in seeds:
-            detached = replace(spec_of("vrm", seed), prompt_state_gradient=False, label="h_x detached")
+            detached = replace(
+                best["vrm"], seed=seed, group="main", prompt_state_gradient=False, label="h_x detached"
+            )
             execute(detached, cfg, eval_sets, tokenized)
 
 
@@ -1010,7 +1028,7 @@ SIGNAL_SECTIONS = [
 
 
 def eval_prefix(entry: dict[str, Any]) -> str:
-    """ "ft_" when the entry was evaluated on the fine-tuned setting's test splits."""
+    """The prefix `ft_` where the entry was evaluated on the fine-tuned setting's test splits, else none."""
     return "ft_" if any(key.startswith("ft_") for row in entry["main"].values() for key in row) else ""
 
 
@@ -1142,7 +1160,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--ablation_seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--finetune_seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--finetune_learning_rate", type=float, default=5e-5)
+    parser.add_argument(
+        "--finetune_learning_rates",
+        nargs="+",
+        type=float,
+        default=[2e-5, 5e-5, 1e-4],
+        help="backbone learning rates each head sweeps at seed 0 (one value: no sweep)",
+    )
     parser.add_argument(
         "--finetune_variants",
         nargs="+",
@@ -1170,7 +1194,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg,
                 backbone,
                 args.finetune_seeds,
-                args.finetune_learning_rate,
+                args.finetune_learning_rates,
                 args.finetune_scale,
                 tuple(args.finetune_variants),
             )

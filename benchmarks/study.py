@@ -62,6 +62,17 @@ HELD_OUT_HARMLESSNESS = ("S9", "S10", "multi")
 REFERENCE_GENERATOR = "gpt4_1106_preview"  # AlpacaEval's reference: every judged pair is a model vs it
 BON_NS = [1, 2, 4, 8, 16, 32]
 FROZEN_SETTINGS = ("frozen", "frozen_subset")  # settings that train heads on cached states
+
+
+def runs_root(setting: str) -> str:
+    """Where a setting's runs (result.json and per-pair scores.npz, no weights) live. Fine-tuned runs take
+    minutes each, so they are committed (benchmarks/results/study_runs: the study resumes on another machine);
+    head runs on cached states take seconds and stay in the cache."""
+    if setting in FROZEN_SETTINGS:
+        return os.path.join(WORK, "runs", setting)
+    return os.path.join(RESULTS, "study_runs", setting)
+
+
 # pairwise test splits; the CPU fine-tuned setting and frozen_subset use `ft_`-prefixed samples of them
 # (UltraFeedback eval is used whole everywhere)
 PAIR_SETS = ("val", "rmb_id", "rmb_shift_help", "rmb_shift_harm", "alpaca_test")
@@ -305,7 +316,7 @@ class RunSpec:
 
     @property
     def directory(self) -> str:
-        return os.path.join(WORK, "runs", self.setting, backbone_label(self.backbone), self.key)
+        return os.path.join(runs_root(self.setting), backbone_label(self.backbone), self.key)
 
     @property
     def config_fields(self) -> dict[str, Any]:
@@ -334,7 +345,8 @@ def train_run(spec: RunSpec, cfg: StudyConfig) -> str:
     from vrm.trainer import run_training
 
     frozen = spec.setting in FROZEN_SETTINGS
-    model_dir = os.path.join(spec.directory, "model")
+    # weights stay in the cache (deleted once scored); results go to spec.directory
+    model_dir = os.path.join(WORK, "models", spec.setting, backbone_label(spec.backbone), spec.key)
     model_args = ModelArguments(
         model_name_or_path=backbone_path(spec.backbone),
         head_type=spec.head,
@@ -493,7 +505,7 @@ def execute(spec: RunSpec, cfg: StudyConfig, eval_sets: dict[str, str], tokenize
         "metrics": metrics,
         "diagnostics": diagnostics,
     }
-    write_json(result, result_path)
+    write_json(result, result_path, indent=None)  # compact: fine-tuned runs are committed
     shutil.rmtree(model_dir, ignore_errors=True)  # weights are cheap to re-train; the study keeps scores only
     print(
         f"[study]   val acc {accuracy(result, eval_sets):.3f}  train {result['train_seconds']:.0f}s "
@@ -669,7 +681,7 @@ def finetune_setting(
 
 
 def load_results(setting: str, backbone: str) -> list[dict[str, Any]]:
-    directory = os.path.join(WORK, "runs", setting, backbone_label(backbone))
+    directory = os.path.join(runs_root(setting), backbone_label(backbone))
     if not os.path.isdir(directory):
         return []
     results = []
@@ -1111,7 +1123,7 @@ def report(manifest: dict[str, Any], argv: list[str], started: float) -> None:
         "settings": dict(previous),
     }
     for setting in SETTING_ORDER:
-        directory = os.path.join(WORK, "runs", setting)
+        directory = runs_root(setting)
         for backbone in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
             results = load_results(setting, backbone)
             if results:

@@ -25,7 +25,7 @@ def atomic_output(path: str) -> Iterator[str]:
             os.remove(staging)
 
 
-def write_json(data: Any, path: str) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+def write_json(data: Any, path: str, indent: int | None = 2) -> None:
+    """Write JSON atomically (temporary file, then rename); `indent=None`: compact."""
     with atomic_output(path) as staging, open(staging, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
+        json.dump(data, handle, indent=indent, separators=None if indent else (",", ":"))

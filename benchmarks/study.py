@@ -1057,6 +1057,12 @@ def setting_markdown(title: str, entry: dict[str, Any]) -> list[str]:
         "",
         f"{entry['runs']} runs, {seconds / 60:.0f} min of training and evaluation (embedding included).",
     ]
+    settings = [
+        f"{name}: learning rate {row['spec']['learning_rate']:g}, beta {row['spec']['beta']:g}, "
+        f"seeds {' '.join(str(seed) for seed in row['seeds'])}"
+        for name, row in main.items()
+    ]
+    md.append("Settings: " + "; ".join(settings) + ".")
     if entry.get("kept_from_previous_report"):
         kept = ", ".join(entry["kept_from_previous_report"])
         md.append(f"Kept from the previous report (their runs are no longer on disk): {kept}.")

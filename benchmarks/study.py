@@ -684,15 +684,15 @@ def load_results(setting: str, backbone: str) -> list[dict[str, Any]]:
     directory = os.path.join(runs_root(setting), backbone_label(backbone))
     if not os.path.isdir(directory):
         return []
-    results = []
-    for key in sorted(os.listdir(directory)):
-        path = os.path.join(directory, key, "result.json")
-        if os.path.exists(path):
-            result = json.load(open(path))
-            result["spec"] = asdict(RunSpec(**result["spec"]))  # fields added since get their defaults
-            result["scores_path"] = os.path.join(directory, key, "scores.npz")
-            results.append(result)
-    return results
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    paths = [os.path.join(directory, key, "result.json") for key in os.listdir(directory)]
+    for path in sorted((p for p in paths if os.path.exists(p)), key=os.path.getmtime):
+        result = json.load(open(path))
+        result["spec"] = asdict(RunSpec(**result["spec"]))  # fields added since get their defaults
+        result["scores_path"] = os.path.join(os.path.dirname(path), "scores.npz")
+        # one run per configuration and seed: a run whose key changed (an option renamed) is not counted twice
+        found[(config_of(result), result["spec"]["seed"])] = result  # the latest wins
+    return sorted(found.values(), key=lambda r: r["key"])
 
 
 # ----- the report ------------------------------------------------------------------------------------------------

@@ -502,6 +502,7 @@ def execute(spec: RunSpec, cfg: StudyConfig, eval_sets: dict[str, str], tokenize
         "key": spec.key,
         "train_seconds": trained - started,
         "eval_seconds": time.perf_counter() - trained,
+        "finished_at": time.time(),
         "metrics": metrics,
         "diagnostics": diagnostics,
     }
@@ -547,10 +548,19 @@ def sweep_grid(head: str, setting: str, backbone: str, train: str = "train") -> 
     return [RunSpec(learning_rate=lr, **base) for lr in (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)]
 
 
+FROZEN_PARTS = ("main", "shift", "ablations")
+
+
 def frozen_setting(
-    cfg: StudyConfig, backbone: str, seeds: list[int], ablation_seeds: list[int], subset: bool = False
+    cfg: StudyConfig,
+    backbone: str,
+    seeds: list[int],
+    ablation_seeds: list[int],
+    subset: bool = False,
+    parts: tuple[str, ...] = FROZEN_PARTS,
 ) -> None:
-    """Heads on cached states. `subset`: the fine-tuned setting's data (frozen_subset), main table only."""
+    """Heads on cached states: the sweep and seeds (`main`), the helpfulness -> harmlessness shift, the
+    ablations of vrm. `subset`: the fine-tuned setting's data (frozen_subset), main table only."""
     setting, prefix, train = ("frozen_subset", "ft_", "ft_train") if subset else ("frozen", "", "train")
     eval_sets = eval_set_files(prefix)
     tokenized: dict = {}
@@ -570,11 +580,9 @@ def frozen_setting(
             eval_sets,
             tokenized,
         )
-    if subset:
-        return
     # helpfulness -> harmlessness: trained without a single harmlessness pair
     shift_sets = {"val": eval_sets["val"], "rmb_harm_all": data_file("rmb_harm_all")}
-    for head in HEADS:
+    for head in HEADS if "shift" in parts and not subset else ():
         for seed in ablation_seeds:
             execute(
                 replace(best[head], seed=seed, group="shift", train="train_help_only"), cfg, shift_sets, {}
@@ -596,7 +604,7 @@ def frozen_setting(
         dict(weight_posterior="softmax", label="deterministic softmax weights"),
         dict(objective_labels=False, label="no objective labels"),
     ]
-    for change in ablations:
+    for change in ablations if "ablations" in parts and not subset else ():
         for seed in ablation_seeds:
             execute(replace(vrm, seed=seed, group="ablation", **change), cfg, eval_sets, tokenized)
 
@@ -690,6 +698,7 @@ def load_results(setting: str, backbone: str) -> list[dict[str, Any]]:
         result = json.load(open(path))
         result["spec"] = asdict(RunSpec(**result["spec"]))  # fields added since get their defaults
         result["scores_path"] = os.path.join(os.path.dirname(path), "scores.npz")
+        result.setdefault("finished_at", os.path.getmtime(path))  # runs before the field: the file's time
         # one run per configuration and seed: a run whose key changed (an option renamed) is not counted twice
         found[(config_of(result), result["spec"]["seed"])] = result  # the latest wins
     return sorted(found.values(), key=lambda r: r["key"])
@@ -736,9 +745,21 @@ def config_of(result: dict[str, Any]) -> str:
 
 def members(results: list[dict[str, Any]], group: str) -> list[dict[str, Any]]:
     """Runs of a group: those trained for it, and runs of the same configuration trained earlier for another
-    group (the sweep's seed-0 run of the chosen configuration is also the main table's seed 0)."""
+    group (the sweep's seed-0 run of the chosen configuration is also the main table's seed 0).
+
+    One configuration per model: where a model has runs of several (a grid changed, and the sweep chose
+    again), only the configuration of its most recent run counts; the others are reported and left out."""
     configs = {config_of(r) for r in results if r["spec"]["group"] == group}
-    return [r for r in results if config_of(r) in configs]
+    found = [r for r in results if config_of(r) in configs]
+    latest: dict[str, dict[str, Any]] = {}
+    for result in found:
+        name = variant(result)
+        if name not in latest or result["finished_at"] > latest[name]["finished_at"]:
+            latest[name] = result
+    kept = [r for r in found if config_of(r) == config_of(latest[variant(r)])]
+    for stale in {config_of(r) for r in found} - {config_of(r) for r in kept}:
+        print(f"[study] {group}: runs of an older configuration left out: {stale}", flush=True)
+    return kept
 
 
 def error_detection_of(scores, set_name: str) -> dict[str, float]:
@@ -995,25 +1016,31 @@ def setting_entry(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def merge_entry(previous: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
-    """Runs on disk are a cache (benchmarks/.cache is not committed and may be cleaned); the committed report
-    is the record. Models (variants) regenerated from runs on disk replace the same models of the previous
-    report; the previous report's other models, tests and sweep are kept, and listed under
-    `kept_from_previous_report`, so adding runs to a setting never loses the results of runs no longer on disk.
-    `runs` and the seconds add up the previous report's and the fresh runs."""
-    if previous is None or set(previous["main"]) <= set(fresh["main"]):
+    """Runs on disk can be a cache (benchmarks/.cache is not committed and may be cleaned); the committed report
+    is the record. What the runs on disk regenerate (a model of the main table, the sweep, the shift, an
+    ablation) replaces the same part of the previous report; the other parts are kept and listed under
+    `kept_from_previous_report` (with the previous report's run count and time under `previous_report`), so
+    adding runs to a setting never loses the results of runs no longer on disk."""
+    if previous is None:
         return fresh
-    merged = dict(previous)
-    merged["main"] = {**previous["main"], **fresh["main"]}
-    for key in ("runs", "train_seconds_total", "eval_seconds_total"):
-        merged[key] = previous[key] + fresh[key]
-    for key in ("significance_vrm_minus_bt", "sweep", "help_to_harm", "significance_help_to_harm"):
-        if fresh.get(key):
-            merged[key] = fresh[key]
-    if fresh.get("ablations"):
-        merged["ablations"] = {**previous.get("ablations", {}), **fresh["ablations"]}
-    merged["kept_from_previous_report"] = sorted(
-        set(previous.get("kept_from_previous_report", [])) | (set(previous["main"]) - set(fresh["main"]))
-    )
+    merged = dict(fresh)
+    kept = [f"main: {name}" for name in previous["main"] if name not in fresh["main"]]
+    merged["main"] = {
+        **{k: previous["main"][k] for k in previous["main"] if k not in fresh["main"]},
+        **fresh["main"],
+    }
+    for key in ("sweep", "help_to_harm", "significance_help_to_harm", "ablations"):
+        if previous.get(key) and not fresh.get(key):
+            merged[key] = previous[key]
+            kept.append(key)
+    if not fresh["significance_vrm_minus_bt"] and previous.get("significance_vrm_minus_bt"):
+        merged["significance_vrm_minus_bt"] = previous["significance_vrm_minus_bt"]
+        kept.append("significance_vrm_minus_bt")
+    if kept:
+        merged["kept_from_previous_report"] = kept
+        merged["previous_report"] = previous.get("previous_report") or {
+            key: previous[key] for key in ("runs", "train_seconds_total", "eval_seconds_total")
+        }
     return merged
 
 
@@ -1065,7 +1092,12 @@ def setting_markdown(title: str, entry: dict[str, Any]) -> list[str]:
     md.append("Settings: " + "; ".join(settings) + ".")
     if entry.get("kept_from_previous_report"):
         kept = ", ".join(entry["kept_from_previous_report"])
-        md.append(f"Kept from the previous report (their runs are no longer on disk): {kept}.")
+        before = entry["previous_report"]
+        minutes = (before["train_seconds_total"] + before["eval_seconds_total"]) / 60
+        md.append(
+            f"Kept from an earlier report of {before['runs']} runs ({minutes:.0f} min), whose runs are no longer "
+            f"on disk: {kept}."
+        )
     md += [
         "",
         "### vrm − bt (accuracy; p: paired sign-flip permutation test over test pairs)",
@@ -1175,6 +1207,13 @@ def main(argv: list[str] | None = None) -> int:
         default=["minilm", "smollm2"],
         help="backbones of the frozen_subset stage",
     )
+    parser.add_argument(
+        "--frozen_parts",
+        nargs="+",
+        default=list(FROZEN_PARTS),
+        choices=FROZEN_PARTS,
+        help="parts of the frozen stage: main (sweep and seeds), shift (helpfulness -> harmlessness), ablations",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--ablation_seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--finetune_seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -1206,7 +1245,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[study] data: {manifest['counts']}", flush=True)
     for backbone in args.backbones:
         if "frozen" in args.stages:
-            frozen_setting(cfg, backbone, args.seeds, args.ablation_seeds)
+            frozen_setting(cfg, backbone, args.seeds, args.ablation_seeds, parts=tuple(args.frozen_parts))
         if "finetune" in args.stages and (backbone == "minilm" or args.finetune_scale == "gpu"):
             finetune_setting(
                 cfg,

@@ -580,13 +580,16 @@ def frozen_setting(
             eval_sets,
             tokenized,
         )
-    # helpfulness -> harmlessness: trained without a single harmlessness pair
-    shift_sets = {"val": eval_sets["val"], "rmb_harm_all": data_file("rmb_harm_all")}
-    for head in HEADS if "shift" in parts and not subset else ():
-        for seed in ablation_seeds:
-            execute(
-                replace(best[head], seed=seed, group="shift", train="train_help_only"), cfg, shift_sets, {}
-            )
+    if subset:
+        return
+    if "shift" in parts:  # helpfulness -> harmlessness: trained without a single harmlessness pair
+        shift_sets = {"val": eval_sets["val"], "rmb_harm_all": data_file("rmb_harm_all")}
+        for head in HEADS:
+            for seed in ablation_seeds:
+                spec = replace(best[head], seed=seed, group="shift", train="train_help_only")
+                execute(spec, cfg, shift_sets, {})
+    if "ablations" not in parts:
+        return
     # ablations of vrm around its chosen setting
     vrm = best["vrm"]
     ablations = [
@@ -604,26 +607,26 @@ def frozen_setting(
         dict(weight_posterior="softmax", label="deterministic softmax weights"),
         dict(objective_labels=False, label="no objective labels"),
     ]
-    for change in ablations if "ablations" in parts and not subset else ():
+    for change in ablations:
         for seed in ablation_seeds:
             execute(replace(vrm, seed=seed, group="ablation", **change), cfg, eval_sets, tokenized)
 
 
-def frozen_beta(head: str, backbone: str) -> float:
-    """The beta the frozen sweep chose for `head`: from the frozen runs on disk, else from the committed report
-    (runs on disk are a cache), on `backbone` else on MiniLM; 0.01 without either."""
+def frozen_betas(backbone: str) -> dict[str, float]:
+    """The beta the frozen sweep chose for each head: from the frozen runs on disk, else from the committed
+    report (runs on disk are a cache), on `backbone` else on MiniLM; 0.01 without either."""
+    betas: dict[str, float] = {}
     for name in (backbone, "minilm"):
         for result in load_results("frozen", name):
             spec = result["spec"]
-            if spec["group"] == "main" and spec["head"] == head and not spec["label"]:
-                return spec["beta"]
+            if spec["group"] == "main" and not spec["label"]:
+                betas.setdefault(spec["head"], spec["beta"])
     path = os.path.join(RESULTS, "study.json")
     settings = json.load(open(path))["settings"] if os.path.exists(path) else {}
     for name in (backbone_label(backbone), "minilm"):
-        found = settings.get(f"frozen/{name}", {}).get("main", {}).get(head)
-        if found:
-            return found["spec"]["beta"]
-    return 0.01
+        for head, row in settings.get(f"frozen/{name}", {}).get("main", {}).items():
+            betas.setdefault(head, row["spec"]["beta"])
+    return {head: betas.get(head, 0.01) for head in HEADS}
 
 
 FINETUNE_VARIANTS = (*HEADS, "vrm-detached")
@@ -637,7 +640,7 @@ def finetune_setting(
     scale: str = "cpu",
     variants: tuple[str, ...] = FINETUNE_VARIANTS,
 ) -> None:
-    """End-to-end fine-tuning for one epoch; each head keeps the beta its frozen sweep chose (`frozen_beta`).
+    """End-to-end fine-tuning for one epoch; each head keeps the beta its frozen sweep chose (`frozen_betas`).
 
     With several `learning_rates`, each head first sweeps them at seed 0 (the same tuning effort for every head,
     chosen on validation accuracy; the winner's sweep run is also its seed 0), then trains the other seeds.
@@ -654,6 +657,7 @@ def finetune_setting(
         run = dict(train="train", epochs=1.0, batch_size=16, use_peft=True, bf16=True, max_length=1024)
     tokenized: dict = {}
     heads = [h for h in HEADS if h in variants or (h == "vrm" and "vrm-detached" in variants)]
+    betas = frozen_betas(backbone)
     best: dict[str, RunSpec] = {}
     for head in heads:
         grid = [
@@ -663,7 +667,7 @@ def finetune_setting(
                 head=head,
                 seed=0,
                 learning_rate=learning_rate,
-                beta=frozen_beta(head, backbone),
+                beta=betas[head],
                 group="sweep" if len(learning_rates) > 1 else "main",
                 **run,
             )
@@ -692,15 +696,17 @@ def load_results(setting: str, backbone: str) -> list[dict[str, Any]]:
     directory = os.path.join(runs_root(setting), backbone_label(backbone))
     if not os.path.isdir(directory):
         return []
-    found: dict[tuple[str, int], dict[str, Any]] = {}
-    paths = [os.path.join(directory, key, "result.json") for key in os.listdir(directory)]
-    for path in sorted((p for p in paths if os.path.exists(p)), key=os.path.getmtime):
-        result = json.load(open(path))
-        result["spec"] = asdict(RunSpec(**result["spec"]))  # fields added since get their defaults
-        result["scores_path"] = os.path.join(os.path.dirname(path), "scores.npz")
-        result.setdefault("finished_at", os.path.getmtime(path))  # runs before the field: the file's time
-        # one run per configuration and seed: a run whose key changed (an option renamed) is not counted twice
-        found[(config_of(result), result["spec"]["seed"])] = result  # the latest wins
+    loaded = []
+    for key in os.listdir(directory):
+        path = os.path.join(directory, key, "result.json")
+        if os.path.exists(path):
+            result = json.load(open(path))
+            result["spec"] = asdict(RunSpec(**result["spec"]))  # fields added since get their defaults
+            result["scores_path"] = os.path.join(directory, key, "scores.npz")
+            result.setdefault("finished_at", os.path.getmtime(path))  # runs before the field: the file's time
+            loaded.append(result)
+    # one run per configuration and seed (the latest): a run whose key changed is not counted twice
+    found = {(config_of(r), r["spec"]["seed"]): r for r in sorted(loaded, key=lambda r: r["finished_at"])}
     return sorted(found.values(), key=lambda r: r["key"])
 
 

@@ -15,11 +15,13 @@ Stages:
   frozen    MiniLM states computed once (embedding cache); for each head (bt, ib, moe, vrm) a sweep of the same
             size chosen on the validation split only, then seeds with the best setting; the helpfulness ->
             harmlessness shift; the ablations of vrm (K, d, beta, M, prior, weights, objective labels);
+            moe and vrm also with labelled weights (the objective label trains the weights too);
   frozen_subset  the same sweep and seeds on the fine-tuned setting's subset (1,000 training pairs, smaller
             test splits), for MiniLM and SmolLM2-135M: the backbone compared at equal data, at a CPU cost
             SmolLM2 (9x slower to embed than MiniLM) allows;
   finetune  MiniLM fine-tuned end to end: each head sweeps the backbone learning rate at seed 0 (beta from
-            the frozen sweep), then more seeds; vrm also with h_x detached (`--no_prompt_state_gradient`);
+            the frozen sweep), then more seeds; vrm also with h_x detached (`--no_prompt_state_gradient`),
+            moe and vrm also with labelled weights (`--objective_label_weight 1`);
   report    benchmarks/results/study.json, study.md (tables) and study_bon.png.
 
 Every run trains with `vrm.trainer.run_training` (what `vrm train` runs) and is scored with `vrm.evaluate`'s
@@ -293,6 +295,7 @@ class RunSpec:
     batch_size: int = 64
     use_peft: bool = False  # LoRA (r 16) instead of full fine-tuning
     prompt_state_gradient: bool = True  # False: --no_prompt_state_gradient (h_x detached)
+    objective_label_weight: float = 0.0  # > 0: the `objective` label also trains the weights (-E_q[log w_o])
     bf16: bool = False
     max_length: int | None = None  # None: the study's max_length
     label: str = ""  # a readable name for tables (e.g. "K=8")
@@ -377,6 +380,7 @@ def train_run(spec: RunSpec, cfg: StudyConfig) -> str:
         head_learning_rate=spec.learning_rate if frozen else None,
         beta_w=spec.beta,
         beta_z=spec.beta,
+        objective_label_weight=spec.objective_label_weight,
         seed=spec.seed,
         save_strategy="no",
         logging_steps=50,
@@ -549,6 +553,9 @@ def sweep_grid(head: str, setting: str, backbone: str, train: str = "train") -> 
 
 
 FROZEN_PARTS = ("main", "shift", "ablations")
+# moe / vrm with the objective label as an observation of the weights (`--objective_label_weight 1`, not tuned):
+# the fix tried for weights that ignore the prompt (docs/results.md, "Is the posterior used?")
+LABELLED_WEIGHTS = dict(objective_label_weight=1.0, label="labelled weights")
 
 
 def frozen_setting(
@@ -580,6 +587,11 @@ def frozen_setting(
             eval_sets,
             tokenized,
         )
+    for head in ("moe", "vrm"):
+        for seed in seeds:
+            execute(
+                replace(best[head], seed=seed, group="main", **LABELLED_WEIGHTS), cfg, eval_sets, tokenized
+            )
     if subset:
         return
     if "shift" in parts:  # helpfulness -> harmlessness: trained without a single harmlessness pair
@@ -629,7 +641,13 @@ def frozen_betas(backbone: str) -> dict[str, float]:
     return {head: betas.get(head, 0.01) for head in HEADS}
 
 
-FINETUNE_VARIANTS = (*HEADS, "vrm-detached")
+# variants of a head at that head's chosen learning rate: (head, changes); `cpu`: at the cpu scale only
+FINETUNE_EXTRAS = {
+    "vrm-detached": ("vrm", dict(prompt_state_gradient=False, label="h_x detached"), "cpu"),
+    "moe-labelled-weights": ("moe", LABELLED_WEIGHTS, "any"),
+    "vrm-labelled-weights": ("vrm", LABELLED_WEIGHTS, "any"),
+}
+FINETUNE_VARIANTS = (*HEADS, *FINETUNE_EXTRAS)
 
 
 def finetune_setting(
@@ -644,7 +662,8 @@ def finetune_setting(
 
     With several `learning_rates`, each head first sweeps them at seed 0 (the same tuning effort for every head,
     chosen on validation accuracy; the winner's sweep run is also its seed 0), then trains the other seeds.
-    `vrm-detached`: vrm at vrm's learning rate with h_x detached (`--no_prompt_state_gradient`), cpu scale only.
+    `FINETUNE_EXTRAS`: variants of a head at that head's chosen learning rate: vrm with h_x detached
+    (`--no_prompt_state_gradient`, cpu scale only), moe / vrm with labelled weights (`--objective_label_weight`).
 
     `cpu`: full fine-tuning on 1,000 of the training pairs, smaller test splits (what 2 cores allow);
     `gpu`: LoRA (r 16) in bf16 on all training pairs, the full test splits, max_length 1024.
@@ -656,7 +675,12 @@ def finetune_setting(
         eval_sets = eval_set_files("")
         run = dict(train="train", epochs=1.0, batch_size=16, use_peft=True, bf16=True, max_length=1024)
     tokenized: dict = {}
-    heads = [h for h in HEADS if h in variants or (h == "vrm" and "vrm-detached" in variants)]
+    extras = {
+        name: (head, changes)
+        for name, (head, changes, scales) in FINETUNE_EXTRAS.items()
+        if name in variants and scales in ("any", scale)
+    }
+    heads = [h for h in HEADS if h in variants or any(head == h for head, _ in extras.values())]
     betas = frozen_betas(backbone)
     best: dict[str, RunSpec] = {}
     for head in heads:
@@ -684,12 +708,9 @@ def finetune_setting(
         for head in heads:
             if head in variants:
                 execute(replace(best[head], seed=seed, group="main"), cfg, eval_sets, tokenized)
-    if scale == "cpu" and "vrm-detached" in variants:  # what detaching h_x (the cheaper prompt pass) costs
+    for head, changes in extras.values():
         for seed in seeds:
-            detached = replace(
-                best["vrm"], seed=seed, group="main", prompt_state_gradient=False, label="h_x detached"
-            )
-            execute(detached, cfg, eval_sets, tokenized)
+            execute(replace(best[head], seed=seed, group="main", **changes), cfg, eval_sets, tokenized)
 
 
 def load_results(setting: str, backbone: str) -> list[dict[str, Any]]:
@@ -987,6 +1008,10 @@ def diagnostics_table(table: dict[str, Any]) -> list[str]:
     return lines
 
 
+LABELLED_VRM = f"vrm ({LABELLED_WEIGHTS['label']})"
+COMPARISONS = [(LABELLED_VRM, "bt"), (LABELLED_VRM, "vrm")]  # tested besides vrm − bt, where both ran
+
+
 def setting_entry(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The report of one setting and backbone, from its runs on disk."""
     prefix = "ft_" if results[0]["spec"]["train"] == "ft_train" else ""
@@ -1000,6 +1025,11 @@ def setting_entry(results: list[dict[str, Any]]) -> dict[str, Any]:
         "eval_seconds_total": sum(r["eval_seconds"] for r in results),
         "main": main,
         "significance_vrm_minus_bt": significance(by_group["main"], pair_sets),
+        "significance_more": {
+            f"{a} − {b}": significance(by_group["main"], pair_sets, a, b)
+            for a, b in COMPARISONS
+            if a in main and b in main
+        },
         "sweep": [
             {
                 "spec": r["spec"],
@@ -1039,6 +1069,8 @@ def merge_entry(previous: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[
         if previous.get(key) and not fresh.get(key):
             merged[key] = previous[key]
             kept.append(key)
+    if previous.get("significance_more"):  # a comparison the runs on disk cannot redo stays
+        merged["significance_more"] = {**previous["significance_more"], **fresh.get("significance_more", {})}
     if not fresh["significance_vrm_minus_bt"] and previous.get("significance_vrm_minus_bt"):
         merged["significance_vrm_minus_bt"] = previous["significance_vrm_minus_bt"]
         kept.append("significance_vrm_minus_bt")
@@ -1113,6 +1145,11 @@ def setting_markdown(title: str, entry: dict[str, Any]) -> list[str]:
     ]
     for s, v in entry["significance_vrm_minus_bt"].items():
         md.append(f"| {s} | {v['difference']:+.3f} | {v['p_value']:.3f} | {v['pairs']} |")
+    for comparison, found in entry.get("significance_more", {}).items():
+        md += ["", f"### {comparison} (accuracy; the same test)", "", "| set | difference | p | pairs |"]
+        md.append("|---|---|---|---|")
+        for s, v in found.items():
+            md.append(f"| {s} | {v['difference']:+.3f} | {v['p_value']:.3f} | {v['pairs']} |")
     for heading, metric in SIGNAL_SECTIONS:
         md += ["", f"### {title}: {heading}", ""]
         md += markdown_table(main, pair_sets, metric)
@@ -1227,7 +1264,7 @@ def main(argv: list[str] | None = None) -> int:
         "--finetune_learning_rates",
         nargs="+",
         type=float,
-        default=[2e-5, 5e-5, 1e-4],
+        default=[2e-5, 5e-5, 1e-4, 2e-4],
         help="backbone learning rates each head sweeps at seed 0 (one value: no sweep)",
     )
     parser.add_argument(
@@ -1235,7 +1272,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=list(FINETUNE_VARIANTS),
         choices=FINETUNE_VARIANTS,
-        help="models of the finetune stage (vrm-detached: vrm with --no_prompt_state_gradient, cpu scale only)",
+        help="models of the finetune stage (vrm-detached: vrm with --no_prompt_state_gradient, cpu scale only; "
+        "*-labelled-weights: with --objective_label_weight 1)",
     )
     parser.add_argument(
         "--finetune_scale",

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -221,3 +222,32 @@ def test_head_posterior_overrides_reach_the_model(llama_backbone_dir):
     assert default.config.weight_posterior == "dirichlet"
     with pytest.raises(ValueError, match="weight_posterior must be one of"):
         build_model(ModelArguments(model_name_or_path=llama_backbone_dir, weight_posterior="gumbel"))
+
+
+def test_objective_labels_train_the_weights_from_the_cli(tmp_path, llama_backbone_dir, capsys):
+    """`--objective_column` + `--objective_label_weight`: the label likelihood is trained and logged; asking for
+    it without labels, or with a head that has no objective weights, fails before any training."""
+    rows = [
+        {
+            "prompt": f"{'how do I hurt' if i % 2 else 'how do I bake'} thing {i}?",
+            "chosen": "safe answer" if i % 2 else "tasty answer",
+            "rejected": "bad answer",
+            "objective": "harm" if i % 2 else ("help" if i % 3 else None),  # some rows unlabelled
+        }
+        for i in range(12)
+    ]
+    data = write_pairs(str(tmp_path / "labelled.jsonl"), rows)
+    output = str(tmp_path / "run")
+    labels = ["--attribute_names", "help", "harm", "--objective_column", "objective"]
+    argv = train_argv(
+        llama_backbone_dir, data, output, objective_label_weight=1.0, max_steps=2, logging_steps=1
+    )
+    capsys.readouterr()
+    assert main(["train", *argv, *labels]) == 0
+    logged = re.findall(r"'objective_label_nll': '([0-9.]+)'", capsys.readouterr().out)
+    # at the prior Dirichlet(1, 1), E[log w_o] = psi(1) - psi(2) = -1; one step of training moves it down
+    assert float(logged[0]) == pytest.approx(1.0, abs=1e-3) and float(logged[1]) < 1.0
+    assert main(["train", *argv]) == 1  # no labels
+    assert "--objective_label_weight needs --objective_column" in capsys.readouterr().err
+    assert main(["train", *argv, *labels, "--head_type", "bt", "--num_objectives", "1"]) == 1
+    assert "a bt head does not have" in capsys.readouterr().err

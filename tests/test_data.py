@@ -118,6 +118,13 @@ def test_ratings_and_objective_column_become_attribute_targets():
     )
     targets = example.attribute_targets  # help: 5 > 3; honesty: tie; safety: named by the objective column
     assert targets[0] == 1.0 and math.isnan(targets[1]) and targets[2] == 1.0 and math.isnan(targets[3])
+    assert example.objective_label == 2
+    names = ["help", "honesty", "safety", "style"]
+    unlabelled = parse_row(
+        dict(row, objective=None), "r", attribute_names=names, objective_column="objective"
+    )
+    assert unlabelled.objective_label == -1  # a labelled dataset's row without a label: masked, not dropped
+    assert parse_row(row, "r", attribute_names=names).objective_label is None  # no objective column asked for
     with pytest.raises(DataFormatError, match="r: 'objective' is 'tone'"):
         parse_row(dict(row, objective="tone"), "r", attribute_names=["help"], objective_column="objective")
 
@@ -125,11 +132,16 @@ def test_ratings_and_objective_column_become_attribute_targets():
 def test_margin_and_targets_reach_the_batch():
     tokenizer = PreferenceTokenizer(make_llama_tokenizer(), max_length=64)
     examples = [
-        PreferenceExample("p one", "yes", "no", margin=1.5, attribute_targets=[1.0, math.nan]),
-        PreferenceExample("p two", "good", "bad", margin=None, attribute_targets=[0.0, 1.0]),
+        PreferenceExample(
+            "p one", "yes", "no", margin=1.5, attribute_targets=[1.0, math.nan], objective_label=1
+        ),
+        PreferenceExample(
+            "p two", "good", "bad", margin=None, attribute_targets=[0.0, 1.0], objective_label=-1
+        ),
     ]
     batch = PreferenceCollator(pad_token_id=0)(tokenizer.tokenize_pairs(examples)[0])
     assert batch["margin"].tolist() == [1.5, 0.0]
+    assert batch["objective_labels"].tolist() == [1, -1]
     assert batch["attribute_targets"][0, 0] == 1 and torch.isnan(batch["attribute_targets"][0, 1])
     assert batch["chosen_attention_mask"].sum(1).tolist() == [
         len(p.chosen_input_ids) for p in tokenizer.tokenize_pairs(examples)[0]

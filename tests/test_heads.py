@@ -188,3 +188,55 @@ def test_gradients_reach_the_logistic_normal_weights():
     ).loss.backward()
     for name in ("weight_net.weight", "weight_logvar.weight", "weight_logvar.bias"):
         assert head.get_parameter(name).grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("weight_posterior", ["dirichlet", "softmax", "logistic_normal"])
+def test_expected_log_weights_match_monte_carlo(weight_posterior):
+    """E_q[log w]: exact for the Dirichlet (digamma) and the softmax gate; an estimate from the training samples
+    for the logistic-normal. Each agrees with a large Monte-Carlo average of log w."""
+    torch.manual_seed(0)
+    head = randomize(make_head("vrm", num_objectives=3, weight_posterior=weight_posterior), scale=0.2)
+    prompt_state = torch.randn(5, HIDDEN)
+    samples, _ = head.sample_weights(prompt_state, 20000)
+    expected = head.expected_log_weights(prompt_state, samples)
+    reference = samples.log().mean(0)
+    assert expected.shape == (5, 3)
+    assert torch.allclose(expected, reference, atol=0.05), (expected, reference)
+    if weight_posterior == "dirichlet":  # not the log of the mean: Jensen's gap is what the ELBO needs
+        assert (expected < head.weight_posterior_moments(prompt_state)[0].log() - 1e-3).all()
+
+
+@pytest.mark.parametrize("objective_label_weight", [0.0, 1.0])
+def test_objective_labels_teach_the_weights_which_prompts_call_for_which_objective(objective_label_weight):
+    """Prompts of two kinds (the sign of one coordinate of h_x), each labelled with its objective. With the
+    label likelihood the Dirichlet mean puts most weight on the prompt's objective, on prompts it never saw;
+    without it (and with rewards that carry no signal about the kind) the weights stay at the prior."""
+    torch.manual_seed(0)
+    head = make_head("vrm", num_objectives=2, feature_dim=4)
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.05)
+
+    def batch(count: int):
+        prompt_state = torch.randn(count, HIDDEN)
+        labels = (prompt_state[:, 0] > 0).long()
+        return prompt_state, torch.randn(count, HIDDEN), torch.randn(count, HIDDEN), labels
+
+    for _ in range(150):
+        prompt_state, chosen, rejected, labels = batch(32)
+        out = preference_loss(
+            head.sample_pairs(prompt_state, chosen, rejected, 2),
+            beta_w=0.01,
+            beta_z=0.01,
+            objective_labels=torch.where(torch.arange(32) % 4 == 0, -1, labels),  # a quarter unlabelled
+            objective_label_weight=objective_label_weight,
+        )
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    prompt_state, _, _, labels = batch(256)
+    with torch.no_grad():
+        weight_of_label = head.weight_posterior_moments(prompt_state)[0].gather(-1, labels[:, None])
+    if objective_label_weight:
+        assert weight_of_label.mean() > 0.8
+        assert out.objective_label_nll < math.log(2) / 2
+    else:
+        assert abs(weight_of_label.mean() - 0.5) < 0.1

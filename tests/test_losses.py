@@ -32,6 +32,7 @@ def _samples(chosen: list[float], rejected: list[float], scores_c=None, scores_r
         scores_rejected=torch.tensor([scores_r]) if scores_r else rr[..., None],
         kl_weights=torch.tensor([0.5] * n),
         kl_features=torch.tensor([2.0] * n),
+        expected_log_weights=torch.log(torch.tensor([[0.5, 0.25, 0.25]] * n)),
         chosen=plug,
         rejected=HeadOutput(rr[0], torch.zeros(n), torch.ones(n, 1), rr[0, :, None], torch.zeros(n, 1)),
     )
@@ -94,3 +95,18 @@ def test_group_by_length_batches_pairs_of_similar_length(tmp_path):
         return sum(max(b) - min(b) for b in batches) / len(batches)
 
     assert mean_spread("group_by_length") < 0.5 * mean_spread("random")
+
+
+def test_objective_label_term_counts_labelled_pairs_only():
+    samples = _samples([0.0, 0.0, 0.0], [0.0, 0.0, 0.0])  # E_q[log w] = log(0.5, 0.25, 0.25) for every pair
+    labels = torch.tensor([0, -1, 2])
+    out = preference_loss(samples, objective_labels=labels, objective_label_weight=2.0)
+    expected = (math.log(2) + math.log(4)) / 2  # the unlabelled pair (-1) is masked
+    assert out.objective_label_nll.item() == pytest.approx(expected, rel=1e-5)
+    assert out.loss.item() == pytest.approx(math.log(2) + 2.0 * expected, rel=1e-5)
+    reported_only = preference_loss(samples, objective_labels=labels)  # weight 0: measured, not trained
+    assert reported_only.loss.item() == pytest.approx(math.log(2), rel=1e-5)
+    unlabelled = preference_loss(
+        samples, objective_labels=torch.tensor([-1, -1, -1]), objective_label_weight=2.0
+    )
+    assert unlabelled.objective_label_nll.item() == 0.0

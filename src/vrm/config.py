@@ -271,6 +271,13 @@ class VRMTrainingArguments(TrainingArguments):
     attribute_weight: float = field(
         default=1.0, metadata={"help": "lambda_attr, for rows with known ratings."}
     )
+    objective_label_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "lambda_obj: weight of -E_q[log w_o], the objective label (--objective_column) as an "
+            "observation of the objective weights; 0 leaves the weights to the preference likelihood alone."
+        },
+    )
     center_rewards_coefficient: float | None = field(
         default=None, metadata={"help": "As in TRL: adds c * mean((r+ + r-)^2) to keep rewards centred."}
     )

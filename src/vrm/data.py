@@ -58,6 +58,7 @@ class PreferenceExample:
     attribute_targets: list[float] | None = (
         None  # per rated objective: 1 chosen better, 0 rejected better, nan
     )
+    objective_label: int | None = None  # index of the objective the judge used (objective column); -1 unknown
     subset: str | None = None
     location: str = ""
 
@@ -229,18 +230,21 @@ def parse_row(
         except (TypeError, ValueError):
             raise DataFormatError(f"{location}: 'margin' must be a number, got {margin!r}") from None
 
-    targets = None
+    targets, objective_label = None, None
     if attribute_names:
         targets = [
             _rating_target(row.get(f"{name}_chosen"), row.get(f"{name}_rejected")) for name in attribute_names
         ]
+        if objective_column is not None:  # -1: a row of a labelled dataset without a label (masked)
+            objective_label = -1
         if objective_column is not None and row.get(objective_column) is not None:
             label = str(row[objective_column])
             if label not in attribute_names:
                 raise DataFormatError(
                     f"{location}: '{objective_column}' is {label!r}, not one of the objectives {list(attribute_names)}"
                 )
-            targets[list(attribute_names).index(label)] = 1.0
+            objective_label = list(attribute_names).index(label)
+            targets[objective_label] = 1.0
     subset = row.get("subset")
     return PreferenceExample(
         prompt=prompt,
@@ -248,6 +252,7 @@ def parse_row(
         rejected=rejected,
         margin=margin,
         attribute_targets=targets,
+        objective_label=objective_label,
         subset=None if subset is None else str(subset),
         location=location,
     )
@@ -318,6 +323,7 @@ class TokenizedPair:
     margin: float | None
     attribute_targets: list[float] | None
     subset: str | None
+    objective_label: int | None = None
 
 
 def prepare_tokenizer(tokenizer):
@@ -492,6 +498,7 @@ class PreferenceTokenizer:
                     margin=example.margin,
                     attribute_targets=example.attribute_targets,
                     subset=example.subset,
+                    objective_label=example.objective_label,
                 )
             )
         stats.kept = len(out)
@@ -567,7 +574,8 @@ class PreferenceCollator:
 
 
 def collate_targets(pairs: Sequence[TokenizedPair]) -> dict[str, torch.Tensor]:
-    """`margin` [B] and `attribute_targets` [B, K'] (NaN where unknown), when any pair of the batch has them."""
+    """`margin` [B], `attribute_targets` [B, K'] (NaN where unknown) and `objective_labels` [B] (-1 where
+    unknown), each when any pair of the batch has one."""
     batch: dict[str, torch.Tensor] = {}
     if any(p.margin is not None for p in pairs):
         batch["margin"] = torch.tensor([p.margin or 0.0 for p in pairs], dtype=torch.float32)
@@ -575,5 +583,9 @@ def collate_targets(pairs: Sequence[TokenizedPair]) -> dict[str, torch.Tensor]:
         width = max(len(p.attribute_targets or []) for p in pairs)
         batch["attribute_targets"] = torch.tensor(
             [p.attribute_targets or [math.nan] * width for p in pairs], dtype=torch.float32
+        )
+    if any(p.objective_label is not None for p in pairs):
+        batch["objective_labels"] = torch.tensor(
+            [-1 if p.objective_label is None else p.objective_label for p in pairs], dtype=torch.long
         )
     return batch

@@ -59,6 +59,7 @@ class PairSamples:
     scores_rejected: Tensor  # [M, B, K]
     kl_weights: Tensor  # [B]  KL(q(w|x) || p(w))
     kl_features: Tensor  # [B] KL(q(z+|x,y+) || N(0,I)) + KL(q(z-|x,y-) || N(0,I)), summed over dimensions
+    expected_log_weights: Tensor  # [B, K] E_q[log w_k], the log-likelihood of "the judge used objective k"
     chosen: HeadOutput  # plug-in outputs, for metrics
     rejected: HeadOutput
 
@@ -214,6 +215,23 @@ class LatentRewardHead(nn.Module):
             return alpha.new_ones(num_samples, *alpha.shape), alpha.new_zeros(alpha.shape[0])
         return posterior.rsample((num_samples,)), kl_divergence(posterior, prior)
 
+    def expected_log_weights(self, prompt_state: Tensor, weight_samples: Tensor) -> Tensor:
+        """E_q[log w_k] [B, K]: the expected log-likelihood of an objective label o ~ Categorical(w).
+
+        Dirichlet: psi(alpha_k) - psi(sum_j alpha_j) (exact); softmax: log_softmax (w is deterministic);
+        logistic-normal: the mean of log w over the training samples `weight_samples` [M, B, K] (no new draws,
+        so the random stream is the same with or without this term); none: log(1/K), a constant.
+        """
+        batch = prompt_state.shape[0]
+        if self.weight_posterior == "none" or self.num_objectives == 1:
+            return prompt_state.new_full((batch, self.num_objectives), -math.log(self.num_objectives))
+        if self.weight_posterior == "softmax":
+            return torch.log_softmax(self.weight_net(prompt_state), dim=-1)
+        if self.weight_posterior == "logistic_normal":
+            return weight_samples.clamp_min(torch.finfo(weight_samples.dtype).tiny).log().mean(0)
+        alpha = self.weight_concentration(prompt_state)
+        return torch.digamma(alpha) - torch.digamma(alpha.sum(-1, keepdim=True))
+
     def feature_posterior_moments(self, response_state: Tensor) -> tuple[Tensor, Tensor | None]:
         """mu_z [B, d] and sigma_z^2 [B, d] (None when z is deterministic)."""
         if self.feature_posterior == "identity":
@@ -288,6 +306,7 @@ class LatentRewardHead(nn.Module):
             scores_rejected=scores_rejected,
             kl_weights=kl_weights,
             kl_features=kl_chosen + kl_rejected,
+            expected_log_weights=self.expected_log_weights(prompt_state, weights),
             chosen=chosen,
             rejected=rejected,
         )

@@ -6,10 +6,14 @@ For a pair (x, y+, y-) with M reparameterized samples (w_m, z+_m, z-_m) from the
         + beta_w * KL(q(w|x) || Dir(alpha0 1))
         + beta_z * ( KL(q(z+|x,y+) || N(0,I)) + KL(q(z-|x,y-) || N(0,I)) )
         + lambda_attr * L_attr
+        - lambda_obj * E_q[log w_o]
 
 `L_attr` ties the first K_a objective scores to known per-objective judgements: for each rated objective k,
 a logistic loss on `s_k(z+) - s_k(z-)` with target 1 when y+ is the better response on k, 0 when y- is;
-unknown entries (NaN) are masked. With no latents (bt) the KL terms are zero and L is TRL's reward loss.
+unknown entries (NaN) are masked. The last term treats a pair's objective label o (the objective the judge
+used, RMB's `objective` column) as an observation of the weights, o ~ Categorical(w): it is the ELBO of that
+label, and the only term that tells the weight network which prompts call for which objective (`L_attr` trains
+the scores, not the weights). Pairs without a label (o = -1) are masked. With no latents (bt) the KL terms are zero and L is TRL's reward loss.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class LossOutput:
     kl_weights: Tensor  # scalar, mean KL_w per pair
     kl_features: Tensor  # scalar, mean KL_z per pair (chosen + rejected)
     attribute_loss: Tensor  # scalar (0 when no row carries ratings)
+    objective_label_nll: Tensor  # scalar, -E_q[log w_o] over labelled pairs (0 when none is labelled)
     accuracy: Tensor  # scalar, plug-in reward of chosen > rejected
 
 
@@ -68,6 +73,15 @@ def attribute_loss(samples: PairSamples, attribute_targets: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits[known], targets[known])
 
 
+def objective_label_nll(samples: PairSamples, objective_labels: Tensor) -> Tensor:
+    """-E_q[log w_o] averaged over the pairs with a label o >= 0 (0 when no pair has one)."""
+    known = objective_labels >= 0
+    if not bool(known.any()):
+        return samples.expected_log_weights.new_zeros(())
+    log_weights = samples.expected_log_weights[known]
+    return -log_weights.gather(-1, objective_labels[known].unsqueeze(-1)).mean()
+
+
 def preference_loss(
     samples: PairSamples,
     *,
@@ -76,6 +90,8 @@ def preference_loss(
     beta_w: float = 0.0,
     beta_z: float = 0.0,
     attribute_weight: float = 0.0,
+    objective_labels: Tensor | None = None,
+    objective_label_weight: float = 0.0,
 ) -> LossOutput:
     """The negative ELBO of the module docstring, averaged over the batch."""
     difference = samples.reward_chosen - samples.reward_rejected  # [M, B]
@@ -89,8 +105,13 @@ def preference_loss(
     if attribute_targets is not None and attribute_weight > 0:
         attr = attribute_loss(samples, attribute_targets)
         loss = loss + attribute_weight * attr
+    label_nll = nll.new_zeros(())
+    if objective_labels is not None:
+        label_nll = objective_label_nll(samples, objective_labels.to(difference.device))
+        if objective_label_weight > 0:
+            loss = loss + objective_label_weight * label_nll
     accuracy = (samples.chosen.reward > samples.rejected.reward).float().mean()
-    return LossOutput(loss, nll, kl_weights, kl_features, attr, accuracy)
+    return LossOutput(loss, nll, kl_weights, kl_features, attr, label_nll, accuracy)
 
 
 def pair_nll_from_rewards(reward_chosen: Tensor, reward_rejected: Tensor) -> float:

@@ -123,6 +123,7 @@ class VRMTrainer(Trainer):
         inputs = dict(inputs)
         margin = inputs.pop("margin", None)
         attribute_targets = inputs.pop("attribute_targets", None)
+        objective_labels = inputs.pop("objective_labels", None)
         samples = model(**inputs)  # pair mode of VRMForSequenceClassification.forward
         beta_w, beta_z = self.current_betas()
         out = preference_loss(
@@ -132,6 +133,8 @@ class VRMTrainer(Trainer):
             beta_w=beta_w,
             beta_z=beta_z,
             attribute_weight=self.args.attribute_weight,
+            objective_labels=objective_labels,
+            objective_label_weight=self.args.objective_label_weight,
         )
         loss = out.loss
         if self.args.center_rewards_coefficient:
@@ -152,6 +155,8 @@ class VRMTrainer(Trainer):
         }
         if attribute_targets is not None:
             values["attribute_loss"] = out.attribute_loss
+        if objective_labels is not None:
+            values["objective_label_nll"] = out.objective_label_nll
         # one collective per step: each process's batch means, weighted by its number of pairs
         pairs = float(samples.reward_chosen.shape[-1])
         local = torch.stack(
@@ -333,6 +338,11 @@ def run_training(
             max_rows=limit,
         )
 
+    if training_args.objective_label_weight > 0 and not (data_args.objective_column and attribute_names):
+        raise ValueError(
+            "--objective_label_weight needs --objective_column (the label) and --attribute_names (the objectives "
+            "it names, in the order of the model's first objectives)"
+        )
     if data_args.embedding_cache and not model_args.freeze_backbone:
         raise ValueError("--embedding_cache holds states of a frozen backbone: pass --freeze_backbone too")
     if model_args.freeze_backbone and model_args.use_peft:
@@ -348,6 +358,11 @@ def run_training(
     tokenizer = load_tokenizer(model_args)
     set_seed(training_args.seed)  # the head's initialization is part of the run: same seed, same model
     model = build_model(model_args)
+    if training_args.objective_label_weight > 0 and model.config.weight_posterior == "none":
+        raise ValueError(
+            f"--objective_label_weight trains objective weights, which a {model.config.head_type} head does not "
+            "have: use --head_type moe or vrm"
+        )
     if attribute_names and len(attribute_names) > model.config.num_objectives:
         raise ValueError(
             f"{len(attribute_names)} attribute_names but only {model.config.num_objectives} objectives"

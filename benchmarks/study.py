@@ -15,13 +15,14 @@ Stages:
   frozen    MiniLM states computed once (embedding cache); for each head (bt, ib, moe, vrm) a sweep of the same
             size chosen on the validation split only, then seeds with the best setting; the helpfulness ->
             harmlessness shift; the ablations of vrm (K, d, beta, M, prior, weights, objective labels);
-            moe and vrm also with labelled weights (the objective label trains the weights too);
+            moe and vrm also with labelled weights (the objective label trains the weights too), on the
+            training set as it is and on one where AlpacaEval / UltraFeedback pairs are labelled helpfulness;
   frozen_subset  the same sweep and seeds on the fine-tuned setting's subset (1,000 training pairs, smaller
             test splits), for MiniLM and SmolLM2-135M: the backbone compared at equal data, at a CPU cost
             SmolLM2 (9x slower to embed than MiniLM) allows;
   finetune  MiniLM fine-tuned end to end: each head sweeps the backbone learning rate at seed 0 (beta from
             the frozen sweep), then more seeds; vrm also with h_x detached (`--no_prompt_state_gradient`),
-            moe and vrm also with labelled weights (`--objective_label_weight 1`);
+            moe and vrm also with labelled weights (`--objective_label_weight 1`), vrm also on all pairs labelled;
   report    benchmarks/results/study.json, study.md (tables) and study_bon.png.
 
 Every run trains with `vrm.trainer.run_training` (what `vrm train` runs) and is scored with `vrm.evaluate`'s
@@ -141,6 +142,15 @@ def sample(rows: list[dict[str, Any]], count: int, rng: random.Random) -> list[d
     return rng.sample(rows, count) if len(rows) > count else list(rows)
 
 
+# Training sets where every pair carries an objective label: AlpacaEval and UltraFeedback pairs are judged on
+# helpfulness, so they get that label; RMB pairs keep theirs (derived from the sets they copy, file for file)
+ALL_LABELLED = {"train_labelled": "train", "ft_train_labelled": "ft_train"}
+
+
+def label_as_helpfulness(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**row, "objective": row.get("objective") or "helpfulness"} for row in rows]
+
+
 def prepare_data(data_dir: str, cfg: StudyConfig) -> dict[str, Any]:
     """Write the study's split files under WORK/data and return their manifest (counts, definitions)."""
     out = os.path.join(WORK, "data")
@@ -148,6 +158,13 @@ def prepare_data(data_dir: str, cfg: StudyConfig) -> dict[str, Any]:
     if os.path.exists(manifest_path):
         manifest = json.load(open(manifest_path))
         if manifest.get("config") == asdict(cfg):
+            for name, source in ALL_LABELLED.items():  # sets added after the split files were written
+                if not os.path.exists(data_file(name)):
+                    write_jsonl(label_as_helpfulness(read_jsonl(data_file(source))), data_file(name))
+                    manifest["counts"][name] = manifest["counts"][source]
+                    from vrm.fileio import write_json
+
+                    write_json(manifest, manifest_path)
             return manifest
     os.makedirs(out, exist_ok=True)
     rng = random.Random(cfg.seed)
@@ -232,6 +249,8 @@ def prepare_data(data_dir: str, cfg: StudyConfig) -> dict[str, Any]:
         files[f"ft_{name}"] = sample(files[name], cfg.finetune_test, random.Random(cfg.seed + 1))
     files["ft_rm_bench"] = sample(files["rm_bench"], cfg.finetune_rm_bench, random.Random(cfg.seed + 1))
     files["ft_bon_pool"] = files["bon_pool"][: cfg.finetune_bon_prompts]
+    for name, source in ALL_LABELLED.items():
+        files[name] = label_as_helpfulness(files[source])
     counts = {}
     for name, rows in files.items():
         write_jsonl(rows, os.path.join(out, f"{name}.jsonl"))
@@ -556,6 +575,8 @@ FROZEN_PARTS = ("main", "shift", "ablations")
 # moe / vrm with the objective label as an observation of the weights (`--objective_label_weight 1`, not tuned):
 # the fix tried for weights that ignore the prompt (docs/results.md, "Is the posterior used?")
 LABELLED_WEIGHTS = dict(objective_label_weight=1.0, label="labelled weights")
+# ... and trained on sets where AlpacaEval and UltraFeedback pairs are labelled helpfulness too (ALL_LABELLED)
+ALL_PAIRS_LABELLED = dict(objective_label_weight=1.0, label="labelled weights, all pairs")
 
 
 def frozen_setting(
@@ -592,6 +613,12 @@ def frozen_setting(
             execute(
                 replace(best[head], seed=seed, group="main", **LABELLED_WEIGHTS), cfg, eval_sets, tokenized
             )
+    for head in ("moe", "vrm"):
+        for seed in seeds:
+            spec = replace(
+                best[head], seed=seed, group="main", train=f"{train}_labelled", **ALL_PAIRS_LABELLED
+            )
+            execute(spec, cfg, eval_sets, tokenized)
     if subset:
         return
     if "shift" in parts:  # helpfulness -> harmlessness: trained without a single harmlessness pair
@@ -646,6 +673,8 @@ FINETUNE_EXTRAS = {
     "vrm-detached": ("vrm", dict(prompt_state_gradient=False, label="h_x detached"), "cpu"),
     "moe-labelled-weights": ("moe", LABELLED_WEIGHTS, "any"),
     "vrm-labelled-weights": ("vrm", LABELLED_WEIGHTS, "any"),
+    "moe-labelled-all": ("moe", ALL_PAIRS_LABELLED, "any"),  # trains on the setting's `_labelled` set
+    "vrm-labelled-all": ("vrm", ALL_PAIRS_LABELLED, "any"),
 }
 FINETUNE_VARIANTS = (*HEADS, *FINETUNE_EXTRAS)
 
@@ -709,6 +738,8 @@ def finetune_setting(
             if head in variants:
                 execute(replace(best[head], seed=seed, group="main"), cfg, eval_sets, tokenized)
     for head, changes in extras.values():
+        if changes is ALL_PAIRS_LABELLED:
+            changes = {**changes, "train": f"{run['train']}_labelled"}
         for seed in seeds:
             execute(replace(best[head], seed=seed, group="main", **changes), cfg, eval_sets, tokenized)
 
@@ -1009,12 +1040,14 @@ def diagnostics_table(table: dict[str, Any]) -> list[str]:
 
 
 LABELLED_VRM = f"vrm ({LABELLED_WEIGHTS['label']})"
-COMPARISONS = [(LABELLED_VRM, "bt"), (LABELLED_VRM, "vrm")]  # tested besides vrm − bt, where both ran
+LABELLED_MOE = f"moe ({LABELLED_WEIGHTS['label']})"
+# tested besides vrm − bt, where both ran
+COMPARISONS = [(LABELLED_VRM, "bt"), (LABELLED_VRM, "vrm"), (LABELLED_MOE, "moe")]
 
 
 def setting_entry(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The report of one setting and backbone, from its runs on disk."""
-    prefix = "ft_" if results[0]["spec"]["train"] == "ft_train" else ""
+    prefix = "ft_" if results[0]["spec"]["train"].startswith("ft_") else ""
     pair_sets = pair_set_names(prefix)
     by_group = {group: members(results, group) for group in ("main", "shift", "ablation")}
     by_group["sweep"] = [r for r in results if r["spec"]["group"] == "sweep"]
@@ -1273,7 +1306,8 @@ def main(argv: list[str] | None = None) -> int:
         default=list(FINETUNE_VARIANTS),
         choices=FINETUNE_VARIANTS,
         help="models of the finetune stage (vrm-detached: vrm with --no_prompt_state_gradient, cpu scale only; "
-        "*-labelled-weights: with --objective_label_weight 1)",
+        "*-labelled-weights: with --objective_label_weight 1; *-labelled-all: also on sets where AlpacaEval and "
+        "UltraFeedback pairs are labelled helpfulness)",
     )
     parser.add_argument(
         "--finetune_scale",

@@ -1042,7 +1042,14 @@ def diagnostics_table(table: dict[str, Any]) -> list[str]:
 LABELLED_VRM = f"vrm ({LABELLED_WEIGHTS['label']})"
 LABELLED_MOE = f"moe ({LABELLED_WEIGHTS['label']})"
 # tested besides vrm − bt, where both ran
-COMPARISONS = [(LABELLED_VRM, "bt"), (LABELLED_VRM, "vrm"), (LABELLED_MOE, "moe")]
+ALL_LABELLED_VRM = f"vrm ({ALL_PAIRS_LABELLED['label']})"
+COMPARISONS = [
+    (LABELLED_VRM, "bt"),
+    (LABELLED_VRM, "vrm"),
+    (LABELLED_MOE, "moe"),
+    (ALL_LABELLED_VRM, "bt"),
+    (ALL_LABELLED_VRM, LABELLED_VRM),
+]
 
 
 def setting_entry(results: list[dict[str, Any]]) -> dict[str, Any]:

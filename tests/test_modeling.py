@@ -234,3 +234,24 @@ def test_detached_prompt_state_changes_gradients_not_outputs(setup):
         assert flops[1] < flops[0]
     else:  # a causal backbone reads h_x from the shared pass: only the head's input gradient is saved
         assert 0.99 * flops[0] < flops[1] <= flops[0]
+
+
+def test_scoring_encodes_a_shared_prompt_once():
+    """An encoder scoring several responses to one prompt runs the prompt-only pass once per distinct prompt
+    (without gradients); the rewards equal those of the pass per row (with gradients, as in training)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, tokenizer, pref = build("bert_pair", head_type="moe")
+    responses = ["Yes, that works.", "No.", "It depends on the version you run.", "Yes, that works."]
+    encoded = [pref.tokenize_single(PAIRS[0][0], r) for r in responses]
+    encoded.append(pref.tokenize_single(PAIRS[1][0], "Sure."))
+    ids, mask = pad_sequences([sequence for sequence, _ in encoded], tokenizer.pad_token_id)
+    lengths = torch.tensor([length for _, length in encoded])
+    rewards, flops = [], []
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad), FlopCounterMode(display=False) as counter:
+            rewards.append(model(input_ids=ids, attention_mask=mask, prompt_lengths=lengths).logits.detach())
+        flops.append(counter.get_total_flops())
+    assert torch.allclose(rewards[0], rewards[1], atol=1e-5)
+    assert rewards[0][0] == rewards[0][3] and rewards[0][0] != rewards[0][1]
+    assert flops[0] < flops[1]  # 2 prompt passes instead of 5

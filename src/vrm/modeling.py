@@ -232,6 +232,7 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         """A bidirectional backbone's prompt state: a pass over the prompt tokens only.
 
         Heads whose objective weights do not depend on the prompt (bt, ib) never read it: the pass is skipped.
+        Without gradients, rows with the same prompt tokens are encoded once (training keeps one row per pair).
         """
         if self.config.weight_posterior == "none":
             return input_ids.new_zeros(
@@ -242,7 +243,18 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         prompt_mask = attention_mask[:, :width] * (positions <= prompt_end.unsqueeze(1)).to(
             attention_mask.dtype
         )
-        hidden = self._run_backbone(input_ids[:, :width], prompt_mask)
+        prompt_ids = input_ids[:, :width]
+        if not torch.is_grad_enabled():  # scoring: rows that share a prompt (a Best-of-N pool) share one pass
+            key = torch.cat([prompt_ids * prompt_mask, prompt_mask, prompt_end.unsqueeze(1)], dim=1)
+            unique, inverse = torch.unique(key, dim=0, return_inverse=True)
+            if unique.shape[0] < key.shape[0]:
+                first = torch.full((unique.shape[0],), key.shape[0], device=key.device, dtype=torch.long)
+                first.scatter_reduce_(
+                    0, inverse, torch.arange(key.shape[0], device=key.device), reduce="amin"
+                )
+                hidden = self._run_backbone(prompt_ids[first], prompt_mask[first])
+                return self._pool(hidden, prompt_mask[first], prompt_end[first])[inverse]
+        hidden = self._run_backbone(prompt_ids, prompt_mask)
         return self._pool(hidden, prompt_mask, prompt_end)
 
     # ----- the head runs in its own (float32) precision -------------------------------------------------------

@@ -1304,7 +1304,7 @@ def main(argv: list[str] | None = None) -> int:
         "--finetune_learning_rates",
         nargs="+",
         type=float,
-        default=[2e-5, 5e-5, 1e-4, 2e-4],
+        default=[2e-5, 5e-5, 1e-4, 2e-4, 5e-4],
         help="backbone learning rates each head sweeps at seed 0 (one value: no sweep)",
     )
     parser.add_argument(

@@ -158,13 +158,15 @@ def prepare_data(data_dir: str, cfg: StudyConfig) -> dict[str, Any]:
     if os.path.exists(manifest_path):
         manifest = json.load(open(manifest_path))
         if manifest.get("config") == asdict(cfg):
-            for name, source in ALL_LABELLED.items():  # sets added after the split files were written
-                if not os.path.exists(data_file(name)):
-                    write_jsonl(label_as_helpfulness(read_jsonl(data_file(source))), data_file(name))
-                    manifest["counts"][name] = manifest["counts"][source]
-                    from vrm.fileio import write_json
+            missing = [name for name in ALL_LABELLED if not os.path.exists(data_file(name))]
+            for name in missing:  # sets added after the split files were written
+                source = ALL_LABELLED[name]
+                write_jsonl(label_as_helpfulness(read_jsonl(data_file(source))), data_file(name))
+                manifest["counts"][name] = manifest["counts"][source]
+            if missing:
+                from vrm.fileio import write_json
 
-                    write_json(manifest, manifest_path)
+                write_json(manifest, manifest_path)
             return manifest
     os.makedirs(out, exist_ok=True)
     rng = random.Random(cfg.seed)
@@ -579,6 +581,11 @@ LABELLED_WEIGHTS = dict(objective_label_weight=1.0, label="labelled weights")
 ALL_PAIRS_LABELLED = dict(objective_label_weight=1.0, label="labelled weights, all pairs")
 
 
+def all_pairs_labelled(train: str) -> dict[str, Any]:
+    """The changes of ALL_PAIRS_LABELLED for a setting that trains on `train`: its all-labelled copy."""
+    return {**ALL_PAIRS_LABELLED, "train": f"{train}_labelled"}
+
+
 def frozen_setting(
     cfg: StudyConfig,
     backbone: str,
@@ -608,17 +615,10 @@ def frozen_setting(
             eval_sets,
             tokenized,
         )
-    for head in ("moe", "vrm"):
-        for seed in seeds:
-            execute(
-                replace(best[head], seed=seed, group="main", **LABELLED_WEIGHTS), cfg, eval_sets, tokenized
-            )
-    for head in ("moe", "vrm"):
-        for seed in seeds:
-            spec = replace(
-                best[head], seed=seed, group="main", train=f"{train}_labelled", **ALL_PAIRS_LABELLED
-            )
-            execute(spec, cfg, eval_sets, tokenized)
+    for changes in (LABELLED_WEIGHTS, all_pairs_labelled(train)):
+        for head in ("moe", "vrm"):
+            for seed in seeds:
+                execute(replace(best[head], seed=seed, group="main", **changes), cfg, eval_sets, tokenized)
     if subset:
         return
     if "shift" in parts:  # helpfulness -> harmlessness: trained without a single harmlessness pair
@@ -668,13 +668,14 @@ def frozen_betas(backbone: str) -> dict[str, float]:
     return {head: betas.get(head, 0.01) for head in HEADS}
 
 
-# variants of a head at that head's chosen learning rate: (head, changes); `cpu`: at the cpu scale only
+# variants of a head at that head's chosen learning rate: (head, changes given the setting's training set,
+# scales it runs at)
 FINETUNE_EXTRAS = {
-    "vrm-detached": ("vrm", dict(prompt_state_gradient=False, label="h_x detached"), "cpu"),
-    "moe-labelled-weights": ("moe", LABELLED_WEIGHTS, "any"),
-    "vrm-labelled-weights": ("vrm", LABELLED_WEIGHTS, "any"),
-    "moe-labelled-all": ("moe", ALL_PAIRS_LABELLED, "any"),  # trains on the setting's `_labelled` set
-    "vrm-labelled-all": ("vrm", ALL_PAIRS_LABELLED, "any"),
+    "vrm-detached": ("vrm", lambda train: dict(prompt_state_gradient=False, label="h_x detached"), ("cpu",)),
+    "moe-labelled-weights": ("moe", lambda train: LABELLED_WEIGHTS, ("cpu", "gpu")),
+    "vrm-labelled-weights": ("vrm", lambda train: LABELLED_WEIGHTS, ("cpu", "gpu")),
+    "moe-labelled-all": ("moe", all_pairs_labelled, ("cpu", "gpu")),
+    "vrm-labelled-all": ("vrm", all_pairs_labelled, ("cpu", "gpu")),
 }
 FINETUNE_VARIANTS = (*HEADS, *FINETUNE_EXTRAS)
 
@@ -705,9 +706,9 @@ def finetune_setting(
         run = dict(train="train", epochs=1.0, batch_size=16, use_peft=True, bf16=True, max_length=1024)
     tokenized: dict = {}
     extras = {
-        name: (head, changes)
-        for name, (head, changes, scales) in FINETUNE_EXTRAS.items()
-        if name in variants and scales in ("any", scale)
+        name: (head, changes_for(run["train"]))
+        for name, (head, changes_for, scales) in FINETUNE_EXTRAS.items()
+        if name in variants and scale in scales
     }
     heads = [h for h in HEADS if h in variants or any(head == h for head, _ in extras.values())]
     betas = frozen_betas(backbone)
@@ -738,8 +739,6 @@ def finetune_setting(
             if head in variants:
                 execute(replace(best[head], seed=seed, group="main"), cfg, eval_sets, tokenized)
     for head, changes in extras.values():
-        if changes is ALL_PAIRS_LABELLED:
-            changes = {**changes, "train": f"{run['train']}_labelled"}
         for seed in seeds:
             execute(replace(best[head], seed=seed, group="main", **changes), cfg, eval_sets, tokenized)
 

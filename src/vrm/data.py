@@ -235,16 +235,19 @@ def parse_row(
         targets = [
             _rating_target(row.get(f"{name}_chosen"), row.get(f"{name}_rejected")) for name in attribute_names
         ]
-        if objective_column is not None:  # -1: a row of a labelled dataset without a label (masked)
-            objective_label = -1
-        if objective_column is not None and row.get(objective_column) is not None:
-            label = str(row[objective_column])
-            if label not in attribute_names:
-                raise DataFormatError(
-                    f"{location}: '{objective_column}' is {label!r}, not one of the objectives {list(attribute_names)}"
-                )
-            objective_label = list(attribute_names).index(label)
-            targets[objective_label] = 1.0
+        if objective_column is not None:
+            objective_label = (
+                -1
+            )  # a row of a labelled dataset without a label: masked, every batch has the column
+            if row.get(objective_column) is not None:
+                label = str(row[objective_column])
+                if label not in attribute_names:
+                    raise DataFormatError(
+                        f"{location}: '{objective_column}' is {label!r}, "
+                        f"not one of the objectives {list(attribute_names)}"
+                    )
+                objective_label = list(attribute_names).index(label)
+                targets[objective_label] = 1.0
     subset = row.get("subset")
     return PreferenceExample(
         prompt=prompt,

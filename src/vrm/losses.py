@@ -13,7 +13,8 @@ a logistic loss on `s_k(z+) - s_k(z-)` with target 1 when y+ is the better respo
 unknown entries (NaN) are masked. The last term treats a pair's objective label o (the objective the judge
 used, RMB's `objective` column) as an observation of the weights, o ~ Categorical(w): it is the ELBO of that
 label, and the only term that tells the weight network which prompts call for which objective (`L_attr` trains
-the scores, not the weights). Pairs without a label (o = -1) are masked. With no latents (bt) the KL terms are zero and L is TRL's reward loss.
+the scores, not the weights). Pairs without a label (o = -1) are masked. With no latents (bt) the KL terms
+are zero and L is TRL's reward loss.
 """
 
 from __future__ import annotations

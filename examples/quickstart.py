@@ -25,6 +25,7 @@ import shlex
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -33,8 +34,33 @@ from vrm.evaluate import evaluate_model, write_json
 from vrm.synthetic import OBJECTIVES, WorldConfig, write_world
 from vrm.trainer import run_training
 
-MULTI_OBJECTIVE = ("moe", "vrm", "vrm_noratings")  # heads with K = 3 objectives (weights to track)
-RATED = ("moe", "vrm")  # heads trained with the per-objective ratings (attribute supervision)
+RATINGS_TO_WEIGHTS = {"attribute_target": "graded", "rating_weight_coef": 1.0}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model of the comparison: a head preset, its number of objectives, and which rating terms it trains."""
+
+    head_type: str
+    num_objectives: int | None = None  # None: the preset's (K = 1 for bt / ib); else weights are tracked
+    ratings: bool = False  # per-objective ratings tie the first 3 objectives (attribute supervision)
+    flags: tuple[tuple[str, object], ...] = ()  # further `vrm train` flags
+
+
+VARIANTS = {
+    "bt": Variant("bt"),
+    "ib": Variant("ib"),
+    "moe": Variant("moe", 3, ratings=True),
+    "vrm": Variant("vrm", 3, ratings=True),
+    "vrm_noratings": Variant("vrm", 3),
+    # ratings -> weights (vrm.losses L_rw) with graded score targets; added 2026-12-02
+    "moe_rw": Variant("moe", 3, ratings=True, flags=tuple(RATINGS_TO_WEIGHTS.items())),
+    "vrm_graded": Variant("vrm", 3, ratings=True, flags=(("attribute_target", "graded"),)),
+    "vrm_rw": Variant("vrm", 3, ratings=True, flags=tuple(RATINGS_TO_WEIGHTS.items())),
+    # the paper's proportions: K = 16 objectives (3 rated, 13 free) over d = 4 features
+    "vrm-paper": Variant("vrm-paper", 16, ratings=True),
+    "vrm-paper_rw": Variant("vrm-paper", 16, ratings=True, flags=tuple(RATINGS_TO_WEIGHTS.items())),
+}
 
 
 def minilm_path() -> str:
@@ -49,17 +75,26 @@ def weight_tracking(learned: dict[str, list[float]], true: dict[str, list[float]
     """Compare learned mean E[w] per prompt type with the true weights.
 
     The learned objectives are matched to the true ones by the permutation with the smallest error (with
-    ratings, objective k is tied to rating k and the identity wins). Reports the mean absolute error, and
-    whether each prompt type's top objective is the true one.
+    ratings, objective k is tied to rating k and the identity wins). With more learned objectives than true
+    ones (vrm-paper: 16), the matched ones are renormalised to sum to 1 before comparing, and `matched_mass`
+    says how much of E[w] they hold. Reports the mean absolute error, and whether each prompt type's top
+    objective is the true one.
     """
     types = sorted(true)
     k_true = len(next(iter(true.values())))
+
+    def matched(t: str, perm: tuple[int, ...]) -> list[float]:
+        values = [learned[t][p] for p in perm]
+        total = sum(values)
+        return [v / total for v in values] if total > 0 else values
+
     best_error, best_perm = None, None
     for perm in itertools.permutations(range(len(learned[types[0]])), k_true):
-        error = sum(abs(learned[t][p] - true[t][i]) for t in types for i, p in enumerate(perm))
+        error = sum(abs(v - true[t][i]) for t in types for i, v in enumerate(matched(t, perm)))
         if best_error is None or error < best_error:
             best_error, best_perm = error, perm
-    aligned = {t: [learned[t][p] for p in best_perm] for t in types}
+    aligned = {t: matched(t, best_perm) for t in types}
+    matched_mass = sum(sum(learned[t][p] for p in best_perm) for t in types) / len(types)
     mae = sum(abs(aligned[t][i] - true[t][i]) for t in types for i in range(k_true)) / (len(types) * k_true)
     top_match = {
         t: max(range(k_true), key=aligned[t].__getitem__) == max(range(k_true), key=true[t].__getitem__)
@@ -70,6 +105,7 @@ def weight_tracking(learned: dict[str, list[float]], true: dict[str, list[float]
         "aligned": aligned,
         "true": true,
         "mae": mae,
+        "matched_mass": matched_mass,
         "top_objective_match": top_match,
     }
 
@@ -82,6 +118,7 @@ def uniform_mae(true: dict[str, list[float]]) -> float:
 def train_and_evaluate(
     head: str, seed: int, data: dict[str, str], truth: dict, args, output_dir: str
 ) -> dict:
+    variant = VARIANTS[head]
     flags = {
         "model_name_or_path": minilm_path(),
         "dataset_name": data["train"],
@@ -96,13 +133,16 @@ def train_and_evaluate(
         "save_strategy": "no",
         "seed": seed,
         "disable_tqdm": "true",
-        "head_type": head.split("_")[0],
+        "head_type": variant.head_type,
         "output_dir": output_dir,
+        **dict(variant.flags),
     }
+    if variant.num_objectives is not None:
+        flags["num_objectives"] = variant.num_objectives
     argv = [item for key, value in flags.items() for item in (f"--{key}", str(value))]
-    if head in MULTI_OBJECTIVE:
-        argv += ["--num_objectives", "3", "--objective_names", *OBJECTIVES]
-    if head in RATED:
+    if variant.num_objectives == len(OBJECTIVES):
+        argv += ["--objective_names", *OBJECTIVES]
+    if variant.ratings:
         argv += ["--attribute_names", *OBJECTIVES]
     print(f"\n[quickstart] training {head} (seed {seed}):\n  vrm train {shlex.join(argv)}", flush=True)
     started = time.time()
@@ -121,7 +161,7 @@ def train_and_evaluate(
         "per_type_iid": {k: v["accuracy"] for k, v in iid["subsets"].items()},
         "per_type_shifted": {k: v["accuracy"] for k, v in shifted["subsets"].items()},
     }
-    if head in MULTI_OBJECTIVE:
+    if variant.num_objectives is not None:
         learned = {t: m["objective_weights"] for t, m in iid["subsets"].items()}
         result["weight_tracking"] = weight_tracking(learned, truth["weights"])
     return result
@@ -149,8 +189,9 @@ def main() -> None:
         "--heads",
         nargs="+",
         default=["bt", "vrm"],
-        choices=["bt", "ib", "moe", "vrm", "vrm_noratings"],
-        help="Heads to train; vrm_noratings is vrm without the attribute supervision.",
+        choices=list(VARIANTS),
+        help="Models to train (see VARIANTS): vrm_noratings is vrm without the attribute supervision; _rw adds "
+        "the ratings -> weights term with graded score targets; vrm-paper has K = 16 objectives over d = 4.",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--max_steps", type=int, default=60)
@@ -196,7 +237,7 @@ def main() -> None:
     print(
         f"{'longer wins':<14} {mean_std(length_rule['test_iid']):>16} {mean_std(length_rule['test_shifted']):>18}"
     )
-    for head in (h for h in args.heads if h in MULTI_OBJECTIVE):
+    for head in (h for h in args.heads if VARIANTS[h].num_objectives is not None):
         tracking = runs[head][0]["weight_tracking"]
         maes = [r["weight_tracking"]["mae"] for r in runs[head]]
         print(

@@ -251,3 +251,46 @@ def test_objective_labels_train_the_weights_from_the_cli(tmp_path, llama_backbon
     assert "--objective_label_weight needs --objective_column" in capsys.readouterr().err
     assert main(["train", *argv, *labels, "--head_type", "bt", "--num_objectives", "1"]) == 1
     assert "a bt head does not have" in capsys.readouterr().err
+
+
+def test_ratings_train_the_weights_from_the_cli(tmp_path, llama_backbone_dir, capsys):
+    """`--rating_weight_coef` with `--attribute_names`: the ratings -> weights term is trained and logged (with
+    graded score targets and the vrm-paper preset); asking for it without ratings, or with a head that has no
+    objective weights, fails before the backbone is loaded."""
+    rows = [
+        {
+            "prompt": f"{'how do I hurt' if i % 2 else 'how do I bake'} thing {i}?",
+            "chosen": "safe answer" if i % 2 else "tasty answer",
+            "rejected": "bad answer",
+            "help_chosen": i % 3,
+            "help_rejected": 1,
+            "harm_chosen": 2 if i % 2 else None,
+            "harm_rejected": 0 if i % 2 else None,
+        }
+        for i in range(12)
+    ]
+    data = write_pairs(str(tmp_path / "rated.jsonl"), rows)
+    output = str(tmp_path / "run")
+    ratings = ["--attribute_names", "help", "harm", "--attribute_target", "graded"]
+    argv = train_argv(
+        llama_backbone_dir,
+        data,
+        output,
+        rating_weight_coef=1.0,
+        max_steps=2,
+        logging_steps=1,
+        head_type="vrm-paper",
+        num_objectives=16,
+    )
+    capsys.readouterr()
+    assert main(["train", *argv, *ratings]) == 0
+    logged = re.findall(r"'rating_weight_nll': '([0-9.]+)'", capsys.readouterr().out)
+    assert len(logged) == 2 and all(0 < float(v) < 2 for v in logged)
+    config = json.load(open(os.path.join(output, "config.json")))
+    assert (config["head_type"], config["num_objectives"], config["feature_dim"]) == ("vrm-paper", 16, 4)
+    assert main(["train", *argv]) == 1  # no ratings
+    assert "--rating_weight_coef needs --attribute_names" in capsys.readouterr().err
+    assert main(["train", *argv, *ratings, "--head_type", "bt", "--num_objectives", "1"]) == 1
+    assert "a bt head does not have" in capsys.readouterr().err
+    assert main(["train", *argv, "--attribute_names", "help", "--attribute_target", "ordinal"]) == 1
+    assert "--attribute_target must be one of" in capsys.readouterr().err

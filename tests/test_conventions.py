@@ -76,7 +76,7 @@ def test_rm_bench_evaluation_end_to_end(tmp_path):
 def test_eval_scores_a_plain_sequence_classifier_and_refuses_nan(tmp_path, pairs_file):
     import torch
     from conftest import llama_config, make_llama_tokenizer
-    from transformers import LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification, PreTrainedModel
 
     from vrm.cli import main
 
@@ -104,5 +104,6 @@ def test_eval_scores_a_plain_sequence_classifier_and_refuses_nan(tmp_path, pairs
     with torch.no_grad():
         model.head.decoder.weight.fill_(float("nan"))
     nan_dir = str(tmp_path / "nan")
-    RewardPipeline(model, tok).save_pretrained(nan_dir)
+    PreTrainedModel.save_pretrained(model, nan_dir)  # past vrm's refusal to save NaN weights: a corrupt file
+    tok.save_pretrained(nan_dir)
     assert main(["eval", "--model", nan_dir, "--dataset", pairs_file, "--no_progress"]) == 1

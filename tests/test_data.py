@@ -15,6 +15,7 @@ from vrm.data import (
     PreferenceTokenizer,
     load_preferences,
     parse_row,
+    rating_ranges,
 )
 
 PROMPT, CHOSEN, REJECTED = "What is the capital of France?", "Paris is the capital.", "No idea, sorry."
@@ -127,6 +128,50 @@ def test_ratings_and_objective_column_become_attribute_targets():
     assert parse_row(row, "r", attribute_names=names).objective_label is None  # no objective column asked for
     with pytest.raises(DataFormatError, match="r: 'objective' is 'tone'"):
         parse_row(dict(row, objective="tone"), "r", attribute_names=["help"], objective_column="objective")
+
+
+def test_ratings_become_graded_differences_on_one_scale(tmp_path):
+    """(rho+ - rho-) / range per objective, range from the rows read (or given: evaluation data takes the
+    training data's scale); ties are 0 (kept), missing ratings nan; the batch carries them as a tensor."""
+    rows = [
+        {
+            "prompt": "p",
+            "chosen": "a",
+            "rejected": "b",
+            "help_chosen": 5,
+            "help_rejected": 1,
+            "tone_chosen": 2,
+            "tone_rejected": 2,
+        },
+        {
+            "prompt": "q",
+            "chosen": "c",
+            "rejected": "d",
+            "help_chosen": 3,
+            "help_rejected": 4,
+            "tone_chosen": None,
+            "tone_rejected": None,
+        },
+        {"prompt": "r", "chosen": "e", "rejected": "f"},
+    ]
+    path = tmp_path / "rated.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    first, second, third = load_preferences(str(path), attribute_names=["help", "tone"])
+    assert rating_ranges([first, second, third]) == [4.0, 1.0]  # help spans 1..5; tone has one value: 1
+    assert first.rating_differences == [1.0, 0.0]
+    assert second.rating_differences[0] == -0.25 and math.isnan(second.rating_differences[1])
+    assert all(math.isnan(v) for v in third.rating_differences)
+    assert math.isnan(first.attribute_targets[1])  # the sign target still drops the tie
+    (rescaled, *_) = load_preferences(str(path), attribute_names=["help", "tone"], rating_scale=[8.0, 2.0])
+    assert rescaled.rating_differences == [0.5, 0.0]
+    for bad in (math.nan, math.inf, "n/a", True):  # a rating that is there must be a finite number
+        with pytest.raises(DataFormatError, match="f.jsonl:3: 'help_rejected' must be a number"):
+            parse_row(dict(rows[0], help_rejected=bad), "f.jsonl:3", attribute_names=["help", "tone"])
+    assert load_preferences(str(path))[0].rating_differences is None  # no attribute names: no ratings read
+    tokenizer = PreferenceTokenizer(make_llama_tokenizer(), max_length=64)
+    batch = PreferenceCollator(pad_token_id=0)(tokenizer.tokenize_pairs([first, second])[0])
+    assert batch["rating_differences"][0].tolist() == [1.0, 0.0]
+    assert batch["rating_differences"][1, 0] == -0.25 and torch.isnan(batch["rating_differences"][1, 1])
 
 
 def test_margin_and_targets_reach_the_batch():

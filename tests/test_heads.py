@@ -240,3 +240,51 @@ def test_objective_labels_teach_the_weights_which_prompts_call_for_which_objecti
         assert out.objective_label_nll < math.log(2) / 2
     else:
         assert abs(weight_of_label.mean() - 0.5) < 0.1
+
+
+@pytest.mark.parametrize("rating_weight_coef", [0.0, 1.0])
+def test_ratings_alone_teach_the_weights_a_prompt_rule(rating_weight_coef):
+    """Two kinds of prompt (the sign of one coordinate of h_x) value two objectives differently: kind 0 prefers
+    the answer rated higher on objective 0, kind 1 on objective 1. Only the ratings and the preference are
+    observed, no objective label. With the ratings -> weights term the Dirichlet mean learns the rule on unseen
+    prompts; without it (rewards that carry no signal about the kind) the weights stay at the prior."""
+    torch.manual_seed(0)
+    head = make_head("vrm", num_objectives=2, feature_dim=4)
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.05)
+
+    def batch(count: int):
+        prompt_state = torch.randn(count, HIDDEN)
+        kind = (prompt_state[:, 0] > 0).long()
+        ratings_a, ratings_b = torch.rand(count, 2), torch.rand(count, 2)
+        a_wins = ratings_a.gather(1, kind[:, None]) > ratings_b.gather(1, kind[:, None])
+        delta = torch.where(a_wins, ratings_a - ratings_b, ratings_b - ratings_a)  # chosen minus rejected
+        return prompt_state, torch.randn(count, HIDDEN), torch.randn(count, HIDDEN), delta, kind
+
+    for _ in range(150):
+        prompt_state, chosen, rejected, delta, _ = batch(32)
+        delta[torch.arange(32) % 4 == 0] = math.nan  # a quarter of the pairs unrated
+        out = preference_loss(
+            head.sample_pairs(prompt_state, chosen, rejected, 2),
+            beta_w=0.01,
+            beta_z=0.01,
+            rating_differences=delta,
+            rating_weight_coef=rating_weight_coef,
+            rating_temperature=10.0,
+        )
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    prompt_state, _, _, _, kind = batch(256)
+    with torch.no_grad():
+        weight_of_kind = head.weight_posterior_moments(prompt_state)[0].gather(-1, kind[:, None])
+    if rating_weight_coef:
+        assert weight_of_kind.mean() > 0.8
+    else:
+        assert abs(weight_of_kind.mean() - 0.5) < 0.1
+
+
+def test_paper_preset_has_many_weights_over_few_features():
+    head = make_head("vrm-paper")
+    assert (head.num_objectives, head.feature_dim) == (16, 4)
+    assert (head.weight_posterior, head.feature_posterior) == ("dirichlet", "gaussian")
+    assert make_head("vrm").feature_dim == 16 and make_head("vrm-paper", feature_dim=8).feature_dim == 8

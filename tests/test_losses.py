@@ -33,6 +33,7 @@ def _samples(chosen: list[float], rejected: list[float], scores_c=None, scores_r
         kl_weights=torch.tensor([0.5] * n),
         kl_features=torch.tensor([2.0] * n),
         expected_log_weights=torch.log(torch.tensor([[0.5, 0.25, 0.25]] * n)),
+        weight_samples=torch.tensor([[[0.5, 0.25, 0.25]] * n]),
         chosen=plug,
         rejected=HeadOutput(rr[0], torch.zeros(n), torch.ones(n, 1), rr[0, :, None], torch.zeros(n, 1)),
     )
@@ -110,3 +111,71 @@ def test_objective_label_term_counts_labelled_pairs_only():
         samples, objective_labels=torch.tensor([-1, -1, -1]), objective_label_weight=2.0
     )
     assert unlabelled.objective_label_nll.item() == 0.0
+
+
+def test_rating_weight_term_matches_a_hand_computed_value():
+    """L_rw = -mean log sigmoid(tau * w~ . delta), w~ renormalised over the objectives rated in each row."""
+    samples = _samples([0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0])
+    samples.weight_samples = torch.tensor(
+        [
+            [[0.5, 0.25, 0.25], [0.5, 0.25, 0.25], [0.2, 0.3, 0.5], [0.6, 0.2, 0.2]],
+            [[0.1, 0.6, 0.3], [0.5, 0.25, 0.25], [0.4, 0.4, 0.2], [0.6, 0.2, 0.2]],
+        ]
+    )  # M = 2 samples
+    nan = math.nan
+    delta = torch.tensor(
+        [
+            [1.0, -0.5, nan],  # rated on objectives 0 and 1: w renormalised over them
+            [nan, nan, nan],  # no rating: masked
+            [0.5, 0.5, -1.0],  # all three rated
+            [0.0, 0.0, nan],  # a tie on everything rated: says nothing about w, masked
+        ]
+    )
+    tau = 3.0
+
+    def term(w, d):
+        return -math.log(1 / (1 + math.exp(-tau * sum(wk * dk for wk, dk in zip(w, d, strict=True)))))
+
+    expected = [
+        term([0.5 / 0.75, 0.25 / 0.75], [1.0, -0.5]),
+        term([0.2, 0.3, 0.5], [0.5, 0.5, -1.0]),
+        term([0.1 / 0.7, 0.6 / 0.7], [1.0, -0.5]),
+        term([0.4, 0.4, 0.2], [0.5, 0.5, -1.0]),
+    ]
+    out = preference_loss(samples, rating_differences=delta, rating_weight_coef=2.0, rating_temperature=tau)
+    assert out.rating_weight_nll.item() == pytest.approx(sum(expected) / 4, rel=1e-5)
+    assert out.loss.item() == pytest.approx(math.log(2) + 2.0 * sum(expected) / 4, rel=1e-5)
+    logged_only = preference_loss(samples, rating_differences=delta, rating_temperature=tau)
+    assert logged_only.loss.item() == pytest.approx(math.log(2), rel=1e-5)
+    assert (
+        preference_loss(samples, rating_differences=torch.full((4, 3), nan)).rating_weight_nll.item() == 0.0
+    )
+    assert preference_loss(samples).rating_weight_nll is None
+
+
+def test_graded_rating_targets_keep_ties_and_magnitudes():
+    """sign: ties and unknowns masked, 1/0 by the sign (the original loss). graded: (1 + delta) / 2, a tie is 0.5,
+    and an objective label's target 1 stays where no rating is known."""
+    scores_c, scores_r = [[1.0, 0.0, 2.0]], [[0.0, 0.0, 0.0]]
+    samples = _samples([0.0], [0.0], scores_c=scores_c, scores_r=scores_r)
+    signs = torch.tensor([[1.0, math.nan, 1.0]])  # objective 1 a tie; objective 2 from a label, no rating
+    delta = torch.tensor([[0.5, 0.0, math.nan]])
+
+    def bce(logit, target):
+        return -(
+            target * math.log(1 / (1 + math.exp(-logit))) + (1 - target) * math.log(1 / (1 + math.exp(logit)))
+        )
+
+    sign = preference_loss(samples, attribute_targets=signs, rating_differences=delta, attribute_weight=1.0)
+    assert sign.attribute_loss.item() == pytest.approx((bce(1.0, 1.0) + bce(2.0, 1.0)) / 2, rel=1e-5)
+    graded = preference_loss(
+        samples,
+        attribute_targets=signs,
+        rating_differences=delta,
+        attribute_weight=1.0,
+        attribute_target="graded",
+    )
+    expected = (bce(1.0, 0.75) + bce(0.0, 0.5) + bce(2.0, 1.0)) / 3
+    assert graded.attribute_loss.item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="attribute_target must be one of"):
+        preference_loss(samples, attribute_target="ordinal")

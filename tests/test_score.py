@@ -77,7 +77,8 @@ def test_score_cli_and_bad_rows(tmp_path, pipeline, capsys):
     assert main([*argv, "--conservative_lambda", "1"]) == 0
     assert "4 rows: 4 scored, 0 already" in capsys.readouterr().out
     assert "conservative_reward" in read_jsonl(output)[0]
-    assert main(argv) == 0 and "0 scored, 4 already" in capsys.readouterr().out
+    assert main([*argv, "--conservative_lambda", "1"]) == 0
+    assert "0 scored, 4 already" in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p"}) + "\n")
     with pytest.raises(DataFormatError, match=r"bad\.jsonl:1: needs 'prompt' and 'response'"):

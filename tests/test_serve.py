@@ -126,15 +126,25 @@ def test_get_reward_plain_reward_and_padding_stripped(pipeline, expected):
         ("/get_reward", {"query": "not a list"}, 422, ["query"]),
         ("/get_reward", {"query": []}, 400, ["query", "empty list"]),
         ("/score", {"prompts": [], "responses": []}, 400, ["prompts", "empty list"]),
-        ("/score", {"prompts": ["a", ""], "responses": ["b", "c"]}, 400, ["prompts[1]", "empty"]),
-        ("/score", {"prompts": ["a", []], "responses": ["b", "c"]}, 400, ["prompts[1]", "empty"]),
+        (
+            "/score",
+            {"prompts": ["a", []], "responses": ["b", "c"]},
+            400,
+            ["prompts[1]", "empty conversation"],
+        ),
         ("/get_reward", {"query": ["x", ""]}, 400, ["query[1]", "empty"]),
+        # issue 17: padding stripped after the empty check, and a response of no tokens, were 500s
+        ("/get_reward", {"query": ["<pad><pad><pad>"]}, 400, ["query[0]", "empty", "padding"]),
+        ("/get_reward", {"query": ["<pad>"], "prompts": ["<pad>"]}, 400, ["query[0]", "empty"]),
+        ("/get_reward", {"query": [" "], "prompts": [" "]}, 400, ["query[0]", "no response", "prompts[0]"]),
+        ("/get_reward", {"query": ["ok", " "], "prompts": ["o", " "]}, 400, ["query[1]", "no response"]),
         ("/score", {"prompts": ["a", "b"], "responses": ["c", "d" * 501]}, 413, ["responses[1]", "500"]),
         ("/get_reward", {"query": ["q" * 501]}, 413, ["query[0]", "max_text_chars=500"]),
         ("/get_reward", {"query": ["q"] * 21}, 413, ["21 items", "max_items_per_request=20"]),
         ("/score", {"prompts": ["a", "b"], "responses": ["c"]}, 400, ["2 prompts", "1 responses"]),
         ("/get_reward", {"query": ["a", "b"], "prompts": ["a"]}, 400, ["2 queries", "1 prompts"]),
-        ("/get_reward", {"query": ["no template here"]}, 400, ["text 0", "response starts"]),
+        ("/get_reward", {"query": ["no template here"]}, 400, ["query[0]", "response starts"]),
+        ("/get_reward", {"query": ["a b", "c d"], "prompts": ["x", "y"]}, 400, ["query[0]", "not a prefix"]),
     ],
 )
 def test_bad_requests_are_clear_errors(client, path, body, status, words):
@@ -152,28 +162,43 @@ def test_malformed_json_is_400(client):
     assert "malformed JSON" in response.json()["detail"]
 
 
-def test_a_bad_request_does_not_fail_the_requests_batched_with_it(pipeline, expected):
-    """A request whose response start cannot be found fails alone, though it shares a batch with good ones."""
-    tok = pipeline.tokenizer
-    full, _ = templated(tok, PROMPTS[0], RESPONSES[0])
+def test_a_failing_batch_does_not_fail_the_requests_batched_with_it(pipeline, expected):
+    """A request whose scoring fails fails alone, though it shared a forward batch with a good one."""
+    poison = pipeline.template.tokenize_single("poison", "pill")[0]
     app = build_app(pipeline, ServerConfig(max_wait_ms=200))
+    score_fn = app.state.batcher.score_fn
+
+    def picky(sequences, prompt_lengths):
+        if poison in sequences:
+            raise RuntimeError("cannot score poison")
+        return score_fn(sequences, prompt_lengths)
+
+    app.state.batcher.score_fn = picky
 
     async def main():
         async with LifespanManager(app) as manager:
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
                 good, bad = await asyncio.gather(
-                    ac.post("/get_reward", json={"query": [full]}),
-                    ac.post("/get_reward", json={"query": ["plain text, no marker"]}),
+                    ac.post("/score", json={"prompts": [PROMPTS[0]], "responses": [RESPONSES[0]]}),
+                    ac.post("/score", json={"prompts": ["poison"], "responses": ["pill"]}),
                 )
                 return good, bad, (await ac.get("/stats")).json()
 
     good, bad, stats = asyncio.run(main())
-    assert bad.status_code == 400 and "response starts" in bad.json()["detail"]
+    assert bad.status_code == 500 and "cannot score poison" in bad.json()["detail"]
     assert good.status_code == 200, good.text
-    assert abs(good.json()["rewards"][0] - float(expected.reward[0])) < 1e-5
+    assert abs(good.json()["results"][0]["reward"] - float(expected.reward[0])) < 1e-5
     # one joint batch that failed, then each request retried alone (and only the bad one failed)
     assert (stats["batches"], stats["failed_batches"], stats["requests"]) == (3, 2, 1)
+
+
+def test_an_unscoreable_request_is_refused_before_it_reaches_the_model(client):
+    before = client.get("/stats").json()
+    response = client.post("/get_reward", json={"query": ["plain text, no marker"]})
+    assert response.status_code == 400 and "query[0]" in response.json()["detail"]
+    after = client.get("/stats").json()
+    assert (after["batches"], after["failed_batches"]) == (before["batches"], before["failed_batches"])
 
 
 def test_concurrent_requests_are_coalesced(pipeline, expected):
@@ -202,24 +227,24 @@ def test_concurrent_requests_are_coalesced(pipeline, expected):
     assert stats["queued"] == 0
 
 
-def test_overload_answers_503_with_retry_after(monkeypatch):
+def test_overload_answers_503_with_retry_after():
     pipeline = make_pipeline()
     release = threading.Event()
-    original = pipeline.score
-
-    def blocked_score(prompts, responses, progress=False):
-        release.wait(timeout=10)
-        return original(prompts, responses, progress)
-
-    monkeypatch.setattr(pipeline, "score", blocked_score)
     app = build_app(pipeline, ServerConfig(max_batch_size=1, max_wait_ms=0, max_queue=2))
+    batcher = app.state.batcher
+    score_fn = batcher.score_fn
+
+    def blocked_score(sequences, prompt_lengths):
+        release.wait(timeout=10)
+        return score_fn(sequences, prompt_lengths)
+
+    batcher.score_fn = blocked_score
     body = {"prompts": ["Hi"], "responses": ["Hello"]}
 
     async def main():
         async with LifespanManager(app) as manager:
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
-                batcher = app.state.batcher
 
                 async def until(condition):
                     for _ in range(500):
@@ -248,19 +273,19 @@ def test_overload_answers_503_with_retry_after(monkeypatch):
     assert stats["rejected"] == 1 and stats["requests"] == 3
 
 
-def test_scoring_crash_fails_only_its_batch(monkeypatch):
-    pipeline = make_pipeline()
-    original = pipeline.score
+def test_scoring_crash_fails_only_its_batch():
+    app = build_app(make_pipeline(), ServerConfig())
+    score_fn = app.state.batcher.score_fn
     calls = {"n": 0}
 
-    def flaky_score(prompts, responses, progress=False):
+    def flaky_score(sequences, prompt_lengths):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("device on fire")
-        return original(prompts, responses, progress)
+        return score_fn(sequences, prompt_lengths)
 
-    monkeypatch.setattr(pipeline, "score", flaky_score)
-    with TestClient(build_app(pipeline, ServerConfig())) as test_client:
+    app.state.batcher.score_fn = flaky_score
+    with TestClient(app) as test_client:
         first = test_client.post("/score", json={"prompts": ["Hi"], "responses": ["Hello"]})
         second = test_client.post("/score", json={"prompts": ["Hi"], "responses": ["Hello"]})
     assert first.status_code == 500 and "device on fire" in first.json()["detail"]
@@ -283,22 +308,28 @@ def test_serve_main_rejects_bad_settings(capsys):
     assert "max_batch_size must be >= 1" in capsys.readouterr().err
 
 
-def test_serve_main_loads_the_model_and_runs_uvicorn(tmp_path, monkeypatch):
+@pytest.mark.parametrize("model_id", [None, "team/rm-v2"])
+def test_serve_main_loads_the_model_and_runs_uvicorn(tmp_path, monkeypatch, model_id):
     pipeline = make_pipeline()
-    pipeline.save_pretrained(str(tmp_path))
+    model_dir = tmp_path / "my-rm"
+    pipeline.save_pretrained(str(model_dir))
     seen = {}
 
-    def fake_run(app, host, port, log_level):
-        seen.update(app=app, host=host, port=port)
+    def fake_run(app, host, port, log_level, **kwargs):
+        seen.update(app=app, host=host, port=port, **kwargs)
 
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
-    assert serve_main(["--model", str(tmp_path), "--port", "8123", "--max_batch_size", "8"]) == 0
+    argv = ["--model", str(model_dir), "--port", "8123", "--max_batch_size", "8", "--limit_concurrency", "7"]
+    assert serve_main(argv + (["--model_id", model_id] if model_id else [])) == 0
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
+    assert (seen["timeout_keep_alive"], seen["limit_concurrency"]) == (ServerConfig().timeout_keep_alive, 7)
     with TestClient(seen["app"]) as test_client:
         body = test_client.get("/health").json()
         response = test_client.post("/score", json={"prompts": [PROMPTS[0]], "responses": [RESPONSES[0]]})
-    assert body["model"] == str(tmp_path)
+    # issue 17: /health showed the model's absolute path
+    assert body["model"] == (model_id or "my-rm")
+    assert str(tmp_path) not in str(body)
     direct = pipeline.score(PROMPTS[:1], RESPONSES[:1]).reward
     assert abs(response.json()["results"][0]["reward"] - float(direct[0])) < 1e-5

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import DataFormatError, read_records
-from .fileio import atomic_output
+from .data import DataFormatError, check_text_or_messages, read_records
+from .fileio import atomic_output, finite_number
 from .metrics import best_of_n, kl_bon
 
 
@@ -46,10 +46,19 @@ def read_pool(path: str, gold_column: str | None = None) -> list[dict[str, Any]]
             raise DataFormatError(
                 f"{location}: a pool row needs 'prompt' and a list of at least 2 'responses'"
             )
+        check_text_or_messages(row["prompt"], location, "prompt")
+        for index, response in enumerate(responses):
+            check_text_or_messages(response, location, f"responses[{index}]")
         if gold_column is not None:
             gold = row.get(gold_column)
             if not isinstance(gold, list) or len(gold) != len(responses):
                 raise DataFormatError(f"{location}: '{gold_column}' must list one gold score per response")
+            for index, value in enumerate(gold):  # a NaN gold score would make the whole curve NaN
+                if value is None:
+                    raise DataFormatError(
+                        f"{location}: '{gold_column}[{index}]' must be a number, got None"
+                    )
+                finite_number(value, location, f"{gold_column}[{index}]")
         pool.append(row)
     if not pool:
         raise DataFormatError(f"{path}: no pool rows")
@@ -185,7 +194,7 @@ def bon_main(argv: Sequence[str]) -> int:
     pool = read_pool(args.pool, args.gold_column)
     progress = not args.no_progress
     if args.gold_column:
-        gold = [np.asarray(row[args.gold_column], dtype=np.float64) for row in pool]
+        gold = [np.asarray([float(v) for v in row[args.gold_column]], dtype=np.float64) for row in pool]
     else:
         gold = score_pool(load_scorer(args.gold_model, batch_size=args.batch_size), pool, progress)
     results = {}

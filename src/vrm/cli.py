@@ -23,6 +23,7 @@ commands:
   serve   serve a reward model over HTTP (OpenRLHF /get_reward, /score)
   bench   benchmarks: `vrm bench bon` (Best-of-N overoptimization against a gold scorer)
   synth   write the synthetic preference world used by the quickstart
+  recipe  turn a public feedback dataset into preference files (`vrm recipe finegrained-qa`)
 
 Run `vrm <command> --help` for the options of a command."""
 
@@ -175,6 +176,11 @@ def cmd_score(argv: Sequence[str]) -> int:
     parser.add_argument("--raw", action="store_true", help="Do not apply the stored reward normalization.")
     parser.add_argument("--device", default=None)
     parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Score from scratch into an --output made from another input, model or settings.",
+    )
     args = parser.parse_args(argv)
     pipeline = RewardPipeline.from_pretrained(
         args.model,
@@ -191,6 +197,7 @@ def cmd_score(argv: Sequence[str]) -> int:
         prompt_column=args.prompt_column,
         response_column=args.response_column,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     print(
         f"[vrm] {stats['rows']} rows: {stats['scored']} scored, {stats['skipped']} already in {args.output}"
@@ -236,6 +243,44 @@ def cmd_synth(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_recipe(argv: Sequence[str]) -> int:
+    from .recipes import RATINGS, finegrained_qa_to_preferences
+
+    parser = argparse.ArgumentParser(
+        prog="vrm recipe", description="Turn a public feedback dataset into vrm preference files."
+    )
+    parser.add_argument(
+        "recipe", choices=["finegrained-qa"], help="FineGrainedRLHF QA-Feedback (jsonl[.gz])."
+    )
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the split by question.")
+    parser.add_argument(
+        "--fractions", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST")
+    )
+    parser.add_argument("--rating", choices=RATINGS, default="error_share")
+    parser.add_argument("--no_passages", action="store_true", help="Prompt = the question only.")
+    parser.add_argument(
+        "--corrections", action="store_true", help="Add (human correction > prediction 1) pairs."
+    )
+    args = parser.parse_args(argv)
+    summary = finegrained_qa_to_preferences(
+        args.input,
+        args.output_dir,
+        seed=args.seed,
+        fractions=args.fractions,
+        rating=args.rating,
+        include_passages=not args.no_passages,
+        include_corrections=args.corrections,
+    )
+    for name, split in summary["splits"].items():
+        print(f"[vrm] {name}: {split['pairs']} pairs, {split['questions']} questions -> {split['path']}")
+    print(
+        f"[vrm] {summary['ties_skipped']} tied comparisons skipped; summary: {args.output_dir}/summary.json"
+    )
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
@@ -243,6 +288,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "bench": cmd_bench,
     "synth": cmd_synth,
+    "recipe": cmd_recipe,
 }
 
 
@@ -258,7 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[command](rest)
     except (OSError, ValueError) as err:  # bad paths, unloadable models, malformed data: one clear line
-        print(f"vrm {command}: error: {err}", file=sys.stderr)
+        # (DataFormatError, ModelLoadError and NonFiniteError are ValueErrors; a lone surrogate in a message
+        # must not make printing it fail)
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"vrm {command}: error: {message}".encode("utf-8", "backslashreplace").decode(), file=sys.stderr)
         return 1
 
 

@@ -14,28 +14,60 @@ The four heads differ only in how the objective weights `w` and the semantic fea
 | `ib`  | none (K = 1, w = 1)              | Gaussian `N(mu(h_xy), sigma^2)`    | 1         |
 | `moe` | softmax gate `softmax(G h_x)`    | deterministic projection `W h_xy`  | 4         |
 | `vrm` | `Dirichlet(alpha(h_x))`          | Gaussian `N(mu(h_xy), sigma^2)`    | 4         |
+| `vrm-paper` | `Dirichlet(alpha(h_x))`    | Gaussian `N(mu(h_xy), sigma^2)`    | 16 (d = 4) |
 
-In every case `reward = w . g(z)` with a decoder `g` from features to K per-objective scores.
+In every case `reward = w . g(z)` with a decoder `g` from features to K per-objective scores. `vrm` has K = 4
+objectives over d = 16 features; `vrm-paper` (added 2026-12-02) takes the VRM paper's proportions, many
+objective weights over few semantic features (K = 16, d = 4): the first K_a objectives are tied to rated
+attributes (`--attribute_names`), the others are free.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig, TrainingArguments
 from transformers.configuration_utils import SubConfigSpec
 
-HEAD_TYPES = ("bt", "ib", "moe", "vrm")
+HEAD_TYPES = ("bt", "ib", "moe", "vrm", "vrm-paper")
 WEIGHT_POSTERIORS = ("none", "softmax", "dirichlet", "logistic_normal")
 FEATURE_POSTERIORS = ("identity", "deterministic", "gaussian")
 POOLINGS = ("auto", "last", "mean", "cls")
+MIN_REWARD_SCALE = 1e-6  # a smaller reward_scale (degenerate reference rewards) blows rewards up
 
 HEAD_PRESETS: dict[str, dict[str, Any]] = {
-    "bt": {"weight_posterior": "none", "feature_posterior": "identity", "num_objectives": 1},
-    "ib": {"weight_posterior": "none", "feature_posterior": "gaussian", "num_objectives": 1},
-    "moe": {"weight_posterior": "softmax", "feature_posterior": "deterministic", "num_objectives": 4},
-    "vrm": {"weight_posterior": "dirichlet", "feature_posterior": "gaussian", "num_objectives": 4},
+    "bt": {
+        "weight_posterior": "none",
+        "feature_posterior": "identity",
+        "num_objectives": 1,
+        "feature_dim": 16,
+    },
+    "ib": {
+        "weight_posterior": "none",
+        "feature_posterior": "gaussian",
+        "num_objectives": 1,
+        "feature_dim": 16,
+    },
+    "moe": {
+        "weight_posterior": "softmax",
+        "feature_posterior": "deterministic",
+        "num_objectives": 4,
+        "feature_dim": 16,
+    },
+    "vrm": {
+        "weight_posterior": "dirichlet",
+        "feature_posterior": "gaussian",
+        "num_objectives": 4,
+        "feature_dim": 16,
+    },
+    "vrm-paper": {
+        "weight_posterior": "dirichlet",
+        "feature_posterior": "gaussian",
+        "num_objectives": 16,
+        "feature_dim": 4,
+    },
 }
 
 
@@ -44,13 +76,14 @@ class VRMConfig(PretrainedConfig):
 
     Args:
         text_config: config of the transformer backbone (any `AutoModel` architecture).
-        head_type: one of `bt`, `ib`, `moe`, `vrm`; fills in the three fields below when they are None.
+        head_type: one of `bt`, `ib`, `moe`, `vrm`, `vrm-paper`; fills in `weight_posterior`,
+            `feature_posterior`, `num_objectives` and `feature_dim` when they are None.
         weight_posterior: `none` | `softmax` | `dirichlet` | `logistic_normal` — how objective weights come from
             the prompt state (`logistic_normal`: w = softmax(u), u Gaussian; the softmax-Gaussian ablation).
         feature_posterior: `identity` | `deterministic` | `gaussian` — how features come from the response state.
         num_objectives: K, the number of objectives (1 for bt/ib).
         objective_names: optional names of the K objectives (the first ones may be tied to rating columns).
-        feature_dim: d, the dimension of the semantic features (ignored for `identity`).
+        feature_dim: d, the dimension of the semantic features (ignored for `identity`; default from the preset).
         decoder_hidden_size: 0 for a linear decoder `g(z) = A z` (exact closed-form `reward_std`), else
             the width of a one-hidden-layer MLP decoder (Monte-Carlo `reward_std`).
         prior_concentration: alpha0 of the prior `Dirichlet(alpha0 * 1)`.
@@ -83,7 +116,7 @@ class VRMConfig(PretrainedConfig):
     feature_posterior: str | None = None
     num_objectives: int | None = None
     objective_names: list[str] | None = None
-    feature_dim: int = 16
+    feature_dim: int | None = None
     decoder_hidden_size: int = 0
     prior_concentration: float = 1.0
     concentration_min: float = 0.05
@@ -123,6 +156,8 @@ class VRMConfig(PretrainedConfig):
             )
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.feature_dim < 1:
+            raise ValueError(f"feature_dim must be >= 1, got {self.feature_dim}")
         if self.num_objectives < 1:
             raise ValueError(f"num_objectives must be >= 1, got {self.num_objectives}")
         if self.weight_posterior == "logistic_normal" and self.num_objectives < 2:
@@ -133,8 +168,12 @@ class VRMConfig(PretrainedConfig):
             )
         if self.prior_concentration <= 0:
             raise ValueError(f"prior_concentration must be > 0, got {self.prior_concentration}")
-        if self.reward_scale <= 0:
-            raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
+        for name in ("reward_mean", "reward_scale"):  # NaN / inf here make every reward NaN / inf
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.reward_scale < MIN_REWARD_SCALE:
+            raise ValueError(f"reward_scale must be >= {MIN_REWARD_SCALE}, got {self.reward_scale}")
         # A reward model has one output: keep `num_labels` consistent for code that reads it.
         self.num_labels = 1
 
@@ -153,7 +192,7 @@ class ModelArguments:
     model_name_or_path: str = field(metadata={"help": "Backbone: a hub name or a local directory."})
     head_type: str = field(default="vrm", metadata={"help": f"One of {HEAD_TYPES}."})
     num_objectives: int | None = field(
-        default=None, metadata={"help": "K (default: 4 for vrm/moe, 1 for bt/ib)."}
+        default=None, metadata={"help": "K (default: 4 for vrm/moe, 16 for vrm-paper, 1 for bt/ib)."}
     )
     objective_names: list[str] | None = field(default=None, metadata={"help": "Names of the K objectives."})
     weight_posterior: str | None = field(
@@ -164,7 +203,10 @@ class ModelArguments:
         default=None,
         metadata={"help": f"Override the head's semantic features, one of {FEATURE_POSTERIORS} (ablations)."},
     )
-    feature_dim: int = field(default=16, metadata={"help": "d, the dimension of the semantic features."})
+    feature_dim: int | None = field(
+        default=None,
+        metadata={"help": "d, the dimension of the semantic features (default: 4 for vrm-paper, 16)."},
+    )
     decoder_hidden_size: int = field(default=0, metadata={"help": "0: linear decoder g(z); >0: MLP width."})
     prior_concentration: float = field(default=1.0, metadata={"help": "alpha0 of the Dirichlet prior."})
     num_samples: int = field(default=4, metadata={"help": "M, reparameterized samples per pair."})
@@ -277,6 +319,23 @@ class VRMTrainingArguments(TrainingArguments):
             "help": "lambda_obj: weight of -E_q[log w_o], the objective label (--objective_column) as an "
             "observation of the objective weights; 0 leaves the weights to the preference likelihood alone."
         },
+    )
+    attribute_target: str = field(
+        default="sign",
+        metadata={
+            "help": "Targets of the score term from ratings: 'sign' (1/0 by which response is rated higher, ties "
+            "dropped) or 'graded' ((1 + delta) / 2 with delta the rating difference over the rating range)."
+        },
+    )
+    rating_weight_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "lambda_rw: weight of the ratings -> weights term -E_q[log sigmoid(tau w^T delta)] (see "
+            "vrm.losses); the prompt's weights must explain the preference through the per-objective ratings."
+        },
+    )
+    rating_temperature: float = field(
+        default=10.0, metadata={"help": "tau of the ratings -> weights term (delta lies in [-1, 1])."}
     )
     center_rewards_coefficient: float | None = field(
         default=None, metadata={"help": "As in TRL: adds c * mean((r+ + r-)^2) to keep rewards centred."}

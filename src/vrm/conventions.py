@@ -60,7 +60,9 @@ def detect_format(rows: list[dict]) -> str:
                         f"row {index}: RM-Bench rows need '{column}' as a list of {RM_BENCH_VARIANTS} texts"
                     )
         return "rm-bench"
-    subsets = {row.get("subset") for row in rows}
+    subsets = {
+        row.get("subset") if isinstance(row.get("subset"), str) else repr(row.get("subset")) for row in rows
+    }
     if subsets and subsets <= REWARDBENCH_SUBSETS:
         return "rewardbench"
     return "pairwise"

@@ -23,9 +23,6 @@ prompt (`response_marker_ids`) let the model find it again in sequences tokenize
 
 from __future__ import annotations
 
-import csv
-import gzip
-import json
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -34,17 +31,14 @@ from typing import Any
 
 import torch
 
+from .fileio import FILE_SUFFIXES, DataFormatError, check_text, finite_number, read_records
+
 PLAIN_RESPONSE_MARKER = "\n\n### Response:\n"
 INPUT_FORMATS = ("auto", "chat", "pair", "plain")
 TRUNCATION_POLICIES = ("prompt_left", "drop")
-FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv")
 
 Message = dict[str, str]
 Text = str | list[Message]
-
-
-class DataFormatError(ValueError):
-    """A row or a file does not match the expected preference format; the message names where."""
 
 
 @dataclass
@@ -61,72 +55,12 @@ class PreferenceExample:
     objective_label: int | None = None  # index of the objective the judge used (objective column); -1 unknown
     subset: str | None = None
     location: str = ""
+    ratings_chosen: list[float] | None = None  # raw per-objective ratings of each response (nan: not rated)
+    ratings_rejected: list[float] | None = None
+    rating_differences: list[float] | None = None  # (rho+ - rho-) / range per objective, in [-1, 1]; nan unknown
 
 
 # ----- reading files ------------------------------------------------------------------------------------------
-def _open_text(path: str):
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
-
-
-def read_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (location, row) from a jsonl / json / parquet / csv file (optionally gzip-compressed)."""
-    if not os.path.exists(path):
-        raise DataFormatError(f"{path}: file not found")
-    name = path[:-3] if path.endswith(".gz") else path
-    if name.endswith(".jsonl"):
-        with _open_text(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataFormatError(f"{path}:{number}: invalid JSON ({err.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataFormatError(
-                        f"{path}:{number}: expected a JSON object, got {type(row).__name__}"
-                    )
-                yield f"{path}:{number}", row
-    elif name.endswith(".json"):
-        with _open_text(path) as handle:
-            try:
-                data = json.load(handle)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{path}: invalid JSON at line {err.lineno} ({err.msg})") from None
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            raise DataFormatError(f"{path}: expected a JSON list of rows (or {{'data': [...]}})")
-        for index, row in enumerate(data):
-            if not isinstance(row, dict):
-                raise DataFormatError(f"{path}: row {index}: expected an object, got {type(row).__name__}")
-            yield f"{path}: row {index}", row
-    elif name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        for index, row in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path}: row {index}", row
-    elif name.endswith(".csv"):
-        with _open_text(path) as handle:
-            for index, row in enumerate(csv.DictReader(handle)):
-                yield f"{path}:{index + 2}", _decode_csv_row(row)
-    else:
-        raise DataFormatError(f"{path}: unknown file type (expected one of {', '.join(FILE_SUFFIXES)})")
-
-
-def _decode_csv_row(row: dict[str, str]) -> dict[str, Any]:
-    """CSV cells are text: JSON-looking cells (message lists) and numbers are decoded."""
-    out: dict[str, Any] = {}
-    for key, value in row.items():
-        if value is not None and value[:1] in "[{":
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        out[key] = value
-    return out
-
-
 def read_source(source: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (location, row) from a file or, for anything else, a `datasets` name's split."""
     if os.path.isfile(source) or source.endswith(FILE_SUFFIXES):
@@ -153,9 +87,19 @@ def _check_messages(value: Any, location: str, column: str) -> list[Message]:
             raise DataFormatError(
                 f"{location}: '{column}'[{index}] must be a message with 'role' and 'content' fields"
             )
+        if not isinstance(message["role"], str):
+            raise DataFormatError(f"{location}: '{column}'[{index}]['role'] must be text")
         if not isinstance(message["content"], str):
             raise DataFormatError(f"{location}: '{column}'[{index}]['content'] must be text")
+        check_text(message["content"], location, f"{column}[{index}].content")
     return value
+
+
+def check_text_or_messages(value: Any, location: str, column: str) -> Text:
+    """A prompt or response field: valid text, or a list of well-formed messages; else a `DataFormatError`."""
+    if isinstance(value, str):
+        return check_text(value, location, column)
+    return _check_messages(value, location, column)
 
 
 def _split_common_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
@@ -171,14 +115,37 @@ def _split_common_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
-def _rating_target(chosen: Any, rejected: Any) -> float:
-    try:
-        chosen, rejected = float(chosen), float(rejected)
-    except (TypeError, ValueError):
-        return math.nan
+def _rating_target(chosen: float, rejected: float) -> float:
+    """The sign target of the score term: 1 when y+ is rated higher, 0 when lower, nan for ties / unknown."""
     if math.isnan(chosen) or math.isnan(rejected) or chosen == rejected:
         return math.nan
     return 1.0 if chosen > rejected else 0.0
+
+
+def rating_ranges(examples: Sequence[PreferenceExample]) -> list[float]:
+    """Per rated objective, max - min of the ratings of all responses (1 where that is 0 or nothing is rated)."""
+    rated = [e for e in examples if e.ratings_chosen is not None and e.ratings_rejected is not None]
+    if not rated:
+        return []
+    ranges = []
+    for k in range(len(rated[0].ratings_chosen)):
+        values = [
+            v for e in rated for v in (e.ratings_chosen[k], e.ratings_rejected[k]) if not math.isnan(v)
+        ]
+        spread = max(values) - min(values) if values else 0.0
+        ranges.append(spread if spread > 0 else 1.0)
+    return ranges
+
+
+def set_rating_differences(examples: Sequence[PreferenceExample], ranges: Sequence[float]) -> None:
+    """Fill `rating_differences` = (rho+ - rho-) / range, in [-1, 1] when `ranges` come from the same data."""
+    for example in examples:
+        if example.ratings_chosen is None or example.ratings_rejected is None:
+            continue
+        example.rating_differences = [
+            (c - r) / scale
+            for c, r, scale in zip(example.ratings_chosen, example.ratings_rejected, ranges, strict=True)
+        ]
 
 
 def parse_row(
@@ -197,6 +164,9 @@ def parse_row(
                 f"optionally 'prompt'; columns present: {present})"
             )
     chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
+    for column in ("prompt", "chosen", "rejected"):
+        if isinstance(row.get(column), str):
+            check_text(row[column], location, column)
     if isinstance(chosen, str) != isinstance(rejected, str):
         raise DataFormatError(
             f"{location}: 'chosen' and 'rejected' must both be text or both be message lists"
@@ -223,18 +193,16 @@ def parse_row(
     if _response_text(chosen) == "" or _response_text(rejected) == "":
         raise DataFormatError(f"{location}: empty 'chosen' or 'rejected' response")
 
-    margin = row.get("margin")
-    if margin is not None:
-        try:
-            margin = float(margin)
-        except (TypeError, ValueError):
-            raise DataFormatError(f"{location}: 'margin' must be a number, got {margin!r}") from None
+    margin = finite_number(row.get("margin"), location, "margin")
 
     targets, objective_label = None, None
+    ratings_chosen = ratings_rejected = None
     if attribute_names:
-        targets = [
-            _rating_target(row.get(f"{name}_chosen"), row.get(f"{name}_rejected")) for name in attribute_names
-        ]
+        ratings_chosen, ratings_rejected = (  # None or blank: not rated; NaN, inf or text: an error
+            [finite_number(row.get(f"{n}_{side}"), location, f"{n}_{side}", missing=math.nan) for n in attribute_names]
+            for side in ("chosen", "rejected")
+        )
+        targets = [_rating_target(c, r) for c, r in zip(ratings_chosen, ratings_rejected, strict=True)]
         if objective_column is not None:
             objective_label = (
                 -1
@@ -249,6 +217,8 @@ def parse_row(
                 objective_label = list(attribute_names).index(label)
                 targets[objective_label] = 1.0
     subset = row.get("subset")
+    if subset is not None and not isinstance(subset, str | int | float):
+        raise DataFormatError(f"{location}: 'subset' must be a name (text), got {type(subset).__name__}")
     return PreferenceExample(
         prompt=prompt,
         chosen=chosen,
@@ -258,6 +228,8 @@ def parse_row(
         objective_label=objective_label,
         subset=None if subset is None else str(subset),
         location=location,
+        ratings_chosen=ratings_chosen,
+        ratings_rejected=ratings_rejected,
     )
 
 
@@ -272,12 +244,16 @@ def load_preferences(
     attribute_names: Sequence[str] = (),
     objective_column: str | None = None,
     max_rows: int | None = None,
+    rating_scale: Sequence[float] | None = None,
 ) -> list[PreferenceExample]:
     """Read preference pairs from files (jsonl/json/parquet/csv, optionally .gz) or `datasets` names.
 
     `attribute_names` are the objectives with known per-response judgements: for each name, the columns
     `{name}_chosen` and `{name}_rejected` hold ratings (higher is better), and/or `objective_column` holds the
     name of the objective on which the chosen response is better (as RMB's `objective` column does).
+    Ratings are also kept as graded differences `(rho+ - rho-) / range_k` in [-1, 1] (`rating_differences`),
+    with `range_k` the spread of objective k's ratings in these rows, or `rating_scale` when given (pass the
+    training data's `rating_ranges` when reading evaluation data, so both are on one scale).
     """
     if isinstance(sources, str):
         sources = [sources]
@@ -288,9 +264,13 @@ def load_preferences(
                 parse_row(row, location, attribute_names=attribute_names, objective_column=objective_column)
             )
             if max_rows is not None and len(examples) >= max_rows:
-                return examples
+                break
+        if max_rows is not None and len(examples) >= max_rows:
+            break
     if not examples:
         raise DataFormatError(f"{', '.join(sources)}: no preference rows found")
+    if attribute_names:
+        set_rating_differences(examples, rating_scale or rating_ranges(examples))
     return examples
 
 
@@ -327,6 +307,7 @@ class TokenizedPair:
     attribute_targets: list[float] | None
     subset: str | None
     objective_label: int | None = None
+    rating_differences: list[float] | None = None
 
 
 def prepare_tokenizer(tokenizer):
@@ -502,6 +483,7 @@ class PreferenceTokenizer:
                     attribute_targets=example.attribute_targets,
                     subset=example.subset,
                     objective_label=example.objective_label,
+                    rating_differences=example.rating_differences,
                 )
             )
         stats.kept = len(out)
@@ -577,8 +559,8 @@ class PreferenceCollator:
 
 
 def collate_targets(pairs: Sequence[TokenizedPair]) -> dict[str, torch.Tensor]:
-    """`margin` [B], `attribute_targets` [B, K'] (NaN where unknown) and `objective_labels` [B] (-1 where
-    unknown), each when any pair of the batch has one."""
+    """`margin` [B], `attribute_targets` [B, K'] (NaN where unknown), `objective_labels` [B] (-1 where
+    unknown) and `rating_differences` [B, K'] (NaN where unknown), each when any pair of the batch has one."""
     batch: dict[str, torch.Tensor] = {}
     if any(p.margin is not None for p in pairs):
         batch["margin"] = torch.tensor([p.margin or 0.0 for p in pairs], dtype=torch.float32)
@@ -590,5 +572,10 @@ def collate_targets(pairs: Sequence[TokenizedPair]) -> dict[str, torch.Tensor]:
     if any(p.objective_label is not None for p in pairs):
         batch["objective_labels"] = torch.tensor(
             [-1 if p.objective_label is None else p.objective_label for p in pairs], dtype=torch.long
+        )
+    if any(p.rating_differences is not None for p in pairs):
+        width = max(len(p.rating_differences or []) for p in pairs)
+        batch["rating_differences"] = torch.tensor(
+            [p.rating_differences or [math.nan] * width for p in pairs], dtype=torch.float32
         )
     return batch

@@ -1,9 +1,18 @@
-"""Crash-safe file writing: results, caches and checkpoints appear whole or not at all."""
+"""Files: crash-safe writing (results, caches and checkpoints appear whole or not at all) and reading rows.
+
+`read_records` reads jsonl / json / parquet / csv rows (optionally gzip-compressed); whatever is wrong with a
+file (bad bytes, a truncated archive, broken quoting, deep nesting) is a one-line `DataFormatError` naming the
+file and line. `finite_number` and `check_text` check the values of fields.
+"""
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
+import math
 import os
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,3 +38,158 @@ def write_json(data: Any, path: str, indent: int | None = 2) -> None:
     """Write JSON atomically (temporary file, then rename); `indent=None`: compact."""
     with atomic_output(path) as staging, open(staging, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=indent, separators=None if indent else (",", ":"))
+
+
+# ----- reading rows -------------------------------------------------------------------------------------------
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv")
+
+
+class DataFormatError(ValueError):
+    """A row or a file does not match the expected format; the message names where (file:line: field)."""
+
+
+def finite_number(value: Any, location: str, field: str, *, missing: float | None = None) -> float | None:
+    """`value` (a number, or a number as text as CSV cells hold it) as a finite float.
+
+    None and blank text give `missing`; NaN, infinities, booleans and anything else raise a `DataFormatError`
+    naming `location` and `field`.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return missing
+    number = None
+    if not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    if number is None or not math.isfinite(number):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise DataFormatError(f"{location}: '{field}' must be a number (not NaN or infinite), got {shown}")
+    return number
+
+
+def check_text(value: str, location: str, field: str) -> str:
+    """`value` if it is valid Unicode: a lone surrogate (JSON `"\\ud800"`) fails later in every tokenizer."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataFormatError(
+            f"{location}: '{field}' is not valid Unicode text (lone surrogate {value[err.start]!r} at "
+            f"character {err.start})"
+        ) from None
+    return value
+
+
+def _lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file, gzip-compressed if its name ends in `.gz`; each line is decoded on
+    its own (newline kept), so a bad byte is reported with its line, and so are truncated or corrupt archives."""
+    number = 0
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataFormatError(
+                        f"{path}:{number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at byte {err.start + 1} "
+                        "of the line)"
+                    ) from None
+    except gzip.BadGzipFile:
+        raise DataFormatError(f"{path}: not a gzip file (the name ends in .gz)") from None
+    except (EOFError, zlib.error) as err:
+        raise DataFormatError(
+            f"{path}:{number + 1}: the compressed file is truncated or corrupt ({err})"
+        ) from None
+
+
+def _json_value(text: str, location: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataFormatError(f"{location}: invalid JSON ({err.msg})") from None
+    except RecursionError:
+        raise DataFormatError(f"{location}: JSON nested too deeply") from None
+
+
+def read_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (location, row) from a jsonl / json / parquet / csv file (optionally gzip-compressed).
+
+    Every failure to read is a `DataFormatError` naming the file (and the line where there is one).
+    """
+    if not os.path.exists(path):
+        raise DataFormatError(f"{path}: file not found")
+    name = path[:-3] if path.endswith(".gz") else path
+    if name.endswith(".jsonl"):
+        for number, line in _lines(path):
+            if not line.strip():
+                continue
+            row = _json_value(line, f"{path}:{number}")
+            if not isinstance(row, dict):
+                raise DataFormatError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            yield f"{path}:{number}", row
+    elif name.endswith(".json"):
+        text = "".join(line for _, line in _lines(path))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(f"{path}: invalid JSON at line {err.lineno} ({err.msg})") from None
+        except RecursionError:
+            raise DataFormatError(f"{path}: JSON nested too deeply") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise DataFormatError(f"{path}: expected a JSON list of rows (or {{'data': [...]}})")
+        for index, row in enumerate(data):
+            if not isinstance(row, dict):
+                raise DataFormatError(f"{path}: row {index}: expected an object, got {type(row).__name__}")
+            yield f"{path}: row {index}", row
+    elif name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as err:  # noqa: BLE001 - pyarrow's errors do not name the file
+            message = " ".join(str(err).split())
+            raise DataFormatError(f"{path}: not a readable parquet file ({message})") from None
+        for index, row in enumerate(rows):
+            yield f"{path}: row {index}", row
+    elif name.endswith(".csv"):
+        yield from _read_csv(path)
+    else:
+        raise DataFormatError(f"{path}: unknown file type (expected one of {', '.join(FILE_SUFFIXES)})")
+
+
+def _read_csv(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """CSV rows, located by the line they start on; extra fields and bad quoting are errors, not guesses."""
+    reader = csv.DictReader((line for _, line in _lines(path)), strict=True)
+    end = 1  # the header
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise DataFormatError(f"{path}:{end + 1}: invalid CSV ({err})") from None
+        start, end = end + 1, reader.line_num
+        location = f"{path}:{start}"
+        if None in row:
+            raise DataFormatError(
+                f"{location}: {len(row[None])} more field(s) than the {len(reader.fieldnames)} columns of the "
+                "header (an unquoted comma?)"
+            )
+        yield location, _decode_csv_row(row, location)
+
+
+def _decode_csv_row(row: dict[str, str | None], location: str) -> dict[str, Any]:
+    """CSV cells are text: cells that look like JSON lists or objects (message lists) are decoded."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, str) and value[:1] in ("[", "{"):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass  # text that happens to start with a bracket
+            except RecursionError:
+                raise DataFormatError(f"{location}: '{key}' holds JSON nested too deeply") from None
+        out[key] = value
+    return out

@@ -23,6 +23,12 @@ closed form (w and z are independent under q):
     E[w w^T] = Cov[w] + w_bar w_bar^T,   Cov[w] = (diag(w_bar) - w_bar w_bar^T) / (alpha_0 + 1)   (Dirichlet),
 
 so `reward_std` is exact and deterministic. With an MLP decoder it is estimated by Monte Carlo.
+
+Training (`sample_pairs`) draws M reparameterized samples of w per pair, shared by chosen and rejected, and
+returns them (`PairSamples.weight_samples`) so that every term of the loss that involves the weights — the
+Bradley-Terry likelihood, the objective label, and the ratings -> weights term (our reading of the VRM paper's
+rating-guided weights; see `vrm.losses`) — uses the same draws. The `vrm-paper` preset takes the paper's
+proportions, many objectives over few features (K = 16, d = 4); `vrm` keeps K = 4, d = 16.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ class PairSamples:
     kl_weights: Tensor  # [B]  KL(q(w|x) || p(w))
     kl_features: Tensor  # [B] KL(q(z+|x,y+) || N(0,I)) + KL(q(z-|x,y-) || N(0,I)), summed over dimensions
     expected_log_weights: Tensor  # [B, K] E_q[log w_k], the log-likelihood of "the judge used objective k"
+    weight_samples: Tensor  # [M, B, K] the samples of w behind reward_chosen / reward_rejected
     chosen: HeadOutput  # plug-in outputs, for metrics
     rejected: HeadOutput
 
@@ -307,6 +314,7 @@ class LatentRewardHead(nn.Module):
             kl_weights=kl_weights,
             kl_features=kl_chosen + kl_rejected,
             expected_log_weights=self.expected_log_weights(prompt_state, weights),
+            weight_samples=weights,
             chosen=chosen,
             rejected=rejected,
         )

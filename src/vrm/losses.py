@@ -7,14 +7,35 @@ For a pair (x, y+, y-) with M reparameterized samples (w_m, z+_m, z-_m) from the
         + beta_z * ( KL(q(z+|x,y+) || N(0,I)) + KL(q(z-|x,y-) || N(0,I)) )
         + lambda_attr * L_attr
         - lambda_obj * E_q[log w_o]
+        + lambda_rw * L_rw
 
 `L_attr` ties the first K_a objective scores to known per-objective judgements: for each rated objective k,
-a logistic loss on `s_k(z+) - s_k(z-)` with target 1 when y+ is the better response on k, 0 when y- is;
-unknown entries (NaN) are masked. The last term treats a pair's objective label o (the objective the judge
-used, RMB's `objective` column) as an observation of the weights, o ~ Categorical(w): it is the ELBO of that
-label, and the only term that tells the weight network which prompts call for which objective (`L_attr` trains
-the scores, not the weights). Pairs without a label (o = -1) are masked. With no latents (bt) the KL terms
-are zero and L is TRL's reward loss.
+a logistic loss on `s_k(z+) - s_k(z-)`. Its target is either the *sign* of the rating difference (1 when y+
+is rated higher on k, 0 when lower; ties and unknown entries masked — the original behaviour) or *graded*:
+`t_k = (1 + delta_k) / 2` with `delta_k = (rho+_k - rho-_k) / range_k` in [-1, 1], so a tie is a target of 0.5
+and a small rating gap a target near 0.5 — the soft-label Bradley-Terry likelihood of the rating comparison.
+In graded mode an objective label (below) still gives the target 1 on its objective where no rating is known.
+
+The fourth term treats a pair's objective label o (the objective the judge used, RMB's `objective` column) as
+an observation of the weights, o ~ Categorical(w): it is the ELBO of that label.
+
+`L_rw`, **ratings -> weights** (our reading of the VRM paper's "supervised regularizer from multi-dimensional
+ratings that guides the objective weights"; the paper's full text is not public): the prompt's weights must
+explain the preference *through the ratings*. With the same reparameterized samples w_m as the main term,
+
+    L_rw = - 1/M sum_m log sigmoid( tau * w~_m^T delta ),     w~_mk = w_mk 1[k rated] / sum_j w_mj 1[j rated],
+
+over the pairs with at least one non-zero rating difference (w renormalised over the objectives rated in that
+row; tau a set temperature). It is the expected log-likelihood of the observed preference under a second
+observation model p(y+ > y- | w, rho) = sigmoid(tau w^T (rho+ - rho-)), in which the ratings stand in for the
+learned scores, so its gradient reaches the weights only: "for this prompt, the objectives on which the chosen
+answer is rated better must carry the weight". Alternatives we rejected: (a) regressing E[w] on a per-prompt
+target derived from ratings (there is no such target: ratings describe responses, not the prompt); (b) feeding
+ratings into the scores only (`L_attr`, which never reaches w — the state this term fixes); (c) a Dirichlet
+likelihood of normalised rating gaps as pseudo-weights (undefined when the rejected answer is rated higher
+on every objective, and it ignores the preference).
+
+With no latents (bt) the KL terms are zero and L is TRL's reward loss.
 """
 
 from __future__ import annotations
@@ -29,6 +50,7 @@ from torch.nn import functional as F
 from .heads import PairSamples
 
 BETA_SCHEDULES = ("constant", "linear", "cyclical")
+ATTRIBUTE_TARGETS = ("sign", "graded")
 
 
 def beta_factor(
@@ -61,10 +83,21 @@ class LossOutput:
     attribute_loss: Tensor  # scalar (0 when no row carries ratings)
     objective_label_nll: Tensor  # scalar, -E_q[log w_o] over labelled pairs (0 when none is labelled)
     accuracy: Tensor  # scalar, plug-in reward of chosen > rejected
+    rating_weight_nll: Tensor | None = None  # scalar, L_rw over pairs with ratings (0 when none has)
+
+
+def graded_targets(attribute_targets: Tensor | None, rating_differences: Tensor) -> Tensor:
+    """t_k = (1 + delta_k) / 2 where a rating difference is known; elsewhere the sign target (objective labels)."""
+    graded = (1.0 + rating_differences.clamp(-1.0, 1.0)) / 2.0
+    if attribute_targets is None:
+        return graded
+    return torch.where(torch.isnan(graded), attribute_targets.to(graded.dtype), graded)
 
 
 def attribute_loss(samples: PairSamples, attribute_targets: Tensor) -> Tensor:
-    """Logistic loss on per-objective score differences for rated objectives; NaN targets are ignored."""
+    """Logistic loss on per-objective score differences for rated objectives; NaN targets are ignored.
+
+    Targets in [0, 1]: 0/1 (sign) or graded (soft labels); the loss is the binary cross-entropy either way."""
     rated = attribute_targets.shape[-1]
     logits = (samples.scores_chosen - samples.scores_rejected)[..., :rated]  # [M, B, K_a]
     targets = attribute_targets.to(logits.dtype).unsqueeze(0).expand_as(logits)
@@ -72,6 +105,21 @@ def attribute_loss(samples: PairSamples, attribute_targets: Tensor) -> Tensor:
     if not bool(known.any()):
         return logits.new_zeros(())
     return F.binary_cross_entropy_with_logits(logits[known], targets[known])
+
+
+def rating_weight_nll(samples: PairSamples, rating_differences: Tensor, temperature: float) -> Tensor:
+    """L_rw of the module docstring: -E_q[log sigmoid(tau w~^T delta)] over pairs with a non-zero rating gap."""
+    rated = rating_differences.shape[-1]
+    weights = samples.weight_samples[..., :rated]  # [M, B, K_a]
+    delta = rating_differences.to(weights.dtype)
+    known = ~torch.isnan(delta)  # [B, K_a]
+    informative = (known & (delta != 0)).any(-1)  # [B]: rows whose ratings say something about w
+    if not bool(informative.any()):
+        return weights.new_zeros(())
+    mask = known.to(weights.dtype).unsqueeze(0)
+    renormalised = weights * mask / (weights * mask).sum(-1, keepdim=True).clamp_min(1e-12)
+    logits = temperature * (renormalised * torch.nan_to_num(delta).unsqueeze(0)).sum(-1)  # [M, B]
+    return -F.logsigmoid(logits[:, informative]).mean()
 
 
 def objective_label_nll(samples: PairSamples, objective_labels: Tensor) -> Tensor:
@@ -93,8 +141,14 @@ def preference_loss(
     attribute_weight: float = 0.0,
     objective_labels: Tensor | None = None,
     objective_label_weight: float = 0.0,
+    rating_differences: Tensor | None = None,
+    attribute_target: str = "sign",
+    rating_weight_coef: float = 0.0,
+    rating_temperature: float = 10.0,
 ) -> LossOutput:
     """The negative ELBO of the module docstring, averaged over the batch."""
+    if attribute_target not in ATTRIBUTE_TARGETS:
+        raise ValueError(f"attribute_target must be one of {ATTRIBUTE_TARGETS}, got {attribute_target!r}")
     difference = samples.reward_chosen - samples.reward_rejected  # [M, B]
     if margin is not None:
         difference = difference - margin.to(difference.dtype).unsqueeze(0)
@@ -103,6 +157,8 @@ def preference_loss(
     kl_features = samples.kl_features.mean()
     loss = nll + beta_w * kl_weights + beta_z * kl_features
     attr = nll.new_zeros(())
+    if attribute_target == "graded" and rating_differences is not None:
+        attribute_targets = graded_targets(attribute_targets, rating_differences.to(difference.device))
     if attribute_targets is not None and attribute_weight > 0:
         attr = attribute_loss(samples, attribute_targets)
         loss = loss + attribute_weight * attr
@@ -111,8 +167,13 @@ def preference_loss(
         label_nll = objective_label_nll(samples, objective_labels.to(difference.device))
         if objective_label_weight > 0:
             loss = loss + objective_label_weight * label_nll
+    rating_nll = None
+    if rating_differences is not None:
+        rating_nll = rating_weight_nll(samples, rating_differences.to(difference.device), rating_temperature)
+        if rating_weight_coef > 0:
+            loss = loss + rating_weight_coef * rating_nll
     accuracy = (samples.chosen.reward > samples.rejected.reward).float().mean()
-    return LossOutput(loss, nll, kl_weights, kl_features, attr, label_nll, accuracy)
+    return LossOutput(loss, nll, kl_weights, kl_features, attr, label_nll, accuracy, rating_nll)
 
 
 def pair_nll_from_rewards(reward_chosen: Tensor, reward_rejected: Tensor) -> float:

@@ -26,6 +26,7 @@ from transformers.utils import ModelOutput
 
 from .config import VRMConfig
 from .heads import HeadOutput, LatentRewardHead, PairSamples
+from .integrity import check_finite_weights
 
 
 class PromptBoundaryError(ValueError):
@@ -386,6 +387,14 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
             prompt_lengths,
         )
         return self._sample_pairs(*states, num_samples)
+
+    def save_pretrained(self, save_directory, *args: Any, **kwargs: Any):
+        """`PreTrainedModel.save_pretrained`, refusing NaN / infinite weights: a diverged run is not a model."""
+        state = kwargs.get("state_dict")
+        check_finite_weights(
+            state.items() if state is not None else self.named_parameters(), f"{save_directory}: not saved"
+        )
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def train(self, mode: bool = True):
         """A frozen backbone (no parameter requires grad) stays in eval mode: no dropout on fixed features, so

@@ -23,14 +23,19 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .config import MIN_REWARD_SCALE
 from .data import (
     DataFormatError,
     PreferenceTokenizer,
     Text,
+    check_text_or_messages,
     length_sorted_batches,
     read_records,
 )
 from .embeddings import EmbeddingCache
+from .fileio import write_json
+from .integrity import NonFiniteError, load_checked
+from .manifest import check_manifest, score_manifest
 from .modeling import PromptBoundaryError, VRMForSequenceClassification, find_prompt_end
 
 
@@ -146,7 +151,7 @@ class RewardPipeline:
 
         if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
             raise FileNotFoundError(f"{path}: not a saved vrm model directory (no config.json)")
-        model = VRMForSequenceClassification.from_pretrained(path, **({"dtype": dtype} if dtype else {}))
+        model = load_checked(VRMForSequenceClassification, path, **({"dtype": dtype} if dtype else {}))
         if device:
             model.to(device)
         return cls(model, AutoTokenizer.from_pretrained(path), **kwargs)
@@ -246,8 +251,17 @@ class RewardPipeline:
             self.normalize = normalize
         if raw.numel() < 2:
             raise ValueError("need at least 2 reference responses to measure a reward mean and std")
+        if not torch.isfinite(raw).all():
+            raise NonFiniteError(
+                "the model gave NaN or infinite rewards on the reference set: nothing to normalize"
+            )
         mean, std = float(raw.mean()), float(raw.std())
-        self.model.config.reward_mean, self.model.config.reward_scale = mean, max(std, 1e-6)
+        if std < MIN_REWARD_SCALE:  # dividing by it would turn tiny differences into huge rewards
+            raise ValueError(
+                f"the {raw.numel()} reference rewards are (nearly) all equal (std {std:.3g} < {MIN_REWARD_SCALE}): "
+                "cannot normalize by their spread; use reference responses of varied quality"
+            )
+        self.model.config.reward_mean, self.model.config.reward_scale = mean, std
         return mean, std
 
     def save_pretrained(self, path: str) -> None:
@@ -269,18 +283,27 @@ def _completed_rows(path: str) -> int:
 
 
 def _row_to_pair(row: dict[str, Any], location: str, prompt_column: str, response_column: str):
+    """(prompt, response) of a row to score: text or well-formed messages, else a `DataFormatError`."""
     if "messages" in row and prompt_column not in row:
+        conversation = row["messages"]
+        if isinstance(conversation, str):
+            raise DataFormatError(f"{location}: 'messages' must be a list of messages, got text")
+        check_text_or_messages(conversation, location, "messages")
         try:
-            return split_conversation(row["messages"])
-        except (ValueError, AttributeError, TypeError) as err:
+            return split_conversation(conversation)
+        except ValueError as err:
             raise DataFormatError(f"{location}: 'messages' {err}") from None
-    response = row.get(response_column, row.get("completion"))
+    column = response_column if response_column in row else "completion"
+    response = row.get(column)
     if row.get(prompt_column) is None or response is None:
         raise DataFormatError(
             f"{location}: needs '{prompt_column}' and '{response_column}' (or 'completion') columns, "
-            f"or a 'messages' conversation; columns present: {', '.join(sorted(row)) or 'none'}"
+            f"or a 'messages' conversation; columns present: {', '.join(sorted(map(str, row))) or 'none'}"
         )
-    return row[prompt_column], response
+    return (
+        check_text_or_messages(row[prompt_column], location, prompt_column),
+        check_text_or_messages(response, location, column),
+    )
 
 
 def score_file(
@@ -292,16 +315,29 @@ def score_file(
     prompt_column: str = "prompt",
     response_column: str = "response",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, int]:
     """Score every row of `input_path` into `output_path` (jsonl: the row plus the score fields).
 
     Resumable: rows already in the output are not scored again, each chunk is flushed and fsync'ed, and a
-    partially written last line is discarded. Returns {"rows", "skipped", "scored"}.
+    partially written last line is discarded. `output_path + ".manifest.json"` records the input, the model
+    and the settings; a run that does not match them refuses to add to the output (unless `overwrite`: the
+    output is then scored again from scratch). Non-finite scores are an error, never written.
+    Returns {"rows", "skipped", "scored"}.
     """
     rows = list(read_records(input_path))
     if not rows:
         raise DataFormatError(f"{input_path}: no rows to score")
     pairs = [_row_to_pair(row, location, prompt_column, response_column) for location, row in rows]
+    manifest = score_manifest(
+        pipeline, input_path, prompt_column=prompt_column, response_column=response_column
+    )
+    manifest_path = output_path + ".manifest.json"
+    if overwrite and os.path.exists(output_path):
+        open(output_path, "w").close()
+    elif os.path.exists(output_path) and os.path.getsize(output_path) > 0:
+        check_manifest(manifest_path, manifest, output_path)
+    write_json(manifest, manifest_path)
     done = _completed_rows(output_path)
     if done > len(rows):
         raise ValueError(f"{output_path} has {done} rows but {input_path} only {len(rows)}: not its output")
@@ -311,9 +347,28 @@ def score_file(
         for start in tqdm(starts, desc="scoring", disable=not progress, unit="chunk"):
             chunk = pairs[start : start + chunk_size]
             scores = pipeline.score([p for p, _ in chunk], [r for _, r in chunk])
+            finite = torch.isfinite(scores.reward) & torch.isfinite(scores.reward_std)
+            finite &= torch.isfinite(scores.objective_weights).all(-1) & torch.isfinite(
+                scores.objective_scores
+            ).all(-1)
+            if not finite.all():
+                offset = int((~finite).nonzero()[0])
+                raise NonFiniteError(
+                    f"{rows[start + offset][0]}: the model gave a NaN or infinite score (reward "
+                    f"{float(scores.reward[offset])}); rows from here on were not written"
+                )
+            lines = []
             for offset in range(len(chunk)):
-                record = {**rows[start + offset][1], **pipeline.result(scores, offset)}
-                out.write(json.dumps(record) + "\n")
+                location, row = rows[start + offset]
+                try:
+                    lines.append(
+                        json.dumps({**row, **pipeline.result(scores, offset)}, allow_nan=False) + "\n"
+                    )
+                except ValueError:
+                    raise DataFormatError(
+                        f"{location}: holds NaN or infinite numbers, which a JSON output cannot carry"
+                    ) from None
+            out.writelines(lines)
             out.flush()
             os.fsync(out.fileno())
     return {"rows": len(rows), "skipped": done, "scored": len(rows) - done}
@@ -342,7 +397,7 @@ class SequenceClassifierPipeline:
     ) -> SequenceClassifierPipeline:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        model = AutoModelForSequenceClassification.from_pretrained(path)
+        model = load_checked(AutoModelForSequenceClassification, path)
         if model.config.num_labels != 1:
             raise ValueError(f"{path}: a reward model has one output, this one has {model.config.num_labels}")
         if device:

@@ -7,10 +7,13 @@ and write a final `save_pretrained` directory that `VRMForSequenceClassification
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +21,20 @@ import torch
 from torch.utils.data import Dataset
 from transformers import AutoConfig, AutoTokenizer, Trainer, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import get_last_checkpoint
 
 from .config import DataArguments, ModelArguments, VRMTrainingArguments
-from .data import PreferenceCollator, PreferenceTokenizer, TokenizedPair, TruncationStats, load_preferences
+from .data import (
+    PreferenceCollator,
+    PreferenceTokenizer,
+    TokenizedPair,
+    TruncationStats,
+    load_preferences,
+    rating_ranges,
+)
 from .embeddings import CachedPairDataset, CachedStatesCollator, EmbeddingCache
 from .heads import LatentRewardHead
-from .losses import beta_factor, preference_loss
+from .integrity import NonFiniteError, check_finite_weights, load_checked
+from .losses import ATTRIBUTE_TARGETS, beta_factor, preference_loss
 from .modeling import VRMForSequenceClassification
 
 logger = logging.getLogger(__name__)
@@ -124,6 +134,7 @@ class VRMTrainer(Trainer):
         margin = inputs.pop("margin", None)
         attribute_targets = inputs.pop("attribute_targets", None)
         objective_labels = inputs.pop("objective_labels", None)
+        rating_differences = inputs.pop("rating_differences", None)
         samples = model(**inputs)  # pair mode of VRMForSequenceClassification.forward
         beta_w, beta_z = self.current_betas()
         out = preference_loss(
@@ -135,6 +146,10 @@ class VRMTrainer(Trainer):
             attribute_weight=self.args.attribute_weight,
             objective_labels=objective_labels,
             objective_label_weight=self.args.objective_label_weight,
+            rating_differences=rating_differences,
+            attribute_target=self.args.attribute_target,
+            rating_weight_coef=self.args.rating_weight_coef,
+            rating_temperature=self.args.rating_temperature,
         )
         loss = out.loss
         if self.args.center_rewards_coefficient:
@@ -157,6 +172,8 @@ class VRMTrainer(Trainer):
             values["attribute_loss"] = out.attribute_loss
         if objective_labels is not None:
             values["objective_label_nll"] = out.objective_label_nll
+        if out.rating_weight_nll is not None:
+            values["rating_weight_nll"] = out.rating_weight_nll
         # one collective per step: each process's batch means, weighted by its number of pairs
         pairs = float(samples.reward_chosen.shape[-1])
         local = torch.stack(
@@ -171,6 +188,22 @@ class VRMTrainer(Trainer):
         for name, value in averaged.items():
             self._metrics[mode][name].append(value)
         return (loss, samples) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """`Trainer.training_step`, stopping the run on a NaN / infinite loss before the optimizer applies its
+        gradients (`Trainer` would only leave it out of the logged average): the checkpoints keep the last good
+        weights, and no final model is written."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        bad = (~torch.isfinite(loss.detach())).any().float()
+        if self.accelerator.num_processes > 1:  # every process stops together
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item():
+            raise NonFiniteError(
+                f"the training loss became {float(loss)} at step {self.state.global_step + 1}: training stopped "
+                f"before that update, no final model written (checkpoints in {self.args.output_dir} are kept); "
+                "lower the learning rate or check the data"
+            )
+        return loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -195,6 +228,21 @@ class VRMTrainer(Trainer):
 
 
 # ----- the `vrm train` job --------------------------------------------------------------------------------------
+def check_rating_arguments(training_args: VRMTrainingArguments, attribute_names: Sequence[str]) -> None:
+    """Flags of the rating terms that would silently do nothing are errors, before any data is read."""
+    if training_args.attribute_target not in ATTRIBUTE_TARGETS:
+        raise ValueError(
+            f"--attribute_target must be one of {ATTRIBUTE_TARGETS}, got {training_args.attribute_target!r}"
+        )
+    if training_args.rating_weight_coef > 0 and not attribute_names:
+        raise ValueError(
+            "--rating_weight_coef needs --attribute_names (the rated objectives: columns {name}_chosen / "
+            "{name}_rejected hold the ratings)"
+        )
+    if training_args.rating_temperature <= 0:
+        raise ValueError(f"--rating_temperature must be > 0, got {training_args.rating_temperature}")
+
+
 @dataclass
 class TrainingResult:
     output_dir: str
@@ -230,7 +278,7 @@ def build_model(model_args: ModelArguments) -> VRMForSequenceClassification:
     dtype = getattr(torch, model_args.dtype)
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, **backbone_kwargs)
     if config.model_type == "vrm":
-        return VRMForSequenceClassification.from_pretrained(model_args.model_name_or_path, dtype=dtype)
+        return load_checked(VRMForSequenceClassification, model_args.model_name_or_path, dtype=dtype)
     head_kwargs: dict[str, Any] = {
         "num_objectives": model_args.num_objectives,
         "objective_names": model_args.objective_names,
@@ -286,6 +334,7 @@ def save_final_model(
     previous final model or none, never a loadable half. With LoRA the adapter and head also go to `adapter/`,
     and the saved model is the merged one (or the base model plus head, if not `merge_lora`).
     """
+    check_finite_weights(model.named_parameters(), f"{output_dir}: final model not saved")
     staging = os.path.join(output_dir, ".final-staging")
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
@@ -305,20 +354,44 @@ def save_final_model(
     return plain
 
 
+def checkpoint_is_complete(path: str) -> bool:
+    """`Trainer` writes `trainer_state.json` after the weights, optimizer and RNG states: a checkpoint without a
+    readable one was cut off while it was written."""
+    try:
+        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as handle:
+            json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def resolve_resume(training_args: VRMTrainingArguments) -> str | bool | None:
-    """`--resume_from_checkpoint true|auto` resumes from the last checkpoint in output_dir, if any."""
+    """`--resume_from_checkpoint true|auto` resumes from the newest complete checkpoint in output_dir, if any
+    (one a crash cut off mid-write is skipped, with a warning)."""
     value = training_args.resume_from_checkpoint
     if value is None or str(value).lower() in ("false", "no", ""):
         return None
     if str(value).lower() in ("true", "auto", "yes"):
-        last = (
-            get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        )
-        if last is None:
-            logger.warning("no checkpoint in %s to resume from; starting fresh", training_args.output_dir)
-        return last
+        output_dir = training_args.output_dir
+        found = []
+        if os.path.isdir(output_dir):
+            for name in os.listdir(output_dir):
+                match = re.fullmatch(r"checkpoint-(\d+)", name)
+                if match and os.path.isdir(os.path.join(output_dir, name)):
+                    found.append((int(match.group(1)), os.path.join(output_dir, name)))
+        for _, path in sorted(found, reverse=True):
+            if checkpoint_is_complete(path):
+                return path
+            logger.warning("skipping %s: incomplete (no readable trainer_state.json)", path)
+            print(f"[vrm] skipping {path}: incomplete (cut off while it was written)", flush=True)
+        logger.warning("no complete checkpoint in %s to resume from; starting fresh", output_dir)
+        return None
     if not os.path.isdir(value):
         raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint directory")
+    if not checkpoint_is_complete(value):
+        raise ValueError(
+            f"--resume_from_checkpoint {value}: incomplete checkpoint (no readable trainer_state.json or weights)"
+        )
     return value
 
 
@@ -329,14 +402,17 @@ def run_training(
         raise ValueError("no training data: pass --dataset_name FILE_OR_NAME [...]")
     attribute_names = data_args.attribute_names or ()
 
-    def read(sources: list[str], split: str, limit: int | None):
+    def read(sources: list[str], split: str, limit: int | None, rating_scale=None):
         return load_preferences(
             sources,
             split=split,
             attribute_names=attribute_names,
             objective_column=data_args.objective_column,
             max_rows=limit,
+            rating_scale=rating_scale,
         )
+
+    check_rating_arguments(training_args, attribute_names)
 
     if training_args.objective_label_weight > 0 and not (data_args.objective_column and attribute_names):
         raise ValueError(
@@ -351,18 +427,22 @@ def run_training(
     train_examples = read(data_args.dataset_name, data_args.dataset_train_split, data_args.max_train_samples)
     eval_examples = None
     if data_args.eval_dataset_name:
-        eval_examples = read(
-            data_args.eval_dataset_name, data_args.dataset_test_split, data_args.max_eval_samples
+        eval_examples = read(  # ratings on the training data's scale
+            data_args.eval_dataset_name,
+            data_args.dataset_test_split,
+            data_args.max_eval_samples,
+            rating_ranges(train_examples),
         )
 
     tokenizer = load_tokenizer(model_args)
     set_seed(training_args.seed)  # the head's initialization is part of the run: same seed, same model
     model = build_model(model_args)
-    if training_args.objective_label_weight > 0 and model.config.weight_posterior == "none":
-        raise ValueError(
-            f"--objective_label_weight trains objective weights, which a {model.config.head_type} head does not "
-            "have: use --head_type moe or vrm"
-        )
+    for flag in ("objective_label_weight", "rating_weight_coef"):
+        if getattr(training_args, flag) > 0 and model.config.weight_posterior == "none":
+            raise ValueError(
+                f"--{flag} trains objective weights, which a {model.config.head_type} head does not have: "
+                "use --head_type moe, vrm or vrm-paper"
+            )
     if attribute_names and len(attribute_names) > model.config.num_objectives:
         raise ValueError(
             f"{len(attribute_names)} attribute_names but only {model.config.num_objectives} objectives"

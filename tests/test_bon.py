@@ -86,3 +86,19 @@ def test_bench_bon_cli(tmp_path, capsys):
         curve = json.load(handle)["curves"][proxy_dir]
     assert curve[1]["gold"] >= curve[0]["gold"]
     assert main(["bench", "nope"]) == 2
+
+
+def test_plot_curves_leaves_the_matplotlib_backend_alone(tmp_path, monkeypatch):
+    """Library code never switches the application's backend (issue 19): no `matplotlib.use`, no pyplot."""
+    import matplotlib
+
+    from vrm.bon import plot_curves
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("library code called matplotlib.use")
+
+    monkeypatch.setattr(matplotlib, "use", refuse)
+    curve = bon_curve([np.array([3.0, 1.0, 2.0])], [np.array([0.0, 1.0, 2.0])], [1, 2])
+    path = plot_curves({"proxy": curve}, str(tmp_path / "bon.png"))
+    with open(path, "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -283,14 +283,46 @@ def test_ratings_train_the_weights_from_the_cli(tmp_path, llama_backbone_dir, ca
         num_objectives=16,
     )
     capsys.readouterr()
+
+    def first_step(out: str, name: str) -> float:
+        return float(re.findall(rf"'{name}': '([-0-9.e]+)'", out)[0])
+
     assert main(["train", *argv, *ratings]) == 0
-    logged = re.findall(r"'rating_weight_nll': '([0-9.]+)'", capsys.readouterr().out)
+    trained = capsys.readouterr().out
+    logged = re.findall(r"'rating_weight_nll': '([0-9.]+)'", trained)
     assert len(logged) == 2 and all(0 < float(v) < 2 for v in logged)
+    # the same run (same seed, same first batch) without the term and with sign targets: the first logged loss
+    # differs by exactly the ratings -> weights term plus the change of the score term (its targets)
+    off = [
+        *train_argv(
+            llama_backbone_dir,
+            data,
+            output,
+            max_steps=1,
+            logging_steps=1,
+            head_type="vrm-paper",
+            num_objectives=16,
+        ),
+        "--attribute_names",
+        "help",
+        "harm",
+    ]
+    assert main(["train", *off]) == 0
+    untrained = capsys.readouterr().out
+    term = first_step(trained, "rating_weight_nll")
+    graded, sign = first_step(trained, "attribute_loss"), first_step(untrained, "attribute_loss")
+    expected = first_step(untrained, "loss") - sign + graded + term
+    assert first_step(trained, "loss") == pytest.approx(expected, abs=3e-3)
+    assert first_step(untrained, "rating_weight_nll") == pytest.approx(
+        term, rel=1e-3
+    )  # measured, not trained
+    assert graded != pytest.approx(sign, abs=1e-3)
     config = json.load(open(os.path.join(output, "config.json")))
     assert (config["head_type"], config["num_objectives"], config["feature_dim"]) == ("vrm-paper", 16, 4)
     assert main(["train", *argv]) == 1  # no ratings
     assert "--rating_weight_coef needs --attribute_names" in capsys.readouterr().err
     assert main(["train", *argv, *ratings, "--head_type", "bt", "--num_objectives", "1"]) == 1
     assert "a bt head does not have" in capsys.readouterr().err
-    assert main(["train", *argv, "--attribute_names", "help", "--attribute_target", "ordinal"]) == 1
-    assert "--attribute_target must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a choice of the parser (issue 18): refused before anything loads
+        main(["train", *argv, "--attribute_names", "help", "--attribute_target", "ordinal"])
+    assert "invalid choice: 'ordinal'" in capsys.readouterr().err

@@ -157,16 +157,30 @@ def test_ratings_become_graded_differences_on_one_scale(tmp_path):
     path = tmp_path / "rated.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     first, second, third = load_preferences(str(path), attribute_names=["help", "tone"])
-    assert rating_ranges([first, second, third]) == [4.0, 1.0]  # help spans 1..5; tone has one value: 1
+    help_range, tone_range = rating_ranges([first, second, third])
+    assert help_range == 4.0 and math.isnan(tone_range)  # help spans 1..5; tone has one value (no spread: 1)
     assert first.rating_differences == [1.0, 0.0]
     assert second.rating_differences[0] == -0.25 and math.isnan(second.rating_differences[1])
     assert all(math.isnan(v) for v in third.rating_differences)
     assert math.isnan(first.attribute_targets[1])  # the sign target still drops the tie
     (rescaled, *_) = load_preferences(str(path), attribute_names=["help", "tone"], rating_scale=[8.0, 2.0])
     assert rescaled.rating_differences == [0.5, 0.0]
-    for bad in (math.nan, math.inf, "n/a", True):  # a rating that is there must be a finite number
+    for bad in (math.inf, "n/a", True):  # a rating that is there must be a finite number
         with pytest.raises(DataFormatError, match="f.jsonl:3: 'help_rejected' must be a number"):
             parse_row(dict(rows[0], help_rejected=bad), "f.jsonl:3", attribute_names=["help", "tone"])
+    unrated = parse_row(dict(rows[0], help_rejected=math.nan), "r", attribute_names=["help"])  # NaN: missing
+    assert math.isnan(unrated.ratings_rejected[0]) and math.isnan(unrated.attribute_targets[0])
+    # evaluation data on the training scale; where training saw no spread (tone), the data's own spread
+    eval_path = tmp_path / "eval.jsonl"
+    eval_path.write_text(
+        json.dumps(dict(rows[0], help_rejected=3, tone_chosen=10, tone_rejected=0))
+        + "\n"
+        + json.dumps(dict(rows[0], help_chosen=9, help_rejected=-7, tone_chosen=5, tone_rejected=5))
+    )
+    near, far = load_preferences(
+        str(eval_path), attribute_names=["help", "tone"], rating_scale=[4.0, math.nan]
+    )
+    assert near.rating_differences == [0.5, 1.0] and far.rating_differences == [1.0, 0.0]  # far: clamped to 1
     assert load_preferences(str(path))[0].rating_differences is None  # no attribute names: no ratings read
     tokenizer = PreferenceTokenizer(make_llama_tokenizer(), max_length=64)
     batch = PreferenceCollator(pad_token_id=0)(tokenizer.tokenize_pairs([first, second])[0])

@@ -12,6 +12,8 @@ from vrm.experiment import (
     RunResult,
     SetResult,
     build_report,
+    collect,
+    weight_error,
     load_experiment,
     main,
     paired_p_value,
@@ -61,15 +63,18 @@ def _fake_runner(calls: list):
 
 def test_each_variant_runs_its_grid_once_then_the_chosen_point_at_every_seed(tmp_path):
     config, calls = _config(), []
-    results = run_experiment(config, str(tmp_path), str(tmp_path / "work"), runner=_fake_runner(calls))
+    run_experiment(config, str(tmp_path), str(tmp_path / "work"), runner=_fake_runner(calls))
     assert len(calls) == 2 * (2 + 2)  # per variant: 2 grid points at seed 0, then seeds 1 and 2
-    chosen = {r.variant: r.flags["learning_rate"] for r in results if r.seed == 2}
-    assert chosen == {"bt": 0.1, "vrm": 0.2}
+    runs = collect(config, str(tmp_path))
+    assert {v: [r.flags["learning_rate"] for r in rs] for v, rs in runs.items()} == {
+        "bt": [0.1, 0.1, 0.1],
+        "vrm": [0.2, 0.2, 0.2],
+    }
     again: list = []  # finished runs are read back, never retrained
-    assert len(run_experiment(config, str(tmp_path), "", runner=_fake_runner(again))) == len(results)
+    run_experiment(config, str(tmp_path), "", runner=_fake_runner(again))
     assert again == []
 
-    report = build_report(config, results)
+    report = build_report(config, runs)
     vrm = report["variants"]["vrm"]["sets"]["test"]
     assert vrm["accuracy_mean"] == pytest.approx(0.99) and vrm["accuracy_std"] == pytest.approx(0.01)
     assert report["variants"]["bt"]["flags"]["learning_rate"] == 0.1
@@ -78,6 +83,31 @@ def test_each_variant_runs_its_grid_once_then_the_chosen_point_at_every_seed(tmp
     assert test["sets"]["test"]["p"] < 0.01
     markdown = report_markdown(report)
     assert "| vrm | 0.900 ± 0.000 | 0.990 ± 0.010 |" in markdown and "vrm - bt" in markdown
+    with pytest.raises(ValueError, match="made on other data"):  # reused runs must come from the same data
+        run_experiment(_config(train="other.jsonl"), str(tmp_path), "", runner=_fake_runner([]))
+
+
+def test_a_tie_on_validation_picks_the_first_grid_point_in_every_path(tmp_path):
+    """The run and the report (rebuilt from files, whose names are hashes) make the same choice on a tie."""
+    config = _config(grid={"learning_rate": [0.3, 0.2, 0.1]}, variants={"bt": {"head_type": "bt"}})
+
+    def tied(spec, config, work_dir):
+        sets = {name: SetResult(4, 0.5, [0.5] * 4, 0.1, None, None) for name in ("validation", "test")}
+        return RunResult(spec.variant, spec.seed, spec.key, spec.flags, sets)
+
+    run_experiment(config, str(tmp_path), "", runner=tied)
+    runs = collect(config, str(tmp_path))["bt"]
+    assert [r.flags["learning_rate"] for r in runs] == [0.3, 0.3, 0.3] and [r.seed for r in runs] == [0, 1, 2]
+
+
+def test_running_one_variant_keeps_the_others_in_the_report(tmp_path, monkeypatch):
+    config = _config()
+    run_experiment(config, str(tmp_path), "", runner=_fake_runner([]))
+    monkeypatch.setattr("vrm.experiment.load_experiment", lambda path: config)
+    monkeypatch.setattr("vrm.experiment.run_experiment", lambda *args, **kwargs: None)
+    assert main(["unused.yaml", "--results_dir", str(tmp_path), "--variants", "vrm"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["variants"]) == {"bt", "vrm"} and "vrm - bt" in report["paired_tests"]
 
 
 def test_experiment_files_are_checked(tmp_path):
@@ -91,6 +121,9 @@ def test_experiment_files_are_checked(tmp_path):
     path.write_text(yaml.safe_dump(fields))
     with pytest.raises(ValueError, match="baseline 'vrm' is not one of the variants"):
         load_experiment(str(path))
+    path.write_text(yaml.safe_dump(dict(fields, baseline="bt", grid={"lr": [1]}, variants={"bt": {"lr": 2}})))
+    with pytest.raises(ValueError, match="variant 'bt' sets \\['lr'\\], which the grid sweeps"):
+        load_experiment(str(path))
 
 
 def test_a_real_experiment_trains_scores_and_reports(tmp_path, llama_backbone_dir):
@@ -102,6 +135,8 @@ def test_a_real_experiment_trains_scores_and_reports(tmp_path, llama_backbone_di
             "rejected": "bad",
             "help_chosen": 2,
             "help_rejected": i % 3,
+            "tone_chosen": i % 2,
+            "tone_rejected": 1,
             "subset": "main" if i % 4 else "other",
         }
         for i in range(12)
@@ -125,7 +160,7 @@ def test_a_real_experiment_trains_scores_and_reports(tmp_path, llama_backbone_di
             "vrm_rw": {
                 "head_type": "vrm",
                 "num_objectives": 2,
-                "attribute_names": ["help"],
+                "attribute_names": ["help", "tone"],
                 "rating_weight_coef": 1.0,
             },
         },
@@ -143,3 +178,11 @@ def test_a_real_experiment_trains_scores_and_reports(tmp_path, llama_backbone_di
     assert not os.listdir(work_dir / "models")
     assert main([*argv, "--report_only"]) == 0
     assert "vrm_rw - bt" in (results_dir / "report.md").read_text()
+
+
+def test_weight_error_compares_rated_objectives_renormalised():
+    """Learned objective k against true objective k over the first len(truth) objectives, renormalised (the
+    rest are free objectives of a larger head)."""
+    truth = {"a": [0.7, 0.3], "b": [0.2, 0.8]}
+    learned = {"a": [0.35, 0.15, 0.5], "b": [0.1, 0.1, 0.8]}  # a: exactly right once renormalised; b: 0.5/0.5
+    assert weight_error(learned, truth) == pytest.approx((0 + 0 + 0.3 + 0.3) / 4)

@@ -128,18 +128,20 @@ def test_rating_weight_term_matches_a_hand_computed_value():
             [1.0, -0.5, nan],  # rated on objectives 0 and 1: w renormalised over them
             [nan, nan, nan],  # no rating: masked
             [0.5, 0.5, -1.0],  # all three rated
-            [0.0, 0.0, nan],  # a tie on everything rated: says nothing about w, masked
+            [0.5, 0.5, nan],  # equal gaps on everything rated: w~ . delta = 0.5 for any w, masked
         ]
     )
-    tau = 3.0
+    tau, eps = 3.0, 1e-3
 
     def term(w, d):
-        return -math.log(1 / (1 + math.exp(-tau * sum(wk * dk for wk, dk in zip(w, d, strict=True)))))
+        total = sum(wk + eps for wk in w)
+        gap = sum((wk + eps) / total * dk for wk, dk in zip(w, d, strict=True))
+        return -math.log(1 / (1 + math.exp(-tau * gap)))
 
     expected = [
-        term([0.5 / 0.75, 0.25 / 0.75], [1.0, -0.5]),
+        term([0.5, 0.25], [1.0, -0.5]),
         term([0.2, 0.3, 0.5], [0.5, 0.5, -1.0]),
-        term([0.1 / 0.7, 0.6 / 0.7], [1.0, -0.5]),
+        term([0.1, 0.6], [1.0, -0.5]),
         term([0.4, 0.4, 0.2], [0.5, 0.5, -1.0]),
     ]
     out = preference_loss(samples, rating_differences=delta, rating_weight_coef=2.0, rating_temperature=tau)
@@ -150,7 +152,20 @@ def test_rating_weight_term_matches_a_hand_computed_value():
     assert (
         preference_loss(samples, rating_differences=torch.full((4, 3), nan)).rating_weight_nll.item() == 0.0
     )
+    one_rated = torch.tensor([[1.0, nan, nan]] * 4)  # one rated objective: w~ = 1, no information about w
+    assert preference_loss(samples, rating_differences=one_rated).rating_weight_nll.item() == 0.0
     assert preference_loss(samples).rating_weight_nll is None
+
+
+def test_rating_weight_gradients_stay_bounded_when_rated_weights_vanish():
+    """A Dirichlet draw can put ~1e-14 on every rated objective; the smoothed renormalisation keeps the
+    gradient finite and moderate (it was ~1e12 without it)."""
+    samples = _samples([0.0], [0.0])
+    weights = torch.tensor([[[1e-14, 1e-14, 1.0 - 2e-14]]], requires_grad=True)
+    samples.weight_samples = weights
+    delta = torch.tensor([[1.0, -1.0, math.nan]])
+    preference_loss(samples, rating_differences=delta, rating_weight_coef=1.0).loss.backward()
+    assert torch.isfinite(weights.grad).all() and weights.grad.abs().max() < 1e4
 
 
 def test_graded_rating_targets_keep_ties_and_magnitudes():

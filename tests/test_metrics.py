@@ -99,3 +99,27 @@ def test_best_of_n_estimator_matches_enumeration(ties):
     assert kl_bon(1) == 0.0 and kl_bon(4) == pytest.approx(math.log(4) - 0.75)
     with pytest.raises(ValueError, match="pool size 9"):
         best_of_n(proxy, gold, 10)
+
+
+def test_metrics_agree_with_scipy_and_scipy_is_a_dependency():
+    """metrics.py delegates ranks, AUROC, Spearman and the normal tail to scipy.stats (issue 19)."""
+    import pathlib
+    import tomllib
+
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 6, 200).astype(float)  # ties
+    labels = rng.integers(0, 2, 200).astype(bool)
+    u = stats.mannwhitneyu(scores[labels], scores[~labels]).statistic
+    assert auroc(scores, labels) == pytest.approx(u / (labels.sum() * (~labels).sum()), abs=1e-12)
+    x, y = rng.normal(size=50), rng.integers(0, 5, 50)
+    assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    chosen, rejected, std = rng.normal(size=40), rng.normal(size=40), rng.uniform(0.1, 2.0, 40)
+    flip = stats.norm.cdf(-np.abs(chosen - rejected) / std)
+    assert error_detection(chosen, rejected, std, np.zeros(40))["flip"] == pytest.approx(
+        auroc(flip, chosen <= rejected)
+    )
+    pyproject = tomllib.loads((pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert any(dep.replace(" ", "").startswith("scipy>=") for dep in pyproject["project"]["dependencies"])

@@ -434,3 +434,85 @@ def test_resume_after_a_crash_mid_checkpoint(tmp_path, pairs_file, llama_backbon
         state = json.load(handle)
     assert state["global_step"] == 6
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [2, 4, 6]
+
+
+# ----- 7. templated texts and message lists with nothing to score ----------------------------------------------
+@pytest.mark.parametrize("setup", ["llama_chat", "bert_pair"])
+def test_score_texts_refuses_padding_only_texts_and_texts_without_a_response(setup):
+    """Issue 17 leftovers: these were IndexErrors (argmax over an empty row) or silently scored prompts."""
+    model, tokenizer, _ = build(setup)
+    pipeline = RewardPipeline(model, tokenizer)
+    pad = tokenizer.pad_token
+    with pytest.raises(ValueError, match=r"^text 0 has no tokens other than padding"):
+        pipeline.score_texts([pad * 3])
+    with pytest.raises(ValueError, match=r"^text 1 has no tokens other than padding"):
+        pipeline.score_texts(["some text", pad * 2], ["some", pad])
+    with pytest.raises(ValueError, match=r"^text 0 has no tokens other than padding"):
+        pipeline.score_texts([""])
+    with pytest.raises(ValueError, match=r"^text 0 has no response"):
+        pipeline.score_texts(["a question"], ["a question"])
+    with pytest.raises(ValueError, match=r"^prompt 0 has no tokens"):
+        pipeline.score_texts(["a question"], [""])
+    prompt = [{"role": "user", "content": "q"}]
+    if tokenizer.chat_template:
+        prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        with pytest.raises(ValueError, match=r"^text 0 has no response"):
+            pipeline.score_texts([prompt_text], [prompt_text])
+    assert torch.isfinite(pipeline.score_texts(["a question and an answer"], ["a question"]).reward).all()
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"prompt": [], "response": "a"},
+        {"prompt": [], "response": [{"role": "assistant", "content": "a"}]},
+        {"messages": [{"role": "assistant", "content": "a"}]},
+    ],
+    ids=["empty-prompt-list", "empty-prompt-list-messages", "conversation-without-prompt"],
+)
+def test_score_names_the_row_a_chat_template_refuses(tmp_path, pipeline, capsys, row):
+    """Issue 17 leftover: an empty prompt message list made the chat template raise a ValueError naming no row."""
+    path = jsonl(tmp_path / "in.jsonl", [{"prompt": "q", "response": "fine"}, row])
+    message = r"in\.jsonl:2: cannot be templated for this model \(ValueError: "
+    with pytest.raises(DataFormatError, match=message):
+        score_file(pipeline, path, str(tmp_path / "out.jsonl"), progress=False)
+    model_dir = _saved(tmp_path, pipeline)
+    argv = ["score", "--model", model_dir, "--input", path, "--output", str(tmp_path / "o.jsonl")]
+    assert main([*argv, "--no_progress"]) == 1
+    assert "in.jsonl:2: cannot be templated" in one_line_error(capsys, "score")
+
+
+def test_the_benchmark_corpus_is_refused_with_the_messages_it_expects(tmp_path):
+    """`benchmarks/robustness.py` replays this corpus against the commands; in-process, each file and row must
+    already give the error its pattern names (keeps the corpus and the messages in step)."""
+    from fixtures.bad_inputs import pool_files, preference_files, score_files
+
+    for item in preference_files():
+        attributes = item.args[1:] if item.args[:1] == ("--attribute_names",) else ()
+        if item.also_accepted:
+            continue
+        with pytest.raises(DataFormatError, match=item.message):
+            load_preferences(item.write(str(tmp_path)), attribute_names=attributes)
+    for item in pool_files():
+        with pytest.raises(DataFormatError, match=item.message):
+            read_pool(item.write(str(tmp_path)), "gold")
+    model, tokenizer, _ = build("llama_chat")
+    pipeline = RewardPipeline(model, tokenizer)
+    for item in score_files():
+        with pytest.raises(DataFormatError, match=item.message):
+            output = str(tmp_path / f"{item.case}.out")
+            score_file(pipeline, item.write(str(tmp_path)), output, progress=False)
+
+
+def test_a_zero_batch_or_chunk_size_is_a_one_line_error(tmp_path, pipeline, capsys):
+    """Found by benchmarks/robustness.py: `--batch_size 0` was a ZeroDivisionError traceback (score, eval)."""
+    model_dir = _saved(tmp_path, pipeline)
+    output = str(tmp_path / "o.jsonl")
+    argv = ["score", "--model", model_dir, "--input", rows_file(tmp_path), "--output", output]
+    for flag in ("--batch_size", "--chunk_size"):
+        assert main([*argv, flag, "0", "--no_progress"]) == 1
+        assert f"{flag[2:]} must be >= 1, got 0" in one_line_error(capsys, "score")
+    assert not os.path.exists(tmp_path / "o.jsonl")
+    data = write_pairs(str(tmp_path / "p.jsonl"))
+    assert main(["eval", "--model", model_dir, "--dataset", data, "--batch_size", "0", "--no_progress"]) == 1
+    assert "batch_size must be >= 1, got 0" in one_line_error(capsys, "eval")

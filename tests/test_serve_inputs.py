@@ -8,10 +8,11 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_modeling import build
 from test_serve import make_pipeline, templated
 
 from vrm.data import DataFormatError
-from vrm.pipeline import score_file
+from vrm.pipeline import RewardPipeline, score_file
 from vrm.serve import ServerConfig, build_app
 
 JSON = {"Content-Type": "application/json"}
@@ -63,6 +64,24 @@ def test_lone_surrogates_are_400_naming_the_item(client, path, body, words):
         assert word in response.json()["detail"], (word, response.json()["detail"])
 
 
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"query": ["[PAD][PAD][PAD]"]}, ["query[0]", "empty", "padding"]),
+        ({"query": [" "], "prompts": [" "]}, ["query[0]", "no tokens"]),
+        ({"query": ["[CLS] a [SEP]"], "prompts": ["[CLS] a [SEP]"]}, ["query[0]", "no response"]),
+    ],
+)
+def test_an_encoder_model_refuses_texts_without_a_response(body, words):
+    """Issue 17, as reported on a BERT-like (MiniLM) model: these were IndexErrors (500)."""
+    model, tokenizer, _ = build("bert_pair")
+    with TestClient(build_app(RewardPipeline(model, tokenizer), ServerConfig())) as test_client:
+        response = test_client.post("/get_reward", json=body)
+    assert response.status_code == 400, response.text
+    for word in words:
+        assert word in response.json()["detail"], (word, response.json()["detail"])
+
+
 def test_a_chat_template_that_rejects_a_role_is_a_400(pipeline):
     """Real chat templates raise on roles they do not know: that is the request's fault, not the server's."""
     strict = make_pipeline()
@@ -92,6 +111,8 @@ ROWS = [
     ("q", [{"role": "tool", "content": "output"}]),  # any role the chat template renders
     ([{"role": "system", "content": "be brief"}, {"role": "user", "content": "q"}], " "),
     ([], "a"),  # an empty conversation: the chat template refuses it
+    ("\ud800", "a"),  # a lone surrogate
+    ("q", [{"role": "assistant", "content": "x\udfff"}]),
 ]
 
 
@@ -105,11 +126,12 @@ def test_server_and_vrm_score_accept_and_score_the_same_pairs(pipeline, tmp_path
         offline = json.loads((tmp_path / "out.jsonl").read_text())
     except (ValueError, DataFormatError):
         offline = None
+    body = json.dumps({"prompts": [prompt], "responses": [response]}).encode()
     with TestClient(build_app(pipeline, ServerConfig())) as test_client:
-        answer = test_client.post("/score", json={"prompts": [prompt], "responses": [response]})
+        answer = test_client.post("/score", content=body, headers=JSON)
     if offline is None:
         assert answer.status_code == 400, answer.text
-        assert "prompts[0]" in answer.json()["detail"]
+        assert "s[0]" in answer.json()["detail"]  # prompts[0] or responses[0]
     else:
         assert answer.status_code == 200, answer.text
         assert abs(answer.json()["results"][0]["reward"] - offline["reward"]) < 1e-5

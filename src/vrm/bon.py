@@ -55,9 +55,7 @@ def read_pool(path: str, gold_column: str | None = None) -> list[dict[str, Any]]
                 raise DataFormatError(f"{location}: '{gold_column}' must list one gold score per response")
             for index, value in enumerate(gold):  # a NaN gold score would make the whole curve NaN
                 if value is None:
-                    raise DataFormatError(
-                        f"{location}: '{gold_column}[{index}]' must be a number, got None"
-                    )
+                    raise DataFormatError(f"{location}: '{gold_column}[{index}]' must be a number, got None")
                 finite_number(value, location, f"{gold_column}[{index}]")
         pool.append(row)
     if not pool:
@@ -126,12 +124,14 @@ def bon_curve(proxy: list[np.ndarray], gold: list[np.ndarray], ns: Sequence[int]
 
 def plot_curves(results: dict[str, list[dict[str, float]]], path: str) -> str:
     """Gold (solid) and standardized proxy (dashed) score against KL_BoN, one colour per proxy model."""
-    import matplotlib
+    # a Figure on its own Agg canvas: no pyplot, no global backend switch (library code leaves matplotlib's
+    # state to the application)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_gold, ax_proxy) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(fig)
+    ax_gold, ax_proxy = fig.subplots(1, 2)
     for name, curve in results.items():
         kl = [point["kl_bon"] for point in curve]
         gold = [point["gold"] for point in curve]
@@ -156,7 +156,6 @@ def plot_curves(results: dict[str, list[dict[str, float]]], path: str) -> str:
     fig.tight_layout()
     with atomic_output(path) as staging:
         fig.savefig(staging, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -164,7 +163,11 @@ def bon_main(argv: Sequence[str]) -> int:
     from .fileio import write_json
     from .pipeline import load_scorer
 
-    parser = argparse.ArgumentParser(prog="vrm bench bon", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="vrm bench bon",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--pool", help="Pool file: prompt + responses (+ gold scores) per row.")
     parser.add_argument("--proxy", action="append", default=[], help="Proxy reward model (repeatable).")
     parser.add_argument("--gold_model", default=None, help="Gold reward model that scores the candidates.")

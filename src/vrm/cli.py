@@ -25,7 +25,7 @@ commands:
   synth   write the synthetic preference world used by the quickstart
   recipe  turn a public feedback dataset into preference files (`vrm recipe finegrained-qa`)
 
-Run `vrm <command> --help` for the options of a command."""
+Run `vrm <command> --help` for the options of a command; `vrm --version` prints the version."""
 
 
 def pop_option(argv: Sequence[str], flag: str, what: str) -> tuple[str | None, list[str]]:
@@ -39,15 +39,74 @@ def pop_option(argv: Sequence[str], flag: str, what: str) -> tuple[str | None, l
     return argv[position + 1], argv[:position] + argv[position + 2 :]
 
 
-def parse_train_args(argv: Sequence[str]):
-    """Parse `vrm train` arguments: an optional `--config` YAML gives defaults, flags override them."""
-    import yaml
-    from transformers import HfArgumentParser
+HEAD_OPTIONS = (
+    "head_type",
+    "num_objectives",
+    "objective_names",
+    "weight_posterior",
+    "feature_posterior",
+    "feature_dim",
+    "decoder_hidden_size",
+    "prior_concentration",
+    "num_samples",
+    "pooling",
+    "prompt_state_gradient",
+)
+
+
+def build_train_parser():
+    """`vrm train`'s parser: vrm's options first in groups (model / head / data / training), then Trainer's."""
+    import dataclasses
+
+    from transformers import HfArgumentParser, TrainingArguments
 
     from .config import DataArguments, ModelArguments, VRMTrainingArguments
 
     parser = HfArgumentParser((ModelArguments, DataArguments, VRMTrainingArguments), prog="vrm train")
     parser.add_argument("--config", default=None, help="YAML file of arguments (flags override it).")
+    parser.add_argument(
+        "--accelerate_config",
+        default=None,
+        help="Run under `accelerate launch --config_file FILE` (several GPUs; see examples/accelerate/).",
+    )
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    own_training = set(VRMTrainingArguments.__dataclass_fields__) - inherited
+    own_training |= set(VRMTrainingArguments.__dict__.get("__annotations__", {}))
+    model_fields = {f.name for f in dataclasses.fields(ModelArguments)} - set(HEAD_OPTIONS)
+    groups = [
+        ("model", "the backbone (a hub name or directory), its dtype, LoRA", model_fields),
+        ("head", "the reward head: objective weights w, features z, decoder", set(HEAD_OPTIONS)),
+        ("data", "preference files and tokenization", {f.name for f in dataclasses.fields(DataArguments)}),
+        ("training (vrm)", "the ELBO terms and vrm's training settings", own_training),
+        ("training (transformers.TrainingArguments)", "the Trainer's own options", inherited - own_training),
+    ]
+    general = parser._optionals
+    general.title = "options"
+    placed = []
+    for title, description, names in groups:
+        group = parser.add_argument_group(title, description)
+        for action in list(general._group_actions):
+            if action.dest in names:
+                general._group_actions.remove(action)
+                group._group_actions.append(action)
+        placed.append(group)
+    parser._action_groups = [parser._positionals, general, *placed]
+    return parser
+
+
+def check_choices(parser, values: dict[str, Any], source: str) -> None:
+    """Values given in a YAML file must be among an option's choices, as flags are (argparse skips defaults)."""
+    for action in parser._actions:
+        if action.choices is not None and action.dest in values and values[action.dest] not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            parser.error(f"{source}: {action.dest} {values[action.dest]!r} is not one of: {choices}")
+
+
+def parse_train_args(argv: Sequence[str]):
+    """Parse `vrm train` arguments: an optional `--config` YAML gives defaults, flags override them."""
+    import yaml
+
+    parser = build_train_parser()
     try:
         config_path, argv = pop_option(argv, "--config", "a YAML file path")
     except ValueError as err:
@@ -66,6 +125,7 @@ def parse_train_args(argv: Sequence[str]):
         unknown = sorted(set(values) - known)
         if unknown:
             parser.error(f"--config {config_path}: unknown arguments {unknown}")
+        check_choices(parser, values, f"--config {config_path}")
         for action in parser._actions:
             if action.dest in values:
                 action.required = False
@@ -90,16 +150,17 @@ def cmd_train(argv: Sequence[str]) -> int:
     )
     if config_file is not None:
         return launch_with_accelerate(config_file, rest)
-
-    from .trainer import run_training
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch
 
         if not torch.cuda.is_available():
-            # several processes and no GPU: without this accelerate would run each process alone, silently
+            # several processes and no GPU: without this accelerate would run each process alone, silently.
+            # Set before the arguments are parsed: TrainingArguments sets up the distributed state there.
             os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-    model_args, data_args, training_args = parse_train_args(argv)
+    model_args, data_args, training_args = parse_train_args(argv)  # --help and bad choices: before torch loads
+
+    from .trainer import run_training
+
     result = run_training(model_args, data_args, training_args)
     if result.is_main_process:
         if result.metrics:
@@ -112,15 +173,23 @@ def cmd_train(argv: Sequence[str]) -> int:
 def cmd_eval(argv: Sequence[str]) -> int:
     from .evaluate import evaluate_model, format_report, write_json
 
-    parser = argparse.ArgumentParser(prog="vrm eval", description="Pairwise evaluation of reward models.")
+    parser = argparse.ArgumentParser(
+        prog="vrm eval",
+        description="Evaluate reward models: pairwise files, RewardBench (v1, 2), RM-Bench, best-of-k files.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--model", action="append", required=True, help="Model directory (repeatable).")
     parser.add_argument("--dataset", nargs="+", required=True, help="Preference files or datasets names.")
     parser.add_argument("--split", default="test", help="Split of a datasets name.")
     parser.add_argument("--output", default=None, help="Write the JSON report here.")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument(
-        "--max_rows", type=int, default=None, help="Evaluate at most this many rows per dataset."
+        "--max_rows", type=int, default=None, help="Evaluate the first rows only, at most this many per dataset."
     )
+    parser.add_argument(
+        "--sample", type=int, default=None, help="Evaluate a random sample of this many rows, stratified by subset."
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Seed of --sample (the same seed, the same rows).")
     parser.add_argument("--max_length", type=int, default=None, help="Override the training max_length.")
     parser.add_argument("--plots", default=None, help="Write a reliability diagram and weight heatmaps here.")
     parser.add_argument("--markdown", default=None, help="Write a side-by-side markdown summary here.")
@@ -142,6 +211,8 @@ def cmd_eval(argv: Sequence[str]) -> int:
             max_length=args.max_length,
             progress=not args.no_progress,
             embedding_cache=args.embedding_cache,
+            sample=args.sample,
+            seed=args.seed,
         )
         print(format_report(report))
         reports.append(report)
@@ -162,7 +233,11 @@ def cmd_eval(argv: Sequence[str]) -> int:
 def cmd_score(argv: Sequence[str]) -> int:
     from .pipeline import RewardPipeline, score_file
 
-    parser = argparse.ArgumentParser(prog="vrm score", description="Score a file of (prompt, response) rows.")
+    parser = argparse.ArgumentParser(
+        prog="vrm score",
+        description="Score a file of (prompt, response) rows.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--model", required=True, help="Model directory.")
     parser.add_argument(
         "--input", required=True, help="jsonl/json/parquet/csv rows: prompt + response, or messages."
@@ -214,12 +289,20 @@ def cmd_serve(argv: Sequence[str]) -> int:
     return serve_main(argv)
 
 
+BENCH_USAGE = """usage: vrm bench <benchmark> [options]
+
+benchmarks:
+  bon     Best-of-N overoptimization: the gold score of each proxy's best-of-n pick (Gao et al., 2022)
+
+Run `vrm bench <benchmark> --help` for its options."""
+
+
 def cmd_bench(argv: Sequence[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(BENCH_USAGE)
+        return 0
     if not argv or argv[0] != "bon":
-        print(
-            "usage: vrm bench bon [options]   (Best-of-N overoptimization; see vrm bench bon --help)",
-            file=sys.stderr,
-        )
+        print(BENCH_USAGE, file=sys.stderr)
         return 2
     from .bon import bon_main
 
@@ -294,6 +377,11 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"vrm {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2

@@ -35,6 +35,11 @@ HEAD_TYPES = ("bt", "ib", "moe", "vrm", "vrm-paper")
 WEIGHT_POSTERIORS = ("none", "softmax", "dirichlet", "logistic_normal")
 FEATURE_POSTERIORS = ("identity", "deterministic", "gaussian")
 POOLINGS = ("auto", "last", "mean", "cls")
+DTYPES = ("float32", "bfloat16", "float16")
+TRUNCATIONS = ("prompt_left", "drop")  # vrm.data.TRUNCATION_POLICIES
+INPUT_FORMATS = ("auto", "chat", "pair", "plain")  # vrm.data.INPUT_FORMATS
+BETA_SCHEDULES = ("constant", "linear", "cyclical")  # vrm.losses.BETA_SCHEDULES (losses imports config)
+ATTRIBUTE_TARGETS = ("sign", "graded")  # vrm.losses.ATTRIBUTE_TARGETS
 MIN_REWARD_SCALE = 1e-6  # a smaller reward_scale (degenerate reference rewards) blows rewards up
 
 HEAD_PRESETS: dict[str, dict[str, Any]] = {
@@ -71,6 +76,39 @@ HEAD_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+TOKENIZATION_KEYS = ("max_length", "max_prompt_length", "truncation", "input_format", "response_marker_ids")
+LEGACY_TOKENIZATION_FIELDS = ("max_length", "input_format", "response_marker_ids")
+
+
+def record_tokenization(config: PretrainedConfig, settings: dict[str, Any]) -> None:
+    """Write tokenization settings (a subset of `TOKENIZATION_KEYS`) into `config.tokenization`.
+
+    The one writer of the block: training, every final save (plain, LoRA merged, FSDP / DeepSpeed) and
+    `RewardPipeline.save_pretrained` go through it, so a checkpoint always says how to tokenize for it.
+    """
+    unknown = sorted(set(settings) - set(TOKENIZATION_KEYS))
+    if unknown:
+        raise ValueError(f"unknown tokenization settings {unknown}; known: {TOKENIZATION_KEYS}")
+    block = dict(getattr(config, "tokenization", None) or {})
+    for key, value in settings.items():
+        if key in ("max_length", "max_prompt_length") and value is not None:
+            value = int(value)
+        elif key == "response_marker_ids" and value is not None:
+            value = [int(token) for token in value]
+        block[key] = value
+    config.tokenization = {key: block[key] for key in TOKENIZATION_KEYS if key in block} or None
+
+
+def _tokenization_accessors(key: str):
+    def get(self):
+        return (self.tokenization or {}).get(key)
+
+    def set(self, value):
+        record_tokenization(self, {key: value})
+
+    return get, set
+
+
 class VRMConfig(PretrainedConfig):
     """Configuration of a `VRMForSequenceClassification`: a backbone config plus the reward head.
 
@@ -98,11 +136,14 @@ class VRMConfig(PretrainedConfig):
             state h_x. False detaches h_x (the weight network still learns, on the backbone's current states):
             an encoder's prompt-only pass then runs forward only, which cuts vrm's extra cost over bt on
             bidirectional backbones to about a third; a causal backbone reads h_x from the shared pass anyway.
-        response_marker_ids: token ids that end every prompt (e.g. the chat template's assistant header); used
-            to find the prompt/response boundary when `prompt_lengths` are not passed to `forward`.
-        input_format: how texts were turned into tokens at training time (`chat`, `plain` or `pair`); see
-            `vrm.data.PreferenceTokenizer`.
-        max_length: the maximum sequence length used at training time.
+        tokenization: how texts became tokens at training time, one block written by `record_tokenization`
+            (every save path) and read back by `vrm.data.PreferenceTokenizer.from_model_config` (every load
+            path): `max_length`, `max_prompt_length`, `truncation` (policy), `input_format` (`chat`, `plain`
+            or `pair`) and `response_marker_ids` (the token ids that end every prompt, e.g. the chat
+            template's assistant header; they find the prompt/response boundary when `forward` gets no
+            `prompt_lengths`). `config.max_length`, `config.input_format` and `config.response_marker_ids`
+            read and write their entry of the block; checkpoints that stored them as top-level fields (before
+            the block) load into it.
         reward_mean / reward_scale: affine normalization applied to the output `logits`:
             `logits = (reward - reward_mean) / reward_scale`.
     """
@@ -128,16 +169,24 @@ class VRMConfig(PretrainedConfig):
     pooling: str = "auto"
     is_causal: bool | None = None
     prompt_state_gradient: bool = True
-    response_marker_ids: list[int] | None = None
-    input_format: str | None = None
-    max_length: int | None = None
+    tokenization: dict[str, Any] | None = None
     reward_mean: float = 0.0
     reward_scale: float = 1.0
+
+    # entries of the tokenization block, readable and writable as attributes (and as top-level keys of
+    # checkpoints saved before the block existed)
+    max_length = property(*(_tokenization_accessors("max_length")))
+    input_format = property(*(_tokenization_accessors("input_format")))
+    response_marker_ids = property(*(_tokenization_accessors("response_marker_ids")))
 
     def __post_init__(self, **kwargs):
         # The base class resets the attention implementation of sub-configs; keep a loaded backbone's choice.
         backbone_attention = getattr(self.text_config, "_attn_implementation_internal", None)
+        # top-level fields of older checkpoints (the base class would drop `max_length`, a generation parameter)
+        legacy = {key: kwargs.pop(key) for key in LEGACY_TOKENIZATION_FIELDS if key in kwargs}
         super().__post_init__(**kwargs)
+        block = {key: value for key, value in legacy.items() if value is not None}
+        record_tokenization(self, {**block, **(self.tokenization or {})})  # the block wins over old fields
         if backbone_attention is not None and "attn_implementation" not in kwargs:
             self.text_config._attn_implementation_internal = backbone_attention
         if self.head_type not in HEAD_TYPES:
@@ -177,6 +226,12 @@ class VRMConfig(PretrainedConfig):
         # A reward model has one output: keep `num_labels` consistent for code that reads it.
         self.num_labels = 1
 
+    def _get_generation_parameters(self) -> dict[str, Any]:
+        # `max_length` is the tokenization budget (an entry of the block), not a generation parameter
+        params = super()._get_generation_parameters()
+        params.pop("max_length", None)
+        return params
+
     @property
     def is_stochastic(self) -> bool:
         """True when the head has a posterior to sample from (so KL terms and `reward_std` are meaningful)."""
@@ -190,18 +245,18 @@ class ModelArguments:
     """The backbone and the head of a new reward model (or a vrm checkpoint to continue from)."""
 
     model_name_or_path: str = field(metadata={"help": "Backbone: a hub name or a local directory."})
-    head_type: str = field(default="vrm", metadata={"help": f"One of {HEAD_TYPES}."})
+    head_type: str = field(default="vrm", metadata={"help": "The reward head.", "choices": HEAD_TYPES})
     num_objectives: int | None = field(
         default=None, metadata={"help": "K (default: 4 for vrm/moe, 16 for vrm-paper, 1 for bt/ib)."}
     )
     objective_names: list[str] | None = field(default=None, metadata={"help": "Names of the K objectives."})
     weight_posterior: str | None = field(
         default=None,
-        metadata={"help": f"Override the head's objective weights, one of {WEIGHT_POSTERIORS} (ablations)."},
+        metadata={"help": "Override the head's objective weights (ablations).", "choices": WEIGHT_POSTERIORS},
     )
     feature_posterior: str | None = field(
         default=None,
-        metadata={"help": f"Override the head's semantic features, one of {FEATURE_POSTERIORS} (ablations)."},
+        metadata={"help": "Override the head's semantic features (ablations).", "choices": FEATURE_POSTERIORS},
     )
     feature_dim: int | None = field(
         default=None,
@@ -210,10 +265,10 @@ class ModelArguments:
     decoder_hidden_size: int = field(default=0, metadata={"help": "0: linear decoder g(z); >0: MLP width."})
     prior_concentration: float = field(default=1.0, metadata={"help": "alpha0 of the Dirichlet prior."})
     num_samples: int = field(default=4, metadata={"help": "M, reparameterized samples per pair."})
-    pooling: str = field(default="auto", metadata={"help": f"Response-state pooling, one of {POOLINGS}."})
+    pooling: str = field(default="auto", metadata={"help": "Response-state pooling.", "choices": POOLINGS})
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside model_name_or_path."})
     dtype: str = field(
-        default="float32", metadata={"help": "Backbone weights dtype: float32, bfloat16, float16."}
+        default="float32", metadata={"help": "Backbone weights dtype.", "choices": DTYPES}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code of the backbone."})
     prompt_state_gradient: bool = field(
@@ -261,9 +316,12 @@ class DataArguments:
         metadata={"help": "Prompt tokens kept when responses are long (default max_length // 2)."},
     )
     truncation: str = field(
-        default="prompt_left", metadata={"help": "Over-long pairs: 'prompt_left' (truncate) or 'drop'."}
+        default="prompt_left",
+        metadata={"help": "Over-long pairs: truncate the prompt from the left, or drop.", "choices": TRUNCATIONS},
     )
-    input_format: str = field(default="auto", metadata={"help": "auto, chat, pair or plain (see vrm.data)."})
+    input_format: str = field(
+        default="auto", metadata={"help": "How texts become tokens (see vrm.data).", "choices": INPUT_FORMATS}
+    )
     attribute_names: list[str] | None = field(
         default=None,
         metadata={
@@ -287,6 +345,10 @@ class DataArguments:
         default=None, metadata={"help": "Use at most this many training rows."}
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many eval rows."})
+    skip_invalid_rows: bool = field(
+        default=False,
+        metadata={"help": "Skip (and count, by file and line) rows that cannot be used instead of stopping."},
+    )
 
 
 @dataclass
@@ -305,7 +367,9 @@ class VRMTrainingArguments(TrainingArguments):
     beta_z: float = field(
         default=0.01, metadata={"help": "Weight of KL(q(z|x,y) || N(0,I)), summed over dims."}
     )
-    beta_schedule: str = field(default="linear", metadata={"help": "constant, linear (warm-up) or cyclical."})
+    beta_schedule: str = field(
+        default="linear", metadata={"help": "linear: warm-up of the KL weights.", "choices": BETA_SCHEDULES}
+    )
     beta_warmup_ratio: float = field(
         default=0.1, metadata={"help": "Fraction of steps of the linear warm-up."}
     )
@@ -323,6 +387,7 @@ class VRMTrainingArguments(TrainingArguments):
     attribute_target: str = field(
         default="sign",
         metadata={
+            "choices": ATTRIBUTE_TARGETS,
             "help": "Targets of the score term from ratings: 'sign' (1/0 by which response is rated higher, ties "
             "dropped) or 'graded' ((1 + delta) / 2 with delta the rating difference over the rating range)."
         },

@@ -8,6 +8,14 @@
   RewardBench's. Subset accuracies are combined into the four sections (Chat, Chat Hard, Safety, Reasoning)
   weighted by example counts, except that in Reasoning `math-prm` weighs as much as all the code subsets
   together; the score is the mean of the sections present.
+* `rewardbench2` (RewardBench 2, `allenai/reward-bench-2`): best-of-k rows (`chosen` a list of correct
+  answers, `rejected` a list of wrong ones) whose subsets are Factuality, Precise IF, Math, Safety, Focus, Ties.
+  As in RewardBench 2's `run_v2.py`: a prompt of a non-Ties subset scores 1 when its chosen answer scores
+  highest, 1/m when it shares the highest score with m - 1 losers, else 0, and a subset's score is the mean;
+  Ties is scored by `rewardbench2_ties_score` (its `process_single_model`). The overall score is the
+  unweighted mean of the subset scores present (as the leaderboard averages the six subsets).
+* `best-of-k`: any other file whose `rejected` is a list of answers (RMB's best-of-n, ...): a prompt is right
+  when every chosen answer outscores every loser (see `vrm.bestofk`).
 * `pairwise`: any other TRL preference file — accuracy overall and per subset.
 """
 
@@ -36,19 +44,35 @@ REWARDBENCH_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 REWARDBENCH_SUBSETS = {subset for subsets in REWARDBENCH_SECTIONS.values() for subset in subsets}
 RM_BENCH_VARIANTS = 3
+REWARDBENCH2_SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
 
 
-def detect_format(rows: list[dict]) -> str:
-    """`rm-bench`, `rewardbench` or `pairwise`, from the rows' columns and subsets."""
+def is_response_list(value) -> bool:
+    """Whether a `chosen` / `rejected` value is a list of answers (texts or message lists), not one answer."""
+    return isinstance(value, list) and bool(value) and all(isinstance(item, str | list) for item in value)
+
+
+def is_rewardbench2_subset(subset) -> bool:
+    return isinstance(subset, str) and subset.lower() in {s.lower() for s in REWARDBENCH2_SUBSETS}
+
+
+def detect_format(rows: list[dict], strict: bool = True) -> str:
+    """`rm-bench`, `rewardbench2`, `best-of-k`, `rewardbench` or `pairwise`, from the rows' columns and subsets.
+
+    `strict`: an RM-Bench file with a malformed row is an error (else the row is left for the caller to skip).
+    """
     if not rows:
         raise ValueError("no rows to recognize a format from")
     first = rows[0]
+    best_of_k = sum(is_response_list(row.get("rejected")) for row in rows)
+    if best_of_k and all(is_rewardbench2_subset(row.get("subset")) for row in rows):
+        return "rewardbench2"  # before RM-Bench: a Ties row may hold 3 correct and 3 wrong answers
     if (
         isinstance(first.get("chosen"), list)
         and len(first["chosen"]) == RM_BENCH_VARIANTS
         and all(isinstance(text, str) for text in first["chosen"])
     ):
-        for index, row in enumerate(rows):
+        for index, row in enumerate(rows if strict else ()):
             for column in ("chosen", "rejected"):
                 value = row.get(column)
                 if not (
@@ -60,6 +84,8 @@ def detect_format(rows: list[dict]) -> str:
                         f"row {index}: RM-Bench rows need '{column}' as a list of {RM_BENCH_VARIANTS} texts"
                     )
         return "rm-bench"
+    if best_of_k * 2 > len(rows):
+        return "best-of-k"
     subsets = {
         row.get("subset") if isinstance(row.get("subset"), str) else repr(row.get("subset")) for row in rows
     }
@@ -104,3 +130,54 @@ def rewardbench_sections(accuracy: dict[str, float], counts: dict[str, int]) -> 
             sections[section] = sum(accuracy[s] * counts[s] for s in present) / total
     score = float(np.mean(list(sections.values()))) if sections else float("nan")
     return {"sections": sections, "score": score}
+
+
+def _ties_prompt_stats(correct: list[float], incorrect: list[float]) -> tuple[bool, float | None, float]:
+    """(all correct above every incorrect, spread of the correct scores (None for one), worst correct - best
+    incorrect), RewardBench 2's `_compute_prompt_stats`."""
+    spread = max(correct) - min(correct) if len(correct) > 1 else None
+    gap = min(correct) - max(incorrect)
+    return gap > 0, spread, gap
+
+
+def rewardbench2_ties_score(prompts: list[tuple[str, list[float], list[float]]]) -> dict[str, float]:
+    """RewardBench 2's Ties score from (id, correct scores, incorrect scores) per prompt; ids are `ref:N` (one
+    correct answer) or `tied:N` (several equally correct answers) for the same N.
+
+    score = 0.30 tied accuracy + 0.30 ref accuracy + 0.20 P(gap_tied > spread) + 0.20 P(min(gap_ref, gap_tied)
+    > spread) + 0.01 mean tanh(min(gap_ref, gap_tied) / spread - 1), the margin terms over prompts that have both
+    a ref and a tied row (as RewardBench 2's `process_single_model`; NaN terms count 0).
+    """
+    ref: dict[str, tuple] = {}
+    tied: dict[str, tuple] = {}
+    for prompt_id, correct, incorrect in prompts:
+        kind, _, number = str(prompt_id).partition(":")
+        if kind not in ("ref", "tied") or not number or not correct or not incorrect:
+            raise ValueError(
+                f"Ties rows need ids 'ref:N' / 'tied:N' and both kinds of answers, got {prompt_id!r}"
+            )
+        (ref if kind == "ref" else tied)[number] = _ties_prompt_stats(correct, incorrect)
+    ref_accuracy = float(np.mean([s[0] for s in ref.values()])) if ref else 0.0
+    tied_accuracy = float(np.mean([s[0] for s in tied.values()])) if tied else 0.0
+    both = sorted(set(ref) & set(tied))
+    spread = np.array([np.nan if tied[p][1] is None else tied[p][1] for p in both], dtype=float)
+    gap_tied = np.array([tied[p][2] for p in both], dtype=float)
+    gap_ref = np.array([ref[p][2] for p in both], dtype=float)
+    hardest = np.minimum(gap_ref, gap_tied)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        preferred = float(np.mean(gap_tied > spread)) if both else 0.0
+        preferred_hard = float(np.mean(hardest > spread)) if both else 0.0
+        margin = float(np.mean(np.nan_to_num(np.tanh(hardest / spread - 1), nan=0.0))) if both else 0.0
+    score = (
+        0.30 * tied_accuracy + 0.30 * ref_accuracy + 0.20 * preferred + 0.20 * preferred_hard + 0.01 * margin
+    )
+    return {
+        "score": score,
+        "ref_accuracy": ref_accuracy,
+        "tied_accuracy": tied_accuracy,
+        "correctness_preferred": preferred,
+        "correctness_preferred_hard": preferred_hard,
+        "correctness_margin_score": margin,
+        "ref_prompts": len(ref),
+        "tied_prompts": len(tied),
+    }

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .fileio import FILE_SUFFIXES, DataFormatError, check_text, finite_number, read_records
+from .ratings import rating_ranges, rating_value, resolve_scale, set_rating_differences, sign_target
 
 PLAIN_RESPONSE_MARKER = "\n\n### Response:\n"
 INPUT_FORMATS = ("auto", "chat", "pair", "plain")
@@ -61,10 +62,14 @@ class PreferenceExample:
 
 
 # ----- reading files ------------------------------------------------------------------------------------------
-def read_source(source: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (location, row) from a file or, for anything else, a `datasets` name's split."""
+def read_source(
+    source: str, split: str, invalid: list[tuple[str, str]] | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (location, row) from a file or, for anything else, a `datasets` name's split.
+
+    With an `invalid` list, unreadable rows are appended to it as (location, reason) and skipped."""
     if os.path.isfile(source) or source.endswith(FILE_SUFFIXES):
-        yield from read_records(source)
+        yield from read_records(source, invalid)
         return
     import datasets  # a hub name, or a local folder of data files, as `datasets.load_dataset` reads them
 
@@ -115,47 +120,17 @@ def _split_common_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
-def _rating_target(chosen: float, rejected: float) -> float:
-    """The sign target of the score term: 1 when y+ is rated higher, 0 when lower, nan for ties / unknown."""
-    if math.isnan(chosen) or math.isnan(rejected) or chosen == rejected:
-        return math.nan
-    return 1.0 if chosen > rejected else 0.0
-
-
-def rating_ranges(examples: Sequence[PreferenceExample]) -> list[float]:
-    """Per rated objective, max - min of the ratings of all responses (1 where that is 0 or nothing is rated)."""
-    rated = [e for e in examples if e.ratings_chosen is not None and e.ratings_rejected is not None]
-    if not rated:
-        return []
-    ranges = []
-    for k in range(len(rated[0].ratings_chosen)):
-        values = [
-            v for e in rated for v in (e.ratings_chosen[k], e.ratings_rejected[k]) if not math.isnan(v)
-        ]
-        spread = max(values) - min(values) if values else 0.0
-        ranges.append(spread if spread > 0 else 1.0)
-    return ranges
-
-
-def set_rating_differences(examples: Sequence[PreferenceExample], ranges: Sequence[float]) -> None:
-    """Fill `rating_differences` = (rho+ - rho-) / range, in [-1, 1] when `ranges` come from the same data."""
-    for example in examples:
-        if example.ratings_chosen is None or example.ratings_rejected is None:
-            continue
-        example.rating_differences = [
-            (c - r) / scale
-            for c, r, scale in zip(example.ratings_chosen, example.ratings_rejected, ranges, strict=True)
-        ]
-
-
 def parse_row(
     row: dict[str, Any],
     location: str,
     *,
     attribute_names: Sequence[str] = (),
     objective_column: str | None = None,
+    allow_empty: bool = False,
 ) -> PreferenceExample:
-    """Normalize one row of any TRL preference format; raise `DataFormatError` naming the row on bad input."""
+    """Normalize one row of any TRL preference format; raise `DataFormatError` naming the row on bad input.
+
+    An empty response is an error unless `allow_empty` (evaluation: an empty answer is a bad answer)."""
     for column in ("chosen", "rejected"):
         if column not in row or row[column] is None:
             present = ", ".join(sorted(row)) or "none"
@@ -190,19 +165,22 @@ def parse_row(
         if not isinstance(chosen, str):
             chosen = _check_messages(chosen, location, "chosen")
             rejected = _check_messages(rejected, location, "rejected")
-    if _response_text(chosen) == "" or _response_text(rejected) == "":
+    if not allow_empty and (_response_text(chosen) == "" or _response_text(rejected) == ""):
         raise DataFormatError(f"{location}: empty 'chosen' or 'rejected' response")
 
+    # a blank cell (CSV has no null) is a missing value: no margin, no objective label (masked), no subset
     margin = finite_number(row.get("margin"), location, "margin")
+    if objective_column is not None and _is_blank(row.get(objective_column)):
+        row = {**row, objective_column: None}
 
     targets, objective_label = None, None
     ratings_chosen = ratings_rejected = None
     if attribute_names:
-        ratings_chosen, ratings_rejected = (  # None or blank: not rated; NaN, inf or text: an error
-            [finite_number(row.get(f"{n}_{side}"), location, f"{n}_{side}", missing=math.nan) for n in attribute_names]
+        ratings_chosen, ratings_rejected = (  # None, blank or NaN: not rated; inf or text: an error
+            [rating_value(row.get(f"{n}_{side}"), location, f"{n}_{side}") for n in attribute_names]
             for side in ("chosen", "rejected")
         )
-        targets = [_rating_target(c, r) for c, r in zip(ratings_chosen, ratings_rejected, strict=True)]
+        targets = [sign_target(c, r) for c, r in zip(ratings_chosen, ratings_rejected, strict=True)]
         if objective_column is not None:
             objective_label = (
                 -1
@@ -216,7 +194,7 @@ def parse_row(
                     )
                 objective_label = list(attribute_names).index(label)
                 targets[objective_label] = 1.0
-    subset = row.get("subset")
+    subset = None if _is_blank(row.get("subset")) else row.get("subset")
     if subset is not None and not isinstance(subset, str | int | float):
         raise DataFormatError(f"{location}: 'subset' must be a name (text), got {type(subset).__name__}")
     return PreferenceExample(
@@ -233,6 +211,10 @@ def parse_row(
     )
 
 
+def _is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def _response_text(response: Text) -> str:
     return response if isinstance(response, str) else "".join(m["content"] for m in response)
 
@@ -245,6 +227,7 @@ def load_preferences(
     objective_column: str | None = None,
     max_rows: int | None = None,
     rating_scale: Sequence[float] | None = None,
+    invalid: list[tuple[str, str]] | None = None,
 ) -> list[PreferenceExample]:
     """Read preference pairs from files (jsonl/json/parquet/csv, optionally .gz) or `datasets` names.
 
@@ -254,15 +237,24 @@ def load_preferences(
     Ratings are also kept as graded differences `(rho+ - rho-) / range_k` in [-1, 1] (`rating_differences`),
     with `range_k` the spread of objective k's ratings in these rows, or `rating_scale` when given (pass the
     training data's `rating_ranges` when reading evaluation data, so both are on one scale).
+    With an `invalid` list, rows that cannot be used are appended to it as (location, reason) and skipped
+    instead of raising (`vrm train --skip_invalid_rows`).
     """
     if isinstance(sources, str):
         sources = [sources]
     examples: list[PreferenceExample] = []
     for source in sources:
-        for location, row in read_source(source, split):
-            examples.append(
-                parse_row(row, location, attribute_names=attribute_names, objective_column=objective_column)
-            )
+        for location, row in read_source(source, split, invalid):
+            try:
+                example = parse_row(
+                    row, location, attribute_names=attribute_names, objective_column=objective_column
+                )
+            except DataFormatError as err:
+                if invalid is None:
+                    raise
+                invalid.append((location, str(err).removeprefix(f"{location}: ")))
+                continue
+            examples.append(example)
             if max_rows is not None and len(examples) >= max_rows:
                 break
         if max_rows is not None and len(examples) >= max_rows:
@@ -270,7 +262,8 @@ def load_preferences(
     if not examples:
         raise DataFormatError(f"{', '.join(sources)}: no preference rows found")
     if attribute_names:
-        set_rating_differences(examples, rating_scale or rating_ranges(examples))
+        own = rating_ranges(examples)
+        set_rating_differences(examples, resolve_scale(rating_scale, own, ", ".join(sources)))
     return examples
 
 
@@ -380,14 +373,32 @@ class PreferenceTokenizer:
 
     @classmethod
     def from_model_config(cls, tokenizer, config, **overrides) -> PreferenceTokenizer:
-        """The tokenizer a trained model expects, as recorded in its config at training time."""
+        """The tokenizer a trained model expects, from the tokenization block of its config (`settings()` as
+        recorded at training time; checkpoints without `max_prompt_length` get `max_length // 2`, as before)."""
+        block = getattr(config, "tokenization", None) or {}
         kwargs = {
-            "max_length": config.max_length or 512,
-            "input_format": config.input_format or "auto",
+            "max_length": block.get("max_length") or 512,
+            "max_prompt_length": block.get("max_prompt_length"),
+            "truncation": block.get("truncation") or "prompt_left",
+            "input_format": block.get("input_format") or "auto",
             "is_causal": bool(config.is_causal),
         }
         kwargs.update(overrides)
+        if "max_length" in overrides and "max_prompt_length" not in overrides:  # keep it inside the new budget
+            recorded = kwargs["max_prompt_length"]
+            if recorded is not None and not 0 < recorded < kwargs["max_length"]:
+                kwargs["max_prompt_length"] = None
         return cls(tokenizer, **kwargs)
+
+    def settings(self) -> dict[str, Any]:
+        """What a checkpoint records about this tokenization (`vrm.config.record_tokenization`)."""
+        return {
+            "max_length": self.max_length,
+            "max_prompt_length": self.max_prompt_length,
+            "truncation": self.truncation,
+            "input_format": self.input_format,
+            "response_marker_ids": self.response_marker_ids,
+        }
 
     def _encode(self, text: str) -> list[int]:
         # verbose=False: the tokenizer's "longer than model_max_length" warning fires before our truncation

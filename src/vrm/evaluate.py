@@ -14,13 +14,14 @@ scores chosen and rejected in length-sorted batches, and reports per dataset:
 * `length_bias` — Spearman(reward, length), accuracy when the chosen response is longer / shorter, and the
   accuracy of "the longer response wins" on the same pairs;
 * `objective_weights` — the mean E[w] per subset (vrm / moe), so one sees which objectives a prompt type uses.
+
+RM-Bench files go to `evaluate_rm_bench`, best-of-k files (RMB best-of-n, RewardBench 2) to `vrm.bestofk`. Rows
+are read leniently (`vrm.evalrows`): unusable ones are skipped and listed in the entry's `invalid_rows`.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -29,10 +30,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from .conventions import RM_BENCH_VARIANTS, detect_format, rewardbench_sections, rm_bench_scores
-from .data import PreferenceExample, TokenizedPair, load_preferences, read_source
+from .bestofk import evaluate_best_of_k
+from .conventions import (
+    RM_BENCH_VARIANTS,
+    detect_format,
+    is_response_list,
+    rewardbench_sections,
+    rm_bench_scores,
+)
+from .data import PreferenceExample, TokenizedPair, check_text_or_messages, parse_row
 from .embeddings import EmbeddingCache
-from .fileio import write_json  # noqa: F401  (re-exported: vrm.evaluate.write_json)
+from .evalrows import InvalidRows, describe_invalid, read_eval_rows
+from .evaltable import format_report  # noqa: F401  (re-exported: vrm.evaluate.format_report)
+from .fileio import (
+    DataFormatError,
+    write_json,  # noqa: F401  (re-exported: vrm.evaluate.write_json)
+)
 from .losses import pair_nll_from_rewards
 from .metrics import calibration, error_detection, length_bias, pair_probabilities, selective_accuracy
 from .modeling import VRMForSequenceClassification
@@ -175,11 +188,15 @@ def evaluate_model(
     max_length: int | None = None,
     progress: bool = True,
     embedding_cache: str | None = None,
+    sample: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The `vrm eval` report: one entry per dataset, each with overall and per-subset metrics.
 
     `model_path` is a vrm checkpoint or any `AutoModelForSequenceClassification` reward model. An
     `embedding_cache` directory serves (and stores) the backbone states of models trained with a frozen backbone.
+    `max_rows` takes the first rows of each dataset, `sample` a stratified sample (by subset, seeded by `seed`;
+    see `vrm.evalrows`). Rows that cannot be used are skipped and listed in each entry's `invalid_rows`.
     """
     kwargs: dict[str, Any] = {"batch_size": batch_size, "embedding_cache": embedding_cache}
     if max_length:
@@ -195,12 +212,21 @@ def evaluate_model(
         "datasets": {},
     }
     for source in datasets:
-        rows = [row for _, row in itertools.islice(read_source(source, split), max_rows)]
-        convention = detect_format(rows)
-        if convention == "rm-bench":
-            entry = evaluate_rm_bench(scorer, rows, progress)
-        else:
-            examples = load_preferences(source, split=split, max_rows=max_rows)
+        rows, invalid = read_eval_rows(source, split, max_rows=max_rows, sample=sample, seed=seed)
+        if not rows:
+            raise DataFormatError(f"{source}: no rows to evaluate ({len(invalid)} unreadable)")
+        convention = detect_format([row for _, row in rows], strict=False)
+        try:
+            if convention in ("best-of-k", "rewardbench2"):
+                entry = evaluate_best_of_k(scorer, rows, invalid, progress)
+            elif convention == "rm-bench":
+                entry = evaluate_rm_bench(scorer, _rm_bench_rows(rows, invalid), progress)
+        except DataFormatError as err:
+            raise DataFormatError(f"{source}: {err}{_why(invalid)}") from None
+        if convention not in ("best-of-k", "rewardbench2", "rm-bench"):
+            examples = _pairs(rows, invalid)
+            if not examples:
+                raise DataFormatError(f"{source}: no usable preference rows{_why(invalid)}")
             if is_vrm:
                 pairs, stats = scorer.template.tokenize_pairs(examples)
                 if not pairs:
@@ -220,9 +246,63 @@ def evaluate_model(
                 accuracy = {name: m["accuracy"] for name, m in entry["subsets"].items()}
                 counts = {name: m["pairs"] for name, m in entry["subsets"].items()}
                 entry["rewardbench"] = rewardbench_sections(accuracy, counts)
+        entry["invalid_rows"] = invalid.as_dict()
         _check_finite(entry, source)
         report["datasets"][source] = entry
     return report
+
+
+def _why(invalid: InvalidRows) -> str:
+    described = describe_invalid({"invalid_rows": invalid.as_dict()})
+    return f" ({described})" if described else ""
+
+
+def _pairs(rows: list[tuple[str, dict[str, Any]]], invalid: InvalidRows) -> list[PreferenceExample]:
+    """Preference pairs of the usable rows; empty answers are scored, rows without any text are skipped."""
+    examples = []
+    for location, row in rows:
+        try:
+            if is_response_list(row.get("rejected")):
+                raise DataFormatError(
+                    f"{location}: a best-of-k row (a list of rejected answers) in a pairwise file"
+                )
+            example = parse_row(row, location, allow_empty=True)
+            if not any(_text(t) for t in (example.prompt, example.chosen, example.rejected)):
+                raise DataFormatError(f"{location}: no text at all (prompt and responses empty)")
+        except DataFormatError as err:
+            invalid.add(location, str(err).removeprefix(f"{location}: "))
+            continue
+        examples.append(example)
+    return examples
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else "".join(m["content"] for m in value)
+
+
+def _rm_bench_rows(rows: list[tuple[str, dict[str, Any]]], invalid: InvalidRows) -> list[dict[str, Any]]:
+    """The well-formed RM-Bench rows (a prompt, 3 chosen and 3 rejected texts); the others go to `invalid`."""
+    good = []
+    for location, row in rows:
+        try:
+            check_text_or_messages(row.get("prompt"), location, "prompt")
+            for column in ("chosen", "rejected"):
+                value = row.get(column)
+                if not (
+                    isinstance(value, list)
+                    and len(value) == RM_BENCH_VARIANTS
+                    and all(isinstance(t, str) for t in value)
+                ):
+                    raise DataFormatError(
+                        f"{location}: RM-Bench rows need '{column}' as a list of {RM_BENCH_VARIANTS} texts"
+                    )
+        except DataFormatError as err:
+            invalid.add(location, str(err).removeprefix(f"{location}: "))
+            continue
+        good.append(row)
+    if not good:
+        raise DataFormatError("no usable RM-Bench rows")
+    return good
 
 
 def evaluate_rm_bench(scorer, rows: list[dict[str, Any]], progress: bool = True) -> dict[str, Any]:
@@ -237,75 +317,3 @@ def evaluate_rm_bench(scorer, rows: list[dict[str, Any]], progress: bool = True)
     for subset in sorted(set(subsets.tolist())):
         entry["subsets"][subset] = rm_bench_scores(outcomes[subsets == subset])
     return entry
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """A readable table of an evaluation report (one row per dataset and subset)."""
-    from io import StringIO
-
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"vrm eval — {report['model']} ({report['head_type']}, K={report['num_objectives']})")
-    for column in (
-        "dataset / subset",
-        "pairs",
-        "accuracy",
-        "ties",
-        "margin",
-        "nll",
-        "ece",
-        "reward_std",
-        "E(w)",
-    ):
-        table.add_column(
-            column, justify="left" if column.startswith("dataset") or column == "E(w)" else "right"
-        )
-
-    def row(name: str, m: dict[str, Any]) -> None:
-        if not m.get("pairs"):
-            table.add_row(name, "0", *["-"] * 7)
-            return
-        weights = (
-            " ".join(f"{w:.2f}" for w in m["objective_weights"]) if len(m["objective_weights"]) > 1 else "-"
-        )
-        table.add_row(
-            name,
-            str(m["pairs"]),
-            f"{m['accuracy']:.3f}",
-            str(m["ties"]),
-            f"{m['mean_margin']:.3f}",
-            f"{m['nll']:.3f}" if not math.isnan(m["nll"]) else "nan",
-            f"{m['ece']:.3f}",
-            f"{m['mean_reward_std']:.3f}",
-            weights,
-        )
-
-    notes = []
-    for source, entry in report["datasets"].items():
-        name = os.path.basename(source)
-        if entry.get("convention") == "rm-bench":
-            for label, scores in [
-                (name, entry["overall"]),
-                *((f"  {k}", v) for k, v in entry["subsets"].items()),
-            ]:
-                notes.append(
-                    f"{label:<24} RM-Bench ({scores['prompts']} prompts): easy {scores['easy']:.3f}  "
-                    f"normal {scores['normal']:.3f}  hard {scores['hard']:.3f}  average {scores['average']:.3f}"
-                )
-            continue
-        row(name, entry["overall"])
-        for subset, metrics in entry["subsets"].items():
-            row(f"  {subset}", metrics)
-        if "rewardbench" in entry:
-            sections = "  ".join(f"{k} {v:.3f}" for k, v in entry["rewardbench"]["sections"].items())
-            notes.append(
-                f"{name}: RewardBench sections {sections}; score {entry['rewardbench']['score']:.3f}"
-            )
-    buffer = StringIO()
-    console = Console(file=buffer, width=140, force_terminal=False)
-    if table.row_count:
-        console.print(table)
-    for note in notes:
-        console.print(note, markup=False)
-    return buffer.getvalue()

@@ -43,7 +43,7 @@ import numpy as np
 from .fileio import write_json
 
 EXPERIMENT_KEYS = {"name", "backbone", "data_dir", "train", "validation", "test", "common", "grid", "seeds",
-                   "baseline", "variants", "comparisons", "eval_subsets", "notes"}  # fmt: skip
+                   "baseline", "variants", "comparisons", "eval_subsets", "true_weights", "notes"}  # fmt: skip
 
 
 @dataclass
@@ -61,6 +61,7 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     comparisons: list[list[str]] = field(default_factory=list)
     eval_subsets: list[str] | None = None  # score only the pairs of these subsets (None: every pair)
+    true_weights: dict[str, list[float]] | None = None  # known E[w] per subset (synthetic data): weight error
     notes: str = ""
 
     def path(self, name: str) -> str:
@@ -92,6 +93,14 @@ def load_experiment(path: str) -> ExperimentConfig:
         raise ValueError(
             f"{path}: baseline {config.baseline!r} is not one of the variants {list(config.variants)}"
         )
+    if not config.seeds:
+        raise ValueError(f"{path}: 'seeds' must list at least one seed")
+    for name, flags in config.variants.items():
+        shadowed = sorted(set(flags) & set(config.grid))
+        if shadowed:
+            raise ValueError(f"{path}: variant {name!r} sets {shadowed}, which the grid sweeps")
+    if config.eval_subsets is not None:
+        config.eval_subsets = [str(subset) for subset in config.eval_subsets]
     for pair in config.comparisons:
         if len(pair) != 2 or any(name not in config.variants for name in pair):
             raise ValueError(f"{path}: comparison {pair} must name two variants")
@@ -116,10 +125,9 @@ class SetResult:
     accuracy: float
     correct: list[float]  # per pair: 1 right, 0 wrong, 0.5 an exact tie
     ece: float
-    weight_spread: (
-        float | None
-    )  # mean over prompts of TV(E[w|x], mean_x E[w|x]); 0: weights ignore the prompt
+    weight_spread: float | None  # mean TV(E[w|x], mean_x E[w|x]) over prompts; 0: weights ignore the prompt
     mean_weights: list[float] | None
+    subset_weights: dict[str, list[float]] | None = None  # mean E[w] per subset
 
 
 @dataclass
@@ -179,6 +187,11 @@ def score_sets(
         correct = np.where(margin > 0, 1.0, np.where(margin < 0, 0.0, 0.5))
         weights = chosen.objective_weights.numpy()
         multi = weights.shape[-1] > 1
+        subsets = sorted({p.subset for p in pairs if p.subset is not None})
+        by_subset = {
+            name: [round(float(v), 4) for v in weights[np.array([p.subset == name for p in pairs])].mean(0)]
+            for name in subsets
+        }
         results[name] = SetResult(
             pairs=len(pairs),
             accuracy=float(correct.mean()),
@@ -186,6 +199,7 @@ def score_sets(
             ece=float(calibration(pair_probabilities(chosen.reward, rejected.reward))["ece"]),
             weight_spread=float(0.5 * np.abs(weights - weights.mean(0)).sum(-1).mean()) if multi else None,
             mean_weights=[round(float(v), 4) for v in weights.mean(0)] if multi else None,
+            subset_weights=by_subset if multi else None,
         )
     return results
 
@@ -218,9 +232,42 @@ def execute(spec: RunSpec, config: ExperimentConfig, work_dir: str) -> RunResult
     return result
 
 
-def select(results: Sequence[RunResult]) -> RunResult:
-    """The grid point with the best validation accuracy (the first one listed on a tie)."""
-    return max(results, key=lambda r: r.sets["validation"].accuracy)
+def select(sweep: Sequence[RunResult]) -> RunResult:
+    """The grid point with the best validation accuracy; on a tie the one listed first in the grid."""
+    return max(sweep, key=lambda r: r.sets["validation"].accuracy)  # max keeps the first of equals
+
+
+def sweep_specs(config: ExperimentConfig, variant: str) -> list[RunSpec]:
+    """The grid of a variant at the first seed, in the grid's order."""
+    base = {**config.common, **config.variants[variant]}
+    return [RunSpec(variant, config.seeds[0], {**base, **point}) for point in config.grid_points()]
+
+
+def read_result(results_dir: str, spec: RunSpec) -> RunResult | None:
+    path = os.path.join(results_dir, "runs", f"{spec.key}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return RunResult.from_json(json.load(handle))
+
+
+DATA_FIELDS = ("backbone", "data_dir", "train", "validation", "test", "eval_subsets")
+
+
+def check_data_unchanged(config: ExperimentConfig, results_dir: str) -> None:
+    """Finished runs are reused by the key of their flags; refuse to mix them with runs on other data."""
+    path = os.path.join(results_dir, "data.json")
+    current = {name: getattr(config, name) for name in DATA_FIELDS}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            recorded = json.load(handle)
+        if recorded != json.loads(json.dumps(current)):
+            raise ValueError(
+                f"{results_dir}: its runs were made on other data ({recorded}); give the experiment a new "
+                "name or remove that directory"
+            )
+    else:
+        write_json(current, path)
 
 
 def run_experiment(
@@ -229,28 +276,38 @@ def run_experiment(
     work_dir: str,
     variants: Sequence[str] | None = None,
     runner: Callable[[RunSpec, ExperimentConfig, str], RunResult] = execute,
-) -> list[RunResult]:
-    """Run (or read back) every run of the chosen variants; returns all their results."""
-    done: list[RunResult] = []
+) -> None:
+    """Run every missing run of the chosen variants (finished runs are files, never retrained)."""
+    check_data_unchanged(config, results_dir)
 
     def run(spec: RunSpec) -> RunResult:
-        path = os.path.join(results_dir, "runs", f"{spec.key}.json")
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as handle:
-                return RunResult.from_json(json.load(handle))
-        print(f"[experiment {config.name}] {spec.key}: {json.dumps(spec.flags)}", flush=True)
-        result = runner(spec, config, work_dir)
-        write_json(asdict(result), path)
+        result = read_result(results_dir, spec)
+        if result is None:
+            print(f"[experiment {config.name}] {spec.key}: {json.dumps(spec.flags)}", flush=True)
+            result = runner(spec, config, work_dir)
+            write_json(asdict(result), os.path.join(results_dir, "runs", f"{spec.key}.json"))
         return result
 
     for variant in variants or list(config.variants):
-        base = {**config.common, **config.variants[variant]}
-        first, *others = config.seeds
-        sweep = [run(RunSpec(variant, first, {**base, **point})) for point in config.grid_points()]
+        chosen = select([run(spec) for spec in sweep_specs(config, variant)])
+        for seed in config.seeds[1:]:
+            run(RunSpec(variant, seed, chosen.flags))
+
+
+def collect(config: ExperimentConfig, results_dir: str) -> dict[str, list[RunResult]]:
+    """Per variant of the current config, the finished runs of its selected grid point, one per seed. A
+    variant whose grid is not complete yet is left out (its choice is not made)."""
+    out = {}
+    for variant in config.variants:
+        sweep = [read_result(results_dir, spec) for spec in sweep_specs(config, variant)]
+        if any(result is None for result in sweep):
+            continue
         chosen = select(sweep)
-        done += sweep
-        done += [run(RunSpec(variant, seed, chosen.flags)) for seed in others]
-    return done
+        runs = [chosen] + [
+            read_result(results_dir, RunSpec(variant, seed, chosen.flags)) for seed in config.seeds[1:]
+        ]
+        out[variant] = [r for r in runs if r is not None]
+    return out
 
 
 def paired_p_value(a: Sequence[float], b: Sequence[float], resamples: int = 10000) -> float:
@@ -271,22 +328,22 @@ def paired_p_value(a: Sequence[float], b: Sequence[float], resamples: int = 1000
     return float(test.pvalue)
 
 
-def chosen_runs(config: ExperimentConfig, results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
-    """Per variant, the runs of its selected configuration (one per seed)."""
-    out = {}
-    for variant in config.variants:
-        runs = [r for r in results if r.variant == variant]
-        sweep = [r for r in runs if r.seed == config.seeds[0]]
-        if not sweep:
-            continue
-        flags = select(sweep).flags
-        out[variant] = sorted((r for r in runs if r.flags == flags), key=lambda r: r.seed)
-    return out
+def weight_error(subset_weights: dict[str, list[float]], truth: dict[str, list[float]]) -> float:
+    """Mean absolute error of E[w] per subset against known weights: learned objective k is compared with true
+    objective k (rated objectives come first), renormalised over the first len(truth) objectives."""
+    errors = []
+    for subset, true in truth.items():
+        learned = np.asarray(subset_weights[subset][: len(true)], dtype=float)
+        errors.extend(np.abs(learned / learned.sum() - np.asarray(true, dtype=float)))
+    return float(np.mean(errors))
 
 
-def build_report(config: ExperimentConfig, results: Sequence[RunResult]) -> dict[str, Any]:
-    """Mean +- std per variant and set, the chosen grid point, and paired tests against the baseline."""
-    runs = chosen_runs(config, results)
+def build_report(config: ExperimentConfig, runs: dict[str, list[RunResult]]) -> dict[str, Any]:
+    """Mean +- std per variant and set, the chosen grid point, and paired tests against the baseline.
+
+    The paired test conditions on the trained models (per-pair correctness averaged over seeds): it says whether
+    the difference on these pairs is chance, not how it varies with training seeds (see the std over seeds).
+    Validation p-values are optimistic: the grid point was chosen on validation."""
     sets = ["validation", *config.test]
     table: dict[str, Any] = {}
     for variant, members in runs.items():
@@ -299,8 +356,14 @@ def build_report(config: ExperimentConfig, results: Sequence[RunResult]) -> dict
                 "accuracy_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                 "ece_mean": float(np.mean([r.sets[name].ece for r in members])),
                 "weight_spread_mean": float(np.mean(spreads)) if spreads else None,
-                "mean_weights_seed0": members[0].sets[name].mean_weights,
+                "mean_weights_first_seed": members[0].sets[name].mean_weights,
             }
+            if config.true_weights and all(r.sets[name].subset_weights for r in members):
+                errors = [weight_error(r.sets[name].subset_weights, config.true_weights) for r in members]
+                entry["sets"][name]["weight_error_mean"] = float(np.mean(errors))
+                entry["sets"][name]["weight_error_std"] = (
+                    float(np.std(errors, ddof=1)) if len(errors) > 1 else 0.0
+                )
         table[variant] = entry
     pairs = [[v, config.baseline] for v in runs if v != config.baseline] + config.comparisons
     tests = {}
@@ -328,7 +391,15 @@ def report_markdown(report: dict[str, Any]) -> str:
     config = report["experiment"]
     sets = ["validation", *config["test"]]
     lines = [f"## {config['name']}", "", config.get("notes", "").strip(), ""]
-    header = ["variant", *(f"acc {s}" for s in sets), "ECE (test)", "E[w] spread (test)", "chosen", "seeds"]
+    truth = " and E[w] error against the known weights" if config.get("true_weights") else ""
+    lines += [
+        f"ECE, E[w] spread (mean total variation of E[w|x] from its average over prompts; 0: the weights ignore "
+        f"the prompt){truth} on `{sets[-1]}`.",
+        "",
+    ]
+    header = ["variant", *(f"acc {s}" for s in sets), "ECE", "E[w] spread"]
+    known = bool(config.get("true_weights"))
+    header += ["E[w] error", "chosen", "seeds"] if known else ["chosen", "seeds"]
     rows = []
     last = sets[-1]
     for variant, entry in report["variants"].items():
@@ -338,9 +409,12 @@ def report_markdown(report: dict[str, Any]) -> str:
             cells.append(f"{stat['accuracy_mean']:.3f} ± {stat['accuracy_std']:.3f}")
         spread = entry["sets"][last]["weight_spread_mean"]
         grid = {k: entry["flags"][k] for k in config["grid"]}
+        cells += [f"{entry['sets'][last]['ece_mean']:.3f}", "—" if spread is None else f"{spread:.3f}"]
+        if known:
+            stat = entry["sets"][last]
+            error = stat.get("weight_error_mean")
+            cells.append("—" if error is None else f"{error:.3f} ± {stat['weight_error_std']:.3f}")
         cells += [
-            f"{entry['sets'][last]['ece_mean']:.3f}",
-            "—" if spread is None else f"{spread:.3f}",
             ", ".join(f"{k} {v}" for k, v in grid.items()),
             str(len(entry["seeds"])),
         ]
@@ -376,14 +450,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load_experiment(args.config)
     results_dir = args.results_dir or os.path.join("benchmarks", "results", "experiments", config.name)
     work_dir = args.work_dir
-    if args.report_only:
-        results = [
-            RunResult.from_json(json.load(open(os.path.join(results_dir, "runs", name), encoding="utf-8")))
-            for name in sorted(os.listdir(os.path.join(results_dir, "runs")))
-        ]
-    else:
-        results = run_experiment(config, results_dir, work_dir, args.variants)
-    report = build_report(config, results)
+    if not args.report_only:
+        run_experiment(config, results_dir, work_dir, args.variants)
+    report = build_report(
+        config, collect(config, results_dir)
+    )  # every finished variant, not only those run now
     write_json(report, os.path.join(results_dir, "report.json"))
     markdown = report_markdown(report)
     with open(os.path.join(results_dir, "report.md"), "w", encoding="utf-8") as handle:

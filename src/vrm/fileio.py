@@ -13,7 +13,7 @@ import json
 import math
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -111,11 +111,21 @@ def _json_value(text: str, location: str) -> Any:
         raise DataFormatError(f"{location}: JSON nested too deeply") from None
 
 
-def read_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_records(
+    path: str, invalid: list[tuple[str, str]] | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (location, row) from a jsonl / json / parquet / csv file (optionally gzip-compressed).
 
-    Every failure to read is a `DataFormatError` naming the file (and the line where there is one).
+    Every failure to read is a `DataFormatError` naming the file (and the line where there is one). With an
+    `invalid` list, a row that cannot be read (invalid JSON, not an object, extra CSV fields) is appended to it
+    as (location, reason) and skipped instead; a file that cannot be read at all is still an error.
     """
+
+    def bad(location: str, reason: str) -> None:
+        if invalid is None:
+            raise DataFormatError(f"{location}: {reason}")
+        invalid.append((location, reason))
+
     if not os.path.exists(path):
         raise DataFormatError(f"{path}: file not found")
     name = path[:-3] if path.endswith(".gz") else path
@@ -123,9 +133,14 @@ def read_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
         for number, line in _lines(path):
             if not line.strip():
                 continue
-            row = _json_value(line, f"{path}:{number}")
+            try:
+                row = _json_value(line, f"{path}:{number}")
+            except DataFormatError as err:
+                bad(f"{path}:{number}", str(err).removeprefix(f"{path}:{number}: "))
+                continue
             if not isinstance(row, dict):
-                raise DataFormatError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+                bad(f"{path}:{number}", f"expected a JSON object, got {type(row).__name__}")
+                continue
             yield f"{path}:{number}", row
     elif name.endswith(".json"):
         text = "".join(line for _, line in _lines(path))
@@ -141,7 +156,8 @@ def read_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
             raise DataFormatError(f"{path}: expected a JSON list of rows (or {{'data': [...]}})")
         for index, row in enumerate(data):
             if not isinstance(row, dict):
-                raise DataFormatError(f"{path}: row {index}: expected an object, got {type(row).__name__}")
+                bad(f"{path}: row {index}", f"expected an object, got {type(row).__name__}")
+                continue
             yield f"{path}: row {index}", row
     elif name.endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -154,12 +170,12 @@ def read_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
         for index, row in enumerate(rows):
             yield f"{path}: row {index}", row
     elif name.endswith(".csv"):
-        yield from _read_csv(path)
+        yield from _read_csv(path, bad)
     else:
         raise DataFormatError(f"{path}: unknown file type (expected one of {', '.join(FILE_SUFFIXES)})")
 
 
-def _read_csv(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def _read_csv(path: str, bad: Callable[[str, str], None]) -> Iterator[tuple[str, dict[str, Any]]]:
     """CSV rows, located by the line they start on; extra fields and bad quoting are errors, not guesses."""
     reader = csv.DictReader((line for _, line in _lines(path)), strict=True)
     end = 1  # the header
@@ -173,11 +189,18 @@ def _read_csv(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
         start, end = end + 1, reader.line_num
         location = f"{path}:{start}"
         if None in row:
-            raise DataFormatError(
-                f"{location}: {len(row[None])} more field(s) than the {len(reader.fieldnames)} columns of the "
-                "header (an unquoted comma?)"
+            bad(
+                location,
+                f"{len(row[None])} more field(s) than the {len(reader.fieldnames)} columns of the header "
+                "(an unquoted comma?)",
             )
-        yield location, _decode_csv_row(row, location)
+            continue
+        try:
+            decoded = _decode_csv_row(row, location)
+        except DataFormatError as err:
+            bad(location, str(err).removeprefix(f"{location}: "))
+            continue
+        yield location, decoded
 
 
 def _decode_csv_row(row: dict[str, str | None], location: str) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.distributions import Dirichlet, Normal, kl_divergence
+from transformers.utils import ModelOutput
 
 from .config import VRMConfig
 
@@ -56,19 +57,25 @@ class HeadOutput:
 
 
 @dataclass
-class PairSamples:
-    """Reparameterized samples for a batch of B preference pairs (M samples each), plus the KL terms."""
+class PairSamples(ModelOutput):
+    """Reparameterized samples for a batch of B preference pairs (M samples each), plus the KL terms.
 
-    reward_chosen: Tensor  # [M, B]
-    reward_rejected: Tensor  # [M, B]
-    scores_chosen: Tensor  # [M, B, K]
-    scores_rejected: Tensor  # [M, B, K]
-    kl_weights: Tensor  # [B]  KL(q(w|x) || p(w))
-    kl_features: Tensor  # [B] KL(q(z+|x,y+) || N(0,I)) + KL(q(z-|x,y-) || N(0,I)), summed over dimensions
-    expected_log_weights: Tensor  # [B, K] E_q[log w_k], the log-likelihood of "the judge used objective k"
-    weight_samples: Tensor  # [M, B, K] the samples of w behind reward_chosen / reward_rejected
-    chosen: HeadOutput  # plug-in outputs, for metrics
-    rejected: HeadOutput
+    A `transformers` `ModelOutput` (fields by attribute, by key, or `to_tuple()`), so that the pair path of
+    `VRMForSequenceClassification.forward` honours the usual output contract; every field is filled by
+    `LatentRewardHead.sample_pairs` (the None defaults are `ModelOutput`'s rule, not optional fields).
+    """
+
+    reward_chosen: Tensor | None = None  # [M, B]
+    reward_rejected: Tensor | None = None  # [M, B]
+    scores_chosen: Tensor | None = None  # [M, B, K]
+    scores_rejected: Tensor | None = None  # [M, B, K]
+    kl_weights: Tensor | None = None  # [B]  KL(q(w|x) || p(w))
+    # [B] KL(q(z+|x,y+) || N(0,I)) + KL(q(z-|x,y-) || N(0,I)), summed over dimensions
+    kl_features: Tensor | None = None
+    expected_log_weights: Tensor | None = None  # [B, K] E_q[log w_k], "the judge used objective k"
+    weight_samples: Tensor | None = None  # [M, B, K] the samples of w behind reward_chosen / reward_rejected
+    chosen: HeadOutput | None = None  # plug-in outputs, for metrics
+    rejected: HeadOutput | None = None
 
 
 @contextlib.contextmanager

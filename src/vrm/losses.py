@@ -14,7 +14,8 @@ a logistic loss on `s_k(z+) - s_k(z-)`. Its target is either the *sign* of the r
 is rated higher on k, 0 when lower; ties and unknown entries masked — the original behaviour) or *graded*:
 `t_k = (1 + delta_k) / 2` with `delta_k = (rho+_k - rho-_k) / range_k` in [-1, 1], so a tie is a target of 0.5
 and a small rating gap a target near 0.5 — the soft-label Bradley-Terry likelihood of the rating comparison.
-In graded mode an objective label (below) still gives the target 1 on its objective where no rating is known.
+Where a row has both a rating and an objective label for the same objective, the sign mode keeps the label's
+target 1 (as before) and the graded mode uses the rating; elsewhere an objective label gives the target 1.
 
 The fourth term treats a pair's objective label o (the objective the judge used, RMB's `objective` column) as
 an observation of the weights, o ~ Categorical(w): it is the ELBO of that label.
@@ -25,15 +26,20 @@ explain the preference *through the ratings*. With the same reparameterized samp
 
     L_rw = - 1/M sum_m log sigmoid( tau * w~_m^T delta ),     w~_mk = w_mk 1[k rated] / sum_j w_mj 1[j rated],
 
-over the pairs with at least one non-zero rating difference (w renormalised over the objectives rated in that
-row; tau a set temperature). It is the expected log-likelihood of the observed preference under a second
-observation model p(y+ > y- | w, rho) = sigmoid(tau w^T (rho+ - rho-)), in which the ratings stand in for the
-learned scores, so its gradient reaches the weights only: "for this prompt, the objectives on which the chosen
-answer is rated better must carry the weight". Alternatives we rejected: (a) regressing E[w] on a per-prompt
-target derived from ratings (there is no such target: ratings describe responses, not the prompt); (b) feeding
-ratings into the scores only (`L_attr`, which never reaches w — the state this term fixes); (c) a Dirichlet
-likelihood of normalised rating gaps as pseudo-weights (undefined when the rejected answer is rated higher
-on every objective, and it ignores the preference).
+over the pairs whose rated objectives differ in rating difference (w renormalised over the objectives rated
+in that row, after adding 1e-3 to each weight for numerical safety; tau a set temperature). It is the expected
+log-likelihood of the observed preference under a second observation model
+p(y+ > y- | w, rho) = sigmoid(tau w^T (rho+ - rho-)), in which the ratings stand in for the learned scores, so
+its gradient reaches the weights only: "for this prompt, the objectives on which the chosen answer is rated
+better must carry the weight". A pair whose chosen answer is rated lower on every rated objective cannot be
+explained by any w; its term stays large and pulls w towards the objective where it lost least (label noise,
+or objectives the ratings do not cover: lower `rating_temperature` to soften it).
+
+Alternatives we rejected: (a) regressing E[w] on a per-prompt target derived from ratings (there is no such
+target: ratings describe responses, not the prompt); (b) feeding ratings into the scores only (`L_attr`, which
+never reaches w — the state this term fixes); (c) a Dirichlet likelihood of normalised rating gaps as
+pseudo-weights (undefined when the rejected answer is rated higher on every objective, and it ignores the
+preference).
 
 With no latents (bt) the KL terms are zero and L is TRL's reward loss.
 """
@@ -107,17 +113,30 @@ def attribute_loss(samples: PairSamples, attribute_targets: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits[known], targets[known])
 
 
+RATING_WEIGHT_SMOOTHING = 1e-3  # epsilon added to each rated weight before renormalising (see rating_weight_nll)
+
+
 def rating_weight_nll(samples: PairSamples, rating_differences: Tensor, temperature: float) -> Tensor:
-    """L_rw of the module docstring: -E_q[log sigmoid(tau w~^T delta)] over pairs with a non-zero rating gap."""
+    """L_rw of the module docstring: -E_q[log sigmoid(tau w~^T delta)] over the informative pairs.
+
+    A pair is informative when its known rating differences are not all equal (at least two rated objectives
+    that differ): otherwise w~^T delta is the same for every w and the term carries no gradient. The rated
+    weights are smoothed before renormalising, w~_k = (w_k + eps) / sum_j (w_j + eps) over rated j, eps = 1e-3:
+    a Dirichlet sample can put ~0 mass on every rated objective (K = 16, 5 rated), and renormalising
+    1e-14-sized weights would give gradients of ~1e12.
+    """
     rated = rating_differences.shape[-1]
     weights = samples.weight_samples[..., :rated]  # [M, B, K_a]
     delta = rating_differences.to(weights.dtype)
     known = ~torch.isnan(delta)  # [B, K_a]
-    informative = (known & (delta != 0)).any(-1)  # [B]: rows whose ratings say something about w
+    highest = torch.where(known, delta, -torch.inf).amax(-1)
+    lowest = torch.where(known, delta, torch.inf).amin(-1)
+    informative = highest > lowest  # [B]; False for rows with < 2 known entries
     if not bool(informative.any()):
         return weights.new_zeros(())
     mask = known.to(weights.dtype).unsqueeze(0)
-    renormalised = weights * mask / (weights * mask).sum(-1, keepdim=True).clamp_min(1e-12)
+    smoothed = (weights + RATING_WEIGHT_SMOOTHING) * mask
+    renormalised = smoothed / smoothed.sum(-1, keepdim=True)
     logits = temperature * (renormalised * torch.nan_to_num(delta).unsqueeze(0)).sum(-1)  # [M, B]
     return -F.logsigmoid(logits[:, informative]).mean()
 

@@ -22,6 +22,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
 
 
 def _array(values) -> np.ndarray:
@@ -86,13 +87,13 @@ def selective_accuracy(correct, uncertainty, coverages: Sequence[float] | None =
 
 
 def auroc(scores, labels) -> float:
-    """Area under the ROC curve of `scores` for binary `labels` (Mann-Whitney U, ties counted half)."""
+    """Area under the ROC curve of `scores` for binary `labels`: the Mann-Whitney U of the positives over
+    n+ n- (ties counted half)."""
     scores, labels = _array(scores), _array(labels).astype(bool)
     positives, negatives = scores[labels], scores[~labels]
     if positives.size == 0 or negatives.size == 0:
         return math.nan
-    ranks = _average_ranks(np.concatenate([positives, negatives]))
-    u = ranks[: positives.size].sum() - positives.size * (positives.size + 1) / 2
+    u = stats.mannwhitneyu(positives, negatives, alternative="two-sided", method="asymptotic").statistic
     return float(u / (positives.size * negatives.size))
 
 
@@ -112,33 +113,18 @@ def error_detection(reward_chosen, reward_rejected, std_chosen=None, std_rejecte
     if not (pair_std > 0).any():
         return out
     z = np.abs(margin) / np.maximum(pair_std, np.finfo(np.float64).tiny)
-    flip = np.array([0.5 * math.erfc(v / math.sqrt(2.0)) for v in z])
+    flip = stats.norm.sf(z)
     out["std"] = auroc(pair_std, wrong)
     out["flip"] = auroc(flip, wrong)
     return out
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties given their average rank."""
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(values.size)
-    sorted_values = values[order]
-    start = 0
-    while start < values.size:
-        end = start
-        while end + 1 < values.size and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        ranks[order[start : end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
-
-
 def spearman(x, y) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    rx, ry = _average_ranks(_array(x)), _average_ranks(_array(y))
-    if rx.std() == 0 or ry.std() == 0:
+    """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
+    x, y = _array(x), _array(y)
+    if x.size < 2 or np.all(x == x[0]) or np.all(y == y[0]):
         return math.nan
-    return float(np.corrcoef(rx, ry)[0, 1])
+    return float(stats.spearmanr(x, y).statistic)
 
 
 def length_bias(reward_chosen, reward_rejected, length_chosen, length_rejected) -> dict:

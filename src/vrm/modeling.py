@@ -15,7 +15,7 @@ one real token (the chat template's assistant header, or the separator of the pl
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -46,6 +46,12 @@ class RewardModelOutput(ModelOutput):
     objective_weights: Tensor | None = None
     objective_scores: Tensor | None = None
     features: Tensor | None = None
+
+
+@dataclass
+class PairwiseRewardOutput(PairSamples):
+    """Output of the pair path of `VRMForSequenceClassification.forward` (`chosen_*` and `rejected_*`, or
+    `chosen_states` and `rejected_states`): the samples and KL terms the negative ELBO of `vrm.losses` needs."""
 
 
 def backbone_is_causal(text_config) -> bool:
@@ -290,20 +296,36 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         rejected_states: Tensor | None = None,
         num_samples: int | None = None,
         return_dict: bool | None = None,
+        token_type_ids: Tensor | None = None,
+        labels: Tensor | None = None,
         **kwargs: Any,
-    ) -> RewardModelOutput | PairSamples:
-        """Score sequences (`input_ids`), or, given `chosen_*` and `rejected_*`, sample pairs for training.
+    ) -> RewardModelOutput | PairwiseRewardOutput | tuple:
+        """Score sequences (`input_ids`) into a `RewardModelOutput`, or, given `chosen_*` and `rejected_*`,
+        sample pairs for training into a `PairwiseRewardOutput`; `return_dict=False` gives their `to_tuple()`.
 
-        The backbone can be skipped with precomputed states (the frozen-backbone path of `vrm.embeddings`):
-        `prompt_states` + `response_states` score, `prompt_states` + `chosen_states` + `rejected_states` train.
-        The pair mode goes through `forward` (not a side method) so that DDP / FSDP / PEFT wrappers see it.
+        Precomputed states skip the backbone (the frozen-backbone path of `vrm.embeddings`): `prompt_states` +
+        `response_states` score, `prompt_states` + `chosen_states` + `rejected_states` train. The pair mode
+        goes through `forward` (not a side method) so that DDP / FSDP / PEFT wrappers see it.
+        `token_type_ids` is accepted (a tokenizer's output can be passed as `**batch`) and ignored: vrm trains
+        every token as type 0. `labels` are refused (a `ValueError`): the loss comes from pairs, in
+        `VRMTrainer.compute_loss`. Any other keyword argument is a `TypeError`, never silently dropped.
         """
+        if kwargs:
+            raise TypeError(
+                f"VRMForSequenceClassification.forward: unexpected keyword argument(s) {sorted(kwargs)}"
+            )
+        if labels is not None:
+            raise ValueError(
+                "VRMForSequenceClassification computes no loss from labels: a reward model is trained on "
+                "(chosen, rejected) pairs, with the loss of VRMTrainer.compute_loss / vrm.losses.preference_loss"
+            )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if prompt_states is not None:
-            return self._forward_states(
+            out = self._forward_states(
                 prompt_states, response_states, chosen_states, rejected_states, num_samples
             )
-        if chosen_input_ids is not None:
-            return self.forward_pairs(
+        elif chosen_input_ids is not None:
+            out = self.forward_pairs(
                 chosen_input_ids,
                 chosen_attention_mask,
                 rejected_input_ids,
@@ -311,10 +333,11 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
                 prompt_lengths=prompt_lengths,
                 num_samples=num_samples,
             )
-        if input_ids is None:
+        elif input_ids is None:
             raise ValueError("forward needs input_ids (or chosen_input_ids and rejected_input_ids)")
-        prompt_state, response_state = self.encode(input_ids, attention_mask, prompt_lengths)
-        return self._score_states(prompt_state, response_state)
+        else:
+            out = self._score_states(*self.encode(input_ids, attention_mask, prompt_lengths))
+        return out if return_dict else out.to_tuple()
 
     def _score_states(self, prompt_state: Tensor, response_state: Tensor) -> RewardModelOutput:
         with self._head_precision(prompt_state):
@@ -335,7 +358,7 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         chosen_states: Tensor | None,
         rejected_states: Tensor | None,
         num_samples: int | None,
-    ) -> RewardModelOutput | PairSamples:
+    ) -> RewardModelOutput | PairwiseRewardOutput:
         if response_states is not None:
             return self._score_states(prompt_states, response_states)
         if chosen_states is None or rejected_states is None:
@@ -344,12 +367,13 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
 
     def _sample_pairs(
         self, prompt_state: Tensor, chosen_state: Tensor, rejected_state: Tensor, num_samples: int | None
-    ) -> PairSamples:
+    ) -> PairwiseRewardOutput:
         with self._head_precision(prompt_state):
-            return self.head.sample_pairs(
+            samples = self.head.sample_pairs(
                 *self._to_head_dtype(prompt_state, chosen_state, rejected_state),
                 num_samples or self.config.num_samples,
             )
+        return PairwiseRewardOutput(**{f.name: getattr(samples, f.name) for f in fields(samples)})
 
     def encode_pairs(
         self,
@@ -377,7 +401,7 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         rejected_attention_mask: Tensor,
         prompt_lengths: Tensor | None = None,
         num_samples: int | None = None,
-    ) -> PairSamples:
+    ) -> PairwiseRewardOutput:
         """Chosen and rejected through the backbone in one pass; one prompt state (and one w sample) per pair."""
         states = self.encode_pairs(
             chosen_input_ids,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .config import MIN_REWARD_SCALE
+from .config import MIN_REWARD_SCALE, record_tokenization
 from .data import (
     DataFormatError,
     PreferenceTokenizer,
@@ -132,6 +132,8 @@ class RewardPipeline:
         conservative_lambda: float = 0.0,
         embedding_cache: EmbeddingCache | str | None = None,
     ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval()
         if isinstance(embedding_cache, str):
             embedding_cache = EmbeddingCache(embedding_cache, batch_size=batch_size)
@@ -186,17 +188,25 @@ class RewardPipeline:
 
         The prompt boundary is the length of the matching `prompt_texts` entry when given (and a prefix of the
         text), else it is found from the response marker saved at training time. Over-long texts are cut by the
-        training-time policy (prompt from the left).
+        training-time policy (prompt from the left). A text of padding only, or with no response after its
+        prompt, is a `ValueError` naming its index (as `vrm serve`'s `/get_reward` refuses it).
         """
         if prompt_texts is not None and len(prompt_texts) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(prompt_texts)} prompts")
         marker = self.model.config.response_marker_ids
+        pad = self.tokenizer.pad_token_id
         sequences, lengths = [], []
         for index, text in enumerate(texts):
             ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            if not ids or all(token == pad for token in ids):
+                raise ValueError(f"text {index} has no tokens other than padding: nothing to score")
             prompt = prompt_texts[index] if prompt_texts is not None else None
             if prompt is not None and text.startswith(prompt):
                 prompt_length = len(self.tokenizer(prompt, add_special_tokens=False).input_ids)
+                if prompt_length == 0:
+                    raise ValueError(
+                        f"prompt {index} has no tokens: send the templated prompt of text {index}"
+                    )
             else:
                 row = torch.tensor([ids])
                 try:  # the model's own rule: the last marker that is followed by a response token
@@ -206,6 +216,10 @@ class RewardPipeline:
                         f"text {index}: cannot find where the response starts (no prompt given, and the response "
                         f"marker {marker} is not in the text); send it with the model's chat template applied"
                     ) from None
+            if prompt_length >= len(ids):
+                raise ValueError(
+                    f"text {index} has no response: its {len(ids)} tokens all belong to the prompt (prompt {index})"
+                )
             fitted = self.template.fit(ids[:prompt_length], ids[prompt_length:])
             sequences.append(fitted[0] + fitted[1])
             lengths.append(len(fitted[0]))
@@ -265,6 +279,8 @@ class RewardPipeline:
         return mean, std
 
     def save_pretrained(self, path: str) -> None:
+        """The model (with its normalization) and tokenizer; the config records this pipeline's tokenization."""
+        record_tokenization(self.model.config, self.template.settings())
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
 
@@ -306,6 +322,21 @@ def _row_to_pair(row: dict[str, Any], location: str, prompt_column: str, respons
     )
 
 
+def _raise_templating_error(pipeline: RewardPipeline, pairs: list, rows: list) -> None:
+    """A `DataFormatError` naming the first row of a chunk that cannot be templated (none: returns)."""
+    template = getattr(pipeline, "template", None)
+    if template is None:
+        return
+    for (prompt, response), (location, _) in zip(pairs, rows, strict=True):
+        try:
+            template.encode_parts(prompt, response)
+        except Exception as err:
+            message = " ".join(str(err).split())
+            raise DataFormatError(
+                f"{location}: cannot be templated for this model ({type(err).__name__}: {message})"
+            ) from None
+
+
 def score_file(
     pipeline: RewardPipeline,
     input_path: str,
@@ -325,6 +356,8 @@ def score_file(
     output is then scored again from scratch). Non-finite scores are an error, never written.
     Returns {"rows", "skipped", "scored"}.
     """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     rows = list(read_records(input_path))
     if not rows:
         raise DataFormatError(f"{input_path}: no rows to score")
@@ -346,7 +379,11 @@ def score_file(
         starts = range(done, len(rows), chunk_size)
         for start in tqdm(starts, desc="scoring", disable=not progress, unit="chunk"):
             chunk = pairs[start : start + chunk_size]
-            scores = pipeline.score([p for p, _ in chunk], [r for _, r in chunk])
+            try:
+                scores = pipeline.score([p for p, _ in chunk], [r for _, r in chunk])
+            except Exception:  # a row the chat template refuses (an empty message list): name that row
+                _raise_templating_error(pipeline, chunk, rows[start : start + chunk_size])
+                raise
             finite = torch.isfinite(scores.reward) & torch.isfinite(scores.reward_std)
             finite &= torch.isfinite(scores.objective_weights).all(-1) & torch.isfinite(
                 scores.objective_scores
@@ -374,69 +411,20 @@ def score_file(
     return {"rows": len(rows), "skipped": done, "scored": len(rows) - done}
 
 
-# ----- reward models that are not vrm's -----------------------------------------------------------------------
-class SequenceClassifierPipeline:
-    """Any `AutoModelForSequenceClassification` reward model (one logit), scored like a `RewardPipeline`.
+# ----- reward models that are not vrm's (`vrm.classifier`) ---------------------------------------------------
+def __getattr__(name: str):
+    if name == "SequenceClassifierPipeline":  # it lives in vrm.classifier, which imports this module
+        from .classifier import SequenceClassifierPipeline
 
-    Texts are formatted with the tokenizer's chat template as a user/assistant conversation (or
-    `prompt + "\\n\\n" + response` without one) and truncated from the left to `max_length`. It has no
-    uncertainty and no objectives: `reward_std` is 0 and the single objective weight is 1.
-    """
-
-    def __init__(self, model, tokenizer, *, batch_size: int = 16, max_length: int = 1024):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-        self.batch_size = batch_size
-        self.max_length = max_length
-
-    @classmethod
-    def from_pretrained(
-        cls, path: str, *, device: str | None = None, **kwargs: Any
-    ) -> SequenceClassifierPipeline:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        model = load_checked(AutoModelForSequenceClassification, path)
-        if model.config.num_labels != 1:
-            raise ValueError(f"{path}: a reward model has one output, this one has {model.config.num_labels}")
-        if device:
-            model.to(device)
-        return cls(model, AutoTokenizer.from_pretrained(path), **kwargs)
-
-    def _text(self, prompt: Text, response: Text) -> str:
-        messages = (prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]) + (
-            response if isinstance(response, list) else [{"role": "assistant", "content": response}]
-        )
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return "\n\n".join(m["content"] for m in messages)
-
-    @torch.no_grad()
-    def score(
-        self, prompts: Sequence[Text], responses: Sequence[Text], progress: bool = False
-    ) -> SequenceScores:
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        self.tokenizer.truncation_side = "left"
-        device = next(self.model.parameters()).device
-        rewards = torch.empty(len(prompts))
-        texts = [self._text(p, r) for p, r in zip(prompts, responses, strict=True)]
-        for start in tqdm(range(0, len(texts), self.batch_size), disable=not progress, leave=False):
-            batch = self.tokenizer(
-                texts[start : start + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(device)
-            rewards[start : start + len(batch["input_ids"])] = self.model(**batch).logits[:, 0].float().cpu()
-        count = len(texts)
-        return SequenceScores(rewards, torch.zeros(count), torch.ones(count, 1), rewards[:, None].clone())
+        return SequenceClassifierPipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_scorer(path: str, **kwargs: Any) -> RewardPipeline | SequenceClassifierPipeline:
-    """A `RewardPipeline` for vrm checkpoints, a `SequenceClassifierPipeline` for other reward models."""
+def load_scorer(path: str, *, trust_remote_code: bool = False, **kwargs: Any):
+    """A `RewardPipeline` for vrm checkpoints, a `vrm.classifier.SequenceClassifierPipeline` for other reward
+    models (loaded with `trust_remote_code` when they need their own code; vrm checkpoints never do)."""
+    from .classifier import SequenceClassifierPipeline
+
     config_path = os.path.join(path, "config.json")
     if os.path.isdir(path) and os.path.exists(config_path):
         with open(config_path, encoding="utf-8") as handle:
@@ -448,4 +436,4 @@ def load_scorer(path: str, **kwargs: Any) -> RewardPipeline | SequenceClassifier
         kwargs.pop(vrm_only, None)
     if kwargs.pop("embedding_cache", None):
         print(f"[vrm] {path} is not a vrm model: scored without the embedding cache", flush=True)
-    return SequenceClassifierPipeline.from_pretrained(path, **kwargs)
+    return SequenceClassifierPipeline.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)

@@ -23,6 +23,7 @@ from .fileio import atomic_output
 MISSING = "–"
 LENGTH_WARNING_TOLERANCE = 0.02
 PAIRWISE_CONVENTIONS = ("pairwise", "rewardbench")
+BEST_OF_K_CONVENTIONS = ("best-of-k", "rewardbench2")
 RM_BENCH_COLUMNS = ("easy", "normal", "hard", "average", "prompts")
 
 
@@ -129,6 +130,12 @@ def _safe_filename(name: str) -> str:
 
 def reliability_diagram(reports: list[dict[str, Any]], path: str) -> str:
     """Accuracy vs confidence of each model's overall calibration bins on each pairwise dataset (one PNG)."""
+    return _save_figure(reliability_figure(reports), path)
+
+
+def reliability_figure(reports: list[dict[str, Any]]) -> Any:
+    """The reliability diagram's figure: confidence in [0.5, 1] against accuracy in [0, 1] (an over-confident
+    model's bins fall below 0.5 and must stay visible)."""
     figure = _new_figure(7.5, 6.5)
     axes = figure.add_subplot(1, 1, 1)
     axes.plot([0.5, 1.0], [0.5, 1.0], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
@@ -173,22 +180,36 @@ def reliability_diagram(reports: list[dict[str, Any]], path: str) -> str:
                 axes.annotate(str(count), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
             plotted = True
     if not plotted:
-        axes.text(0.75, 0.75, "no calibration bins", ha="center", va="center", color="grey")
+        axes.text(0.75, 0.5, "no calibration bins", ha="center", va="center", color="grey")
     axes.set_xlim(0.5, 1.0)
-    axes.set_ylim(0.5, 1.0)
+    axes.set_ylim(0.0, 1.0)
     axes.set_xlabel("confidence  max(p, 1 - p)")
     axes.set_ylabel("accuracy")
-    axes.set_aspect("equal")
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)
     lines = [", ".join(titles[i : i + 2]) for i in range(0, len(titles), 2)]
     axes.set_title("Reliability diagram — ECE: " + ("\n".join(lines) if lines else MISSING), fontsize=9)
     figure.tight_layout()
-    return _save_figure(figure, path)
+    return figure
 
 
 def objective_weights_heatmap(report: dict[str, Any], path: str) -> str | None:
     """Mean objective weights per subset (rows) and objective (columns); None when K == 1 or no weights."""
+    figure = weights_figure(report)
+    return None if figure is None else _save_figure(figure, path)
+
+
+HEATMAP_LABEL_WIDTH = 48  # characters of a row label (dataset / subset); longer ones end in an ellipsis
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def weights_figure(report: dict[str, Any]) -> Any:
+    """The heatmap's figure, sized from K (0.8 in per column) and the rows (0.32 in each), with room for the
+    row labels (cut to `HEATMAP_LABEL_WIDTH` characters), the colour bar and a wrapped title; None when
+    there is nothing to draw."""
     k = int(report.get("num_objectives", 1) or 1)
     if k <= 1:
         return None
@@ -201,30 +222,41 @@ def objective_weights_heatmap(report: dict[str, Any], path: str) -> str | None:
             weights = metrics.get("objective_weights")
             if not weights or len(weights) != k:
                 continue
-            rows.append(f"{_dataset_name(source)} / {subset}")
+            rows.append(_cut(f"{_dataset_name(source)} / {subset}", HEATMAP_LABEL_WIDTH))
             values.append([_number(w) if _number(w) is not None else math.nan for w in weights])
     if not rows:
         return None
 
+    import textwrap
+
     import numpy as np
 
     matrix = np.ma.masked_invalid(np.asarray(values, dtype=float))
-    figure = _new_figure(max(5.0, 1.3 * k + 3.5), max(3.0, 0.45 * len(rows) + 1.8))
-    axes = figure.add_subplot(1, 1, 1)
+    font = 8
+    label_inches = 0.6 * font / 72 * max(len(r) for r in rows) + 0.3  # ~0.6 em per character
+    name_inches = 0.6 * font / 72 * max(len(str(n)) for n in names) * 0.6 + 0.3  # rotated 30 degrees
+    cells_w, cells_h = 0.8 * k, 0.32 * len(rows)
+    width = label_inches + cells_w + 1.6  # + colour bar and its label
+    height = cells_h + name_inches + 1.2
+    figure = _new_figure(width, height)
+    left, bottom = label_inches / width, (name_inches + 0.2) / height
+    axes = figure.add_axes((left, bottom, cells_w / width, cells_h / height))
     top = float(matrix.max()) if matrix.count() else 1.0
     image = axes.imshow(matrix, cmap="viridis", vmin=0.0, vmax=max(top, 1e-6), aspect="auto")
-    axes.set_xticks(range(k), labels=[str(n) for n in names], rotation=30, ha="right")
-    axes.set_yticks(range(len(rows)), labels=rows)
+    axes.set_xticks(range(k), labels=[str(n) for n in names], rotation=30, ha="right", fontsize=font)
+    axes.set_yticks(range(len(rows)), labels=rows, fontsize=font)
     threshold = 0.6 * max(top, 1e-6)
     for i, row in enumerate(values):
         for j, value in enumerate(row):
             text = "nan" if math.isnan(value) else f"{value:.2f}"
             color = "black" if not math.isnan(value) and value > threshold else "white"
             axes.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
-    figure.colorbar(image, ax=axes, label="mean E[w]")
-    axes.set_title(f"Objective weights — {_model_name(report)} ({report.get('head_type', '?')}, K={k})")
-    figure.tight_layout()
-    return _save_figure(figure, path)
+    bar = figure.add_axes(((label_inches + cells_w + 0.2) / width, bottom, 0.2 / width, cells_h / height))
+    figure.colorbar(image, cax=bar, label="mean E[w]")
+    title = f"Objective weights — {_model_name(report)} ({report.get('head_type', '?')}, K={k})"
+    columns = max(int(width * 72 / (0.6 * 10)) - 2, 20)  # characters of 10 pt text across the figure
+    figure.suptitle("\n".join(textwrap.wrap(title, columns)), fontsize=10, y=1 - 0.1 / height, va="top")
+    return figure
 
 
 def write_plots(reports: list[dict[str, Any]], directory: str) -> list[str]:
@@ -293,6 +325,10 @@ def _warnings(reports: list[dict[str, Any]], labels: list[str]) -> list[str]:
     for source in _sources(reports, lambda entry: True):
         for report in reports:
             entry = report.get("datasets", {}).get(source) or {}
+            skipped = (entry.get("invalid_rows") or {}).get("count")
+            message = f"{_dataset_name(source)}: {skipped} unusable rows skipped (listed in the JSON report)"
+            if skipped and message not in out:
+                out.append(message)
             if not _is_pairwise(entry):
                 continue
             for subset, metrics in (entry.get("subsets") or {}).items():
@@ -386,7 +422,47 @@ def markdown_summary(reports: list[dict[str, Any]]) -> str:
                 )
         lines += _table(["model", "subset", *RM_BENCH_COLUMNS], rows, left=2) + [""]
 
+    lines += _best_of_k_markdown(reports, labels)
     return "\n".join(lines).rstrip() + "\n"
+
+
+BEST_OF_K_COLUMNS = ("prompts", "accuracy", "chance", "ties", "pairwise_accuracy", "pairs", "mean_margin")
+
+
+def _best_of_k_markdown(reports: list[dict[str, Any]], labels: list[str]) -> list[str]:
+    """Best-of-k datasets (RMB best-of-n, RewardBench 2): overall, per subset (full names), RewardBench 2 scores."""
+    lines: list[str] = []
+    for source in _sources(reports, lambda entry: entry.get("convention") in BEST_OF_K_CONVENTIONS):
+        entries = [
+            (label, report.get("datasets", {}).get(source))
+            for label, report in zip(labels, reports, strict=True)
+        ]
+        entries = [(label, entry) for label, entry in entries if entry]
+        lines += [f"## {_dataset_name(source)} (best-of-k)", ""]
+        rows = [
+            [_escape(label), *(_fmt(e["overall"].get(c)) for c in BEST_OF_K_COLUMNS)] for label, e in entries
+        ]
+        lines += _table(["model", *BEST_OF_K_COLUMNS], rows) + [""]
+        subsets = list(dict.fromkeys(s for _, e in entries for s in e.get("subsets") or {}))
+        if subsets:
+            lines += ["### best-of-k accuracy per subset", ""]
+            rows = [
+                [
+                    _escape(s),
+                    *(_fmt(((e.get("subsets") or {}).get(s) or {}).get("accuracy")) for _, e in entries),
+                ]
+                for s in subsets
+            ]
+            lines += _table(["subset", *(label for label, _ in entries)], rows) + [""]
+        benches = [(label, e["rewardbench2"]) for label, e in entries if e.get("rewardbench2")]
+        if benches:
+            names = list(dict.fromkeys(n for _, b in benches for n in b["subsets"]))
+            rows = [
+                [_escape(lb), *(_fmt(b["subsets"].get(n)) for n in names), _fmt(b["score"])]
+                for lb, b in benches
+            ]
+            lines += ["### RewardBench 2", ""] + _table(["model", *names, "score"], rows) + [""]
+    return lines
 
 
 def write_markdown(reports: list[dict[str, Any]], path: str) -> str:

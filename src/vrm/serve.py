@@ -66,6 +66,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 from .pipeline import RewardPipeline, SequenceScores
 from .serve_batching import BatcherStoppedError, DynamicBatcher, QueueFullError, pipeline_score_fn
 from .serve_requests import (
+    BodySizeLimit,
     ErrorResponse,
     GetRewardRequest,
     GetRewardResponse,
@@ -82,51 +83,13 @@ from .serve_requests import (
     prepare_pair,
     prepare_text,
     strip_padding,
+    text_size,
 )
 
 __all__ = ["DynamicBatcher", "ServerConfig", "build_app", "run_server", "serve_main"]
 
 logger = logging.getLogger("vrm.serve")
-
-
-class BodySizeLimit:
-    """ASGI middleware: 413 for a body over `max_bytes`, from `Content-Length` or while it streams in."""
-
-    def __init__(self, app: Any, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    def _too_large(self, size: str) -> JSONResponse:
-        detail = f"request body of {size} bytes is larger than max_body_bytes={self.max_bytes}"
-        return JSONResponse({"detail": detail}, status_code=413)
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                await JSONResponse({"detail": "invalid Content-Length"}, status_code=400)(
-                    scope, receive, send
-                )
-                return
-            if size > self.max_bytes:
-                await self._too_large(str(size))(scope, receive, send)
-                return
-        received = 0
-
-        async def limited_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:  # FastAPI re-raises an HTTPException met while reading the body
-                    raise HTTPException(413, f"request body larger than max_body_bytes={self.max_bytes}")
-            return message
-
-        await self.app(scope, limited_receive, send)
+TOKENIZE_CHUNK_CHARS = 8192  # characters tokenized per turn of the tokenizing thread (whole items)
 
 
 def _model_id(name: str) -> str:
@@ -193,38 +156,56 @@ def build_app(
             parts.append(f"{location}: {error.get('msg', 'invalid')}")
         return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
 
-    async def prepare(label: str, work: Callable[[int], PreparedItem], count: int) -> list[PreparedItem]:
-        """Tokenize a request's items one at a time in the tokenizing thread, within max_request_tokens."""
+    def prepare_chunk(label: str, work: Callable[[int], PreparedItem], indices: range) -> list[PreparedItem]:
+        """Runs in the tokenizing thread; anything the tokenizer raises on an item is that item's fault."""
+        items = []
+        for index in indices:
+            try:
+                items.append(work(index))
+            except ItemError:
+                raise
+            except Exception as err:
+                logger.warning("%s could not be tokenized", label.format(i=index), exc_info=True)
+                raise ItemError(
+                    f"{label.format(i=index)} cannot be tokenized: {type(err).__name__}: {err}"
+                ) from None
+        return items
+
+    async def prepare(
+        label: str, work: Callable[[int], PreparedItem], sizes: list[int]
+    ) -> list[PreparedItem]:
+        """Tokenize a request's items in the tokenizing thread, a few thousand characters at a time (requests
+        take turns), stopping as soon as the request has more than max_request_tokens."""
         executor = tokenizing.get("executor")
         if executor is None:
             raise HTTPException(503, "the server is not running (start the app with its lifespan)")
         loop = asyncio.get_running_loop()
-        items, tokens = [], 0
-        for index in range(count):
+        items: list[PreparedItem] = []
+        tokens, start = 0, 0
+        while start < len(sizes):
+            end, chars = start + 1, sizes[start]
+            while end < len(sizes) and chars + sizes[end] <= TOKENIZE_CHUNK_CHARS:
+                chars += sizes[end]
+                end += 1
             try:
-                item = await loop.run_in_executor(executor, work, index)
+                chunk = await loop.run_in_executor(executor, prepare_chunk, label, work, range(start, end))
             except ItemError as err:
                 raise HTTPException(400, str(err)) from None
-            except Exception as err:  # anything the tokenizer raises on an item is that item's fault
-                where = label.format(i=index)
-                logger.warning("%s could not be tokenized", where, exc_info=True)
-                raise HTTPException(
-                    400, f"{where} cannot be tokenized: {type(err).__name__}: {err}"
-                ) from None
-            tokens += item.tokens
+            items += chunk
+            tokens += sum(item.tokens for item in chunk)
             if tokens > config.max_request_tokens:
                 raise HTTPException(
                     413,
                     f"the request has more than max_request_tokens={config.max_request_tokens} tokens "
-                    f"({tokens} in its first {index + 1} items); split it into smaller requests",
+                    f"({tokens} in its first {end} items); split it into smaller requests",
                 )
-            items.append(item)
+            start = end
         return items
 
-    async def run(label: str, work: Callable[[int], PreparedItem], count: int) -> SequenceScores:
+    async def run(label: str, work: Callable[[int], PreparedItem], sizes: list[int]) -> SequenceScores:
         try:
             async with asyncio.timeout(config.request_timeout_s):
-                items = await prepare(label, work, count)
+                items = await prepare(label, work, sizes)
                 return await batcher.submit([i.ids for i in items], [i.prompt_length for i in items])
         except TimeoutError as err:
             batcher.stats.timed_out += 1
@@ -281,9 +262,8 @@ def build_app(
                     raise HTTPException(
                         400, f"{field_name}[{index}] is empty (once padding tokens are removed)"
                     )
-        scores = await run(
-            "query[{i}]", lambda i: prepare_text(pipeline, texts[i], prompts[i], i), len(texts)
-        )
+        sizes = [len(text) for text in texts]
+        scores = await run("query[{i}]", lambda i: prepare_text(pipeline, texts[i], prompts[i], i), sizes)
         reward = scores.reward - lam * scores.reward_std if lam else scores.reward
         values = [float(v) for v in reward.tolist()]
         return GetRewardResponse(rewards=values, scores=values)
@@ -296,9 +276,9 @@ def build_app(
         check_items("prompts", body.prompts, config)
         check_items("responses", body.responses, config)
         pairs = [(as_text(p), as_text(r)) for p, r in zip(body.prompts, body.responses, strict=True)]
-        scores = await run(
-            "prompts[{i}] / responses[{i}]", lambda i: prepare_pair(pipeline, *pairs[i], i), len(pairs)
-        )
+        sizes = [text_size(p) + text_size(r) for p, r in zip(body.prompts, body.responses, strict=True)]
+        label = "prompts[{i}] / responses[{i}]"
+        scores = await run(label, lambda i: prepare_pair(pipeline, *pairs[i], i), sizes)
         results = []
         for index in range(len(pairs)):
             reward, std = float(scores.reward[index]), float(scores.reward_std[index])
@@ -409,7 +389,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def serve_main(argv: Sequence[str] | None = None) -> int:
     """`vrm serve`: parse the options and run the server until interrupted."""
     parser = add_serve_arguments(
-        argparse.ArgumentParser(prog="vrm serve", description="Serve a reward model over HTTP.")
+        argparse.ArgumentParser(
+            prog="vrm serve",
+            description="Serve a reward model over HTTP.",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
     )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:

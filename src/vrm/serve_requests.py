@@ -1,22 +1,25 @@
 """The reward server's limits, request and response bodies, and the checks that turn a request into token ids.
 
 Every way a client's input can be unscoreable is found here, before the model runs, and reported as a 4xx
-naming the item (`prompts[0]: ...`). Items are templated and tokenized exactly as `vrm score` does
+naming the item (`prompts[0]: ...`). Items are checked with `vrm score`'s own rule
+(`vrm.data.check_text_or_messages`) and templated and tokenized exactly as `vrm score` does
 (`PreferenceTokenizer.encode_parts` + `fit`, i.e. `tokenize_single`), so the server accepts, rejects and scores
 the same (prompt, response) pairs as `vrm score`: an empty or whitespace-only response is a valid response (the
-template still gives it its end tokens), and any message role the model's chat template renders is valid.
+template still gives it its end tokens), and any text role the model's chat template renders is valid.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from fastapi import HTTPException
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from .data import DataFormatError, check_text_or_messages
 from .modeling import PromptBoundaryError, find_prompt_end
 from .pipeline import RewardPipeline
 
@@ -55,7 +58,7 @@ class ServerConfig:
     max_batch_tokens: int = 16_384
     request_timeout_s: float = 60.0
     max_body_bytes: int = 16 * 1024 * 1024
-    timeout_keep_alive: float = 5.0
+    timeout_keep_alive: int = 5
     limit_concurrency: int = 128
     conservative_lambda: float = 0.0
 
@@ -159,6 +162,47 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+# ----- the body size limit ------------------------------------------------------------------------------------
+class BodySizeLimit:
+    """ASGI middleware: 413 for a body over `max_bytes`, from `Content-Length` or while it streams in."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    def _too_large(self, size: str) -> JSONResponse:
+        detail = f"request body of {size} bytes is larger than max_body_bytes={self.max_bytes}"
+        return JSONResponse({"detail": detail}, status_code=413)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                await JSONResponse({"detail": "invalid Content-Length"}, status_code=400)(
+                    scope, receive, send
+                )
+                return
+            if size > self.max_bytes:
+                await self._too_large(str(size))(scope, receive, send)
+                return
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:  # FastAPI re-raises an HTTPException met while reading the body
+                    raise HTTPException(413, f"request body larger than max_body_bytes={self.max_bytes}")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
 # ----- checks on the parsed request ---------------------------------------------------------------------------
 class ItemError(ValueError):
     """One request item cannot be scored; the message says why (the caller adds the item's name)."""
@@ -175,12 +219,17 @@ def check_items(name: str, values: Sequence[Any], config: ServerConfig) -> None:
             "split the request",
         )
     for index, value in enumerate(values):
-        size = len(value) if isinstance(value, str) else sum(len(message.content) for message in value)
+        size = text_size(value)
         if size > config.max_text_chars:
             raise HTTPException(
                 413,
                 f"{name}[{index}] has {size} characters, more than max_text_chars={config.max_text_chars}",
             )
+
+
+def text_size(value: str | list[ChatMessage]) -> int:
+    """Characters of a text, or of a message list's contents."""
+    return len(value) if isinstance(value, str) else sum(len(message.content) for message in value)
 
 
 def strip_padding(text: str, pad: str | None, eos: str | None) -> str:
@@ -223,7 +272,13 @@ def find_invalid_unicode(value: Any, path: str) -> str | None:
     return None
 
 
-def _check_unicode(value: Any, name: str) -> None:
+def check_item(value: Any, name: str) -> None:
+    """`vrm score`'s rule for a prompt or response (`check_text_or_messages`: valid Unicode text, or messages
+    with text `role` and `content`), and valid Unicode in a message's other keys too."""
+    try:
+        check_text_or_messages(value, "request", name)
+    except DataFormatError as err:
+        raise ItemError(str(err).removeprefix("request: ")) from None
     found = find_invalid_unicode(value, name)
     if found:
         raise ItemError(
@@ -243,8 +298,8 @@ class PreparedItem:
 
 def prepare_pair(pipeline: RewardPipeline, prompt: Any, response: Any, index: int) -> PreparedItem:
     """Template and tokenize one (prompt, response) exactly as `RewardPipeline.score` (and `vrm score`) do."""
-    _check_unicode(prompt, f"prompts[{index}]")
-    _check_unicode(response, f"responses[{index}]")
+    check_item(prompt, f"prompts[{index}]")
+    check_item(response, f"responses[{index}]")
     try:
         prompt_ids, response_ids = pipeline.template.encode_parts(prompt, response)
     except Exception as err:  # e.g. a chat template that rejects a role, or an empty conversation
@@ -270,9 +325,9 @@ def prepare_text(pipeline: RewardPipeline, text: str, prompt: str | None, index:
     The prompt boundary is the token count of `prompt` when it is a prefix of `text`, else the response marker
     saved at training time; the response must keep at least one token.
     """
-    _check_unicode(text, f"query[{index}]")
+    check_item(text, f"query[{index}]")
     if prompt is not None:
-        _check_unicode(prompt, f"prompts[{index}]")
+        check_item(prompt, f"prompts[{index}]")
     ids = _encode(pipeline, text)
     if not ids:
         raise ItemError(f"query[{index}] has no tokens")

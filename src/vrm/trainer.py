@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ from torch.utils.data import Dataset
 from transformers import AutoConfig, AutoTokenizer, Trainer, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from .config import DataArguments, ModelArguments, VRMTrainingArguments
+from .config import DataArguments, ModelArguments, VRMTrainingArguments, record_tokenization
 from .data import (
     PreferenceCollator,
     PreferenceTokenizer,
@@ -229,18 +230,22 @@ class VRMTrainer(Trainer):
 
 # ----- the `vrm train` job --------------------------------------------------------------------------------------
 def check_rating_arguments(training_args: VRMTrainingArguments, attribute_names: Sequence[str]) -> None:
-    """Flags of the rating terms that would silently do nothing are errors, before any data is read."""
+    """Flags of the rating terms that would silently do nothing (or nonsense) are errors, before data is read."""
     if training_args.attribute_target not in ATTRIBUTE_TARGETS:
         raise ValueError(
             f"--attribute_target must be one of {ATTRIBUTE_TARGETS}, got {training_args.attribute_target!r}"
         )
-    if training_args.rating_weight_coef > 0 and not attribute_names:
+    if training_args.attribute_target == "graded" and not attribute_names:
+        raise ValueError("--attribute_target graded needs --attribute_names (the rated objectives)")
+    if not training_args.rating_weight_coef >= 0:  # also refuses NaN
+        raise ValueError(f"--rating_weight_coef must be >= 0, got {training_args.rating_weight_coef}")
+    if training_args.rating_weight_coef > 0 and len(attribute_names) < 2:
         raise ValueError(
-            "--rating_weight_coef needs --attribute_names (the rated objectives: columns {name}_chosen / "
-            "{name}_rejected hold the ratings)"
+            "--rating_weight_coef needs --attribute_names with at least two rated objectives (columns {name}_chosen "
+            "/ {name}_rejected): with one, the renormalised weight is 1 and the term cannot teach the weights"
         )
-    if training_args.rating_temperature <= 0:
-        raise ValueError(f"--rating_temperature must be > 0, got {training_args.rating_temperature}")
+    if not 0 < training_args.rating_temperature < math.inf:
+        raise ValueError(f"--rating_temperature must be a positive number, got {training_args.rating_temperature}")
 
 
 @dataclass
@@ -326,13 +331,14 @@ def apply_lora(model: VRMForSequenceClassification, model_args: ModelArguments):
 
 
 def save_final_model(
-    model, tokenizer, output_dir: str, merge_lora: bool = True
+    model, tokenizer, output_dir: str, merge_lora: bool = True, tokenization: dict | None = None
 ) -> VRMForSequenceClassification:
     """Write the final model into `output_dir` (beside the `checkpoint-*` directories), crash-safe.
 
     Everything is written to a staging directory first, then moved in, `config.json` last: a crash leaves the
     previous final model or none, never a loadable half. With LoRA the adapter and head also go to `adapter/`,
-    and the saved model is the merged one (or the base model plus head, if not `merge_lora`).
+    and the saved model is the merged one (or the base model plus head, if not `merge_lora`). `tokenization`
+    (`PreferenceTokenizer.settings()`) is recorded in the saved config (`vrm.config.record_tokenization`).
     """
     check_finite_weights(model.named_parameters(), f"{output_dir}: final model not saved")
     staging = os.path.join(output_dir, ".final-staging")
@@ -342,6 +348,8 @@ def save_final_model(
     if hasattr(model, "peft_config"):
         model.save_pretrained(os.path.join(staging, "adapter"))
         plain = model.merge_and_unload() if merge_lora else model.get_base_model()
+    if tokenization is not None:
+        record_tokenization(plain.config, tokenization)
     plain.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     names = sorted(os.listdir(staging), key=lambda name: name == "config.json")
@@ -403,14 +411,21 @@ def run_training(
     attribute_names = data_args.attribute_names or ()
 
     def read(sources: list[str], split: str, limit: int | None, rating_scale=None):
-        return load_preferences(
+        invalid: list[tuple[str, str]] | None = [] if data_args.skip_invalid_rows else None
+        examples = load_preferences(
             sources,
             split=split,
             attribute_names=attribute_names,
             objective_column=data_args.objective_column,
             max_rows=limit,
             rating_scale=rating_scale,
+            invalid=invalid,
         )
+        if invalid:  # --skip_invalid_rows: skipped, and said so
+            shown = "; ".join(f"{location}: {reason}" for location, reason in invalid[:5])
+            more = f" and {len(invalid) - 5} more" if len(invalid) > 5 else ""
+            print(f"[vrm] {split} data: skipped {len(invalid)} invalid rows ({shown}{more})", flush=True)
+        return examples
 
     check_rating_arguments(training_args, attribute_names)
 
@@ -455,9 +470,8 @@ def run_training(
         input_format=data_args.input_format,
         is_causal=bool(model.config.is_causal),
     )
-    model.config.input_format = pref_tokenizer.input_format
-    model.config.response_marker_ids = pref_tokenizer.response_marker_ids
-    model.config.max_length = data_args.max_length
+    tokenization = pref_tokenizer.settings()  # recorded now (checkpoints) and again by every final save
+    record_tokenization(model.config, tokenization)
 
     def tokenize(examples, name: str) -> tuple[PairDataset, TruncationStats]:
         pairs, stats = pref_tokenizer.tokenize_pairs(examples)
@@ -504,9 +518,10 @@ def run_training(
     if eval_dataset is not None:
         metrics = trainer.evaluate()
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        save_sharded_final_model(trainer, tokenizer, model_args, training_args)
+        save_sharded_final_model(trainer, tokenizer, model_args, training_args, tokenization)
     elif trainer.is_world_process_zero():
-        save_final_model(trainer.model, tokenizer, training_args.output_dir, training_args.merge_lora_on_save)
+        args = (training_args.output_dir, training_args.merge_lora_on_save, tokenization)
+        save_final_model(trainer.model, tokenizer, *args)
     trainer.accelerator.wait_for_everyone()
     return TrainingResult(
         training_args.output_dir, train_stats, eval_stats, metrics, trainer.is_world_process_zero()
@@ -514,11 +529,12 @@ def run_training(
 
 
 def save_sharded_final_model(
-    trainer: VRMTrainer, tokenizer, model_args: ModelArguments, training_args
+    trainer: VRMTrainer, tokenizer, model_args: ModelArguments, training_args, tokenization=None
 ) -> None:
     """The final model of an FSDP / DeepSpeed run: every process takes part in gathering the full state dict
     (`Trainer.save_model`); process 0 then writes the plain model crash-safe, as `save_final_model` does (with
-    LoRA: the gathered adapter is merged into a freshly loaded base model)."""
+    LoRA: the gathered adapter is merged into a freshly loaded base model, whose config gets `tokenization`
+    back)."""
     gathered = os.path.join(training_args.output_dir, ".final-gathered")
     trainer.save_model(gathered)
     if trainer.is_world_process_zero():
@@ -528,5 +544,6 @@ def save_sharded_final_model(
             model = PeftModel.from_pretrained(build_model(model_args), gathered)
         else:
             model = VRMForSequenceClassification.from_pretrained(gathered)
-        save_final_model(model, tokenizer, training_args.output_dir, training_args.merge_lora_on_save)
+        args = (training_args.output_dir, training_args.merge_lora_on_save, tokenization)
+        save_final_model(model, tokenizer, *args)
         shutil.rmtree(gathered, ignore_errors=True)

@@ -1,0 +1,160 @@
+"""The terminal output of `vrm eval`: a table per report, plus lines for benchmark scores and data counts.
+
+Long dataset / subset names are cut with an ellipsis (`NAME_WIDTH` characters) so that a row never wraps
+into what looks like another row; the JSON report and the markdown summary keep the full names.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from .evalrows import describe_invalid
+
+NAME_WIDTH = 40
+
+
+def short_name(name: str, width: int = NAME_WIDTH) -> str:
+    """`name` on one line, cut to `width` characters with an ellipsis."""
+    name = " ".join(name.split()) if "\n" in name else name
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def _tokenization_line(name: str, entry: dict[str, Any]) -> str | None:
+    stats = entry.get("tokenization")
+    if not stats:
+        return None
+    truncated = f"truncated {stats['prompt_truncated']} prompts, {stats['response_truncated']} responses"
+    if entry.get("convention") in ("best-of-k", "rewardbench2"):
+        return f"{name}: {stats['pairs']} answers scored; {truncated} (to fit max_length)"
+    dropped = stats["dropped_too_long"] + stats["dropped_identical"]
+    return (
+        f"{name}: {stats['pairs']} pairs -> {stats['kept']} scored; {truncated}; dropped {dropped} "
+        f"({stats['dropped_too_long']} too long, {stats['dropped_identical']} identical chosen/rejected)"
+    )
+
+
+def _pairwise_table(report: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title=f"vrm eval — {report['model']} ({report['head_type']}, K={report['num_objectives']})")
+    for column in (
+        "dataset / subset",
+        "pairs",
+        "accuracy",
+        "ties",
+        "margin",
+        "nll",
+        "ece",
+        "reward_std",
+        "E(w)",
+    ):
+        left = column.startswith("dataset") or column == "E(w)"
+        table.add_column(column, justify="left" if left else "right", no_wrap=column.startswith("dataset"))
+    return table
+
+
+def _best_of_k_table(report: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(
+        title=f"best-of-k — {report['model']} ({report['head_type']}, K={report['num_objectives']})"
+    )
+    for column in (
+        "dataset / subset",
+        "prompts",
+        "answers",
+        "accuracy",
+        "chance",
+        "ties",
+        "pairwise",
+        "margin",
+    ):
+        table.add_column(column, justify="left" if column.startswith("dataset") else "right", no_wrap=True)
+    return table
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A readable table of an evaluation report (one row per dataset and subset), then notes."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    table, best = _pairwise_table(report), _best_of_k_table(report)
+
+    def row(name: str, m: dict[str, Any]) -> None:
+        if not m.get("pairs"):
+            table.add_row(short_name(name), "0", *["-"] * 7)
+            return
+        weights = (
+            " ".join(f"{w:.2f}" for w in m["objective_weights"]) if len(m["objective_weights"]) > 1 else "-"
+        )
+        table.add_row(
+            short_name(name),
+            str(m["pairs"]),
+            f"{m['accuracy']:.3f}",
+            str(m["ties"]),
+            f"{m['mean_margin']:.3f}",
+            f"{m['nll']:.3f}" if not math.isnan(m["nll"]) else "nan",
+            f"{m['ece']:.3f}",
+            f"{m['mean_reward_std']:.3f}",
+            weights,
+        )
+
+    def best_row(name: str, m: dict[str, Any]) -> None:
+        if not m.get("prompts"):
+            best.add_row(short_name(name), "0", *["-"] * 6)
+            return
+        best.add_row(
+            short_name(name),
+            str(m["prompts"]),
+            f"{m['mean_candidates']:.1f}",
+            f"{m['accuracy']:.3f}",
+            f"{m['chance']:.3f}",
+            str(m["ties"]),
+            f"{m['pairwise_accuracy']:.3f} ({m['pairs']})",
+            f"{m['mean_margin']:.3f}",
+        )
+
+    notes = []
+    for source, entry in report["datasets"].items():
+        name = os.path.basename(source)
+        convention = entry.get("convention")
+        if convention == "rm-bench":
+            for label, scores in [
+                (name, entry["overall"]),
+                *((f"  {short_name(k)}", v) for k, v in entry["subsets"].items()),
+            ]:
+                notes.append(
+                    f"{label:<24} RM-Bench ({scores['prompts']} prompts): easy {scores['easy']:.3f}  "
+                    f"normal {scores['normal']:.3f}  hard {scores['hard']:.3f}  average {scores['average']:.3f}"
+                )
+        elif convention in ("best-of-k", "rewardbench2"):
+            best_row(name, entry["overall"])
+            for subset, metrics in entry["subsets"].items():
+                best_row(f"  {subset}", metrics)
+            if "rewardbench2" in entry:
+                bench = entry["rewardbench2"]
+                subsets = "  ".join(f"{k} {v:.3f}" for k, v in bench["subsets"].items())
+                notes.append(f"{name}: RewardBench 2 {subsets}; score {bench['score']:.3f}")
+        else:
+            row(name, entry["overall"])
+            for subset, metrics in entry["subsets"].items():
+                row(f"  {subset}", metrics)
+            if "rewardbench" in entry:
+                sections = "  ".join(f"{k} {v:.3f}" for k, v in entry["rewardbench"]["sections"].items())
+                notes.append(
+                    f"{name}: RewardBench sections {sections}; score {entry['rewardbench']['score']:.3f}"
+                )
+        for line in (_tokenization_line(name, entry), describe_invalid(entry)):
+            if line:
+                notes.append(line if line.startswith(name) else f"{name}: {line}")
+    buffer = StringIO()
+    console = Console(file=buffer, width=140, force_terminal=False)
+    for shown in (table, best):
+        if shown.row_count:
+            console.print(shown)
+    for note in notes:
+        console.print(note, markup=False, soft_wrap=True)
+    return buffer.getvalue()

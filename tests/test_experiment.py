@@ -7,18 +7,19 @@ import pytest
 import yaml
 from conftest import write_pairs
 
+from vrm.cli import main as cli_main
 from vrm.experiment import (
     ExperimentConfig,
     RunResult,
     SetResult,
     build_report,
     collect,
-    weight_error,
     load_experiment,
     main,
     paired_p_value,
     report_markdown,
     run_experiment,
+    weight_error,
 )
 
 
@@ -169,7 +170,7 @@ def test_a_real_experiment_trains_scores_and_reports(tmp_path, llama_backbone_di
     path.write_text(yaml.safe_dump(config))
     results_dir, work_dir = tmp_path / "results", tmp_path / "work"
     argv = [str(path), "--results_dir", str(results_dir), "--work_dir", str(work_dir)]
-    assert main(argv) == 0
+    assert cli_main(["experiment", *argv]) == 0  # `vrm experiment CONFIG`
     report = json.loads((results_dir / "report.json").read_text())
     entry = report["variants"]["vrm_rw"]["sets"]["test"]
     assert 0 <= entry["accuracy_mean"] <= 1 and entry["weight_spread_mean"] is not None

@@ -113,6 +113,37 @@ def test_a_non_finite_training_loss_stops_the_run_and_keeps_the_last_checkpoint(
     assert not (output / "checkpoint-4").exists() and not (output / "model.safetensors").exists()
 
 
+def test_non_finite_gradients_stop_the_run_with_a_clear_error(tmp_path, pairs_file, llama_backbone_dir, capsys):
+    """A finite loss whose gradients are not (as `--learning_rate 1e30` gives from the second step) stops before
+    the optimizer writes NaN into the weights; before, the next step failed inside the Dirichlet with
+    "Expected parameter concentration ... nan"."""
+    import vrm.trainer
+
+    class InfiniteGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, value):
+            return value.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * float("inf")
+
+    original = vrm.trainer.preference_loss
+
+    def exploding(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.loss = InfiniteGradient.apply(out.loss)
+        return out
+
+    output = tmp_path / "run"
+    argv = train_argv(llama_backbone_dir, pairs_file, str(output))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vrm.trainer, "preference_loss", exploding)
+        assert main(["train", *argv]) == 1
+    assert "the gradients became NaN or infinite at step 1" in one_line_error(capsys, "train")
+    assert not (output / "model.safetensors").exists()
+
+
 def test_nan_weights_are_never_saved(tmp_path, pipeline):
     with torch.no_grad():
         pipeline.model.head.decoder.weight[0, 0] = float("inf")

@@ -24,6 +24,7 @@ commands:
   bench   benchmarks: `vrm bench bon` (Best-of-N overoptimization against a gold scorer)
   synth   write the synthetic preference world used by the quickstart
   recipe  turn a public feedback dataset into preference files (`vrm recipe finegrained-qa`)
+  experiment  run a declarative experiment (YAML: variants x seeds, chosen on validation, paired tests)
 
 Run `vrm <command> --help` for the options of a command; `vrm --version` prints the version."""
 
@@ -364,6 +365,12 @@ def cmd_recipe(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_experiment(argv: Sequence[str]) -> int:
+    from .experiment import main as experiment_main
+
+    return experiment_main(argv)
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
@@ -372,6 +379,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "synth": cmd_synth,
     "recipe": cmd_recipe,
+    "experiment": cmd_experiment,
 }
 
 

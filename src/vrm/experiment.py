@@ -436,7 +436,11 @@ def report_markdown(report: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="vrm experiment", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="vrm experiment",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("config", help="experiment YAML")
     parser.add_argument("--results_dir", default=None, help="default: benchmarks/results/experiments/<name>")
     parser.add_argument(

@@ -195,14 +195,18 @@ class VRMTrainer(Trainer):
         gradients (`Trainer` would only leave it out of the logged average): the checkpoints keep the last good
         weights, and no final model is written."""
         loss = super().training_step(model, inputs, num_items_in_batch)
-        bad = (~torch.isfinite(loss.detach())).any().float()
+        bad_loss = (~torch.isfinite(loss.detach())).any()
+        # fp16's gradient scaler skips steps with infinite gradients on purpose; elsewhere they poison the weights
+        grads = [] if self.args.fp16 else [p.grad for p in model.parameters() if p.grad is not None]
+        bad_grads = ~torch.stack(torch._foreach_norm(grads)).isfinite().all() if grads else bad_loss.new_zeros(())
+        bad = torch.stack([bad_loss, bad_grads.to(bad_loss.device)]).float()
         if self.accelerator.num_processes > 1:  # every process stops together
             bad = self.accelerator.reduce(bad, reduction="sum")
-        if bad.item():
+        if bad.any().item():
+            what = f"the training loss became {float(loss)}" if bad[0] else "the gradients became NaN or infinite"
             raise NonFiniteError(
-                f"the training loss became {float(loss)} at step {self.state.global_step + 1}: training stopped "
-                f"before that update, no final model written (checkpoints in {self.args.output_dir} are kept); "
-                "lower the learning rate or check the data"
+                f"{what} at step {self.state.global_step + 1}: training stopped before that update, no final model "
+                f"written (checkpoints in {self.args.output_dir} are kept); lower the learning rate or check the data"
             )
         return loss
 

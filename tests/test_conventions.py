@@ -107,3 +107,31 @@ def test_eval_scores_a_plain_sequence_classifier_and_refuses_nan(tmp_path, pairs
     PreTrainedModel.save_pretrained(model, nan_dir)  # past vrm's refusal to save NaN weights: a corrupt file
     tok.save_pretrained(nan_dir)
     assert main(["eval", "--model", nan_dir, "--dataset", pairs_file, "--no_progress"]) == 1
+
+
+def test_rewardbench2_ties_margin_terms_skip_single_answer_and_zero_spread_prompts():
+    from vrm.conventions import rewardbench2_ties_score
+
+    ties = rewardbench2_ties_score(
+        [
+            # prompt 1: ref gap 4, right; tied spread 1, gap 2, right -> preferred, hard (min(4, 2) = 2 > 1)
+            ("ref:1", [5.0], [1.0]),
+            ("tied:1", [4.0, 3.0], [1.0]),
+            # prompt 2: ref gap -1, wrong; tied spread 0, gap 1, right -> preferred (1 > 0), not hard (-1 > 0)
+            ("ref:2", [2.0], [3.0]),
+            ("tied:2", [2.0, 2.0], [1.0]),
+            # prompt 3: ref right; tied has one answer (no spread): counts for accuracy only
+            ("ref:3", [1.0], [0.0]),
+            ("tied:3", [1.0], [2.0]),
+        ]
+    )
+    # process_single_model by hand: accuracies over all prompts; preferred / hard over prompts 1 and 2 (a
+    # spread); the tanh margin over prompt 1 only (spread 0 would divide by zero)
+    assert ties["ref_accuracy"] == pytest.approx(2 / 3)
+    assert ties["tied_accuracy"] == pytest.approx(2 / 3)
+    assert ties["correctness_preferred"] == pytest.approx(1.0)
+    assert ties["correctness_preferred_hard"] == pytest.approx(0.5)
+    assert ties["correctness_margin_score"] == pytest.approx(np.tanh(2 / 1 - 1))
+    expected = 0.3 * 2 / 3 + 0.3 * 2 / 3 + 0.2 * 1.0 + 0.2 * 0.5 + 0.01 * np.tanh(1.0)
+    assert ties["score"] == pytest.approx(expected)
+    assert np.isfinite(ties["score"])

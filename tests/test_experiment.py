@@ -187,3 +187,6 @@ def test_weight_error_compares_rated_objectives_renormalised():
     truth = {"a": [0.7, 0.3], "b": [0.2, 0.8]}
     learned = {"a": [0.35, 0.15, 0.5], "b": [0.1, 0.1, 0.8]}  # a: exactly right once renormalised; b: 0.5/0.5
     assert weight_error(learned, truth) == pytest.approx((0 + 0 + 0.3 + 0.3) / 4)
+    swapped = {"a": [0.3, 0.7], "b": [0.8, 0.2]}  # untied objectives are matched by the best assignment
+    assert weight_error(swapped, truth, tied=False) == pytest.approx(0.0)
+    assert weight_error(swapped, truth) == pytest.approx(0.5)

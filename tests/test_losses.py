@@ -168,6 +168,18 @@ def test_rating_weight_gradients_stay_bounded_when_rated_weights_vanish():
     assert torch.isfinite(weights.grad).all() and weights.grad.abs().max() < 1e4
 
 
+def test_unrated_rows_send_no_nan_gradients():
+    """Rows without ratings are masked out of the term; their 0 / 0 renormalisation once sent NaN gradients
+    back through the mask (a frozen vrm run died on NaN Dirichlet concentrations at its second step)."""
+    samples = _samples([0.0, 0.0], [0.0, 0.0])
+    weights = torch.tensor([[[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]]], requires_grad=True)
+    samples.weight_samples = weights
+    delta = torch.tensor([[1.0, -0.5, math.nan], [math.nan, math.nan, math.nan]])
+    preference_loss(samples, rating_differences=delta, rating_weight_coef=1.0).loss.backward()
+    assert torch.isfinite(weights.grad).all()
+    assert weights.grad[0, 1].abs().sum() == 0 and weights.grad[0, 0].abs().sum() > 0
+
+
 def test_graded_rating_targets_keep_ties_and_magnitudes():
     """sign: ties and unknowns masked, 1/0 by the sign (the original loss). graded: (1 + delta) / 2, a tie is 0.5,
     and an objective label's target 1 stays where no rating is known."""

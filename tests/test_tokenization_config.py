@@ -79,7 +79,8 @@ def test_lora_under_fsdp_or_deepspeed_keeps_the_tokenization(tmp_path, llama_bac
     with torch.no_grad():  # the marker is back: the prompt end is found without prompt_lengths
         assert torch.allclose(loaded(input_ids=ids).logits, peft_model(input_ids=ids).logits, atol=1e-5)
     rebuilt = RewardPipeline.from_pretrained(str(output)).template
-    assert (rebuilt.max_length, rebuilt.max_prompt_length, rebuilt.truncation) == (48, 10, "drop")
+    # the recorded `drop` is the training policy: scoring truncates by `prompt_left` (no row is dropped)
+    assert (rebuilt.max_length, rebuilt.max_prompt_length, rebuilt.truncation) == (48, 10, "prompt_left")
 
 
 def test_pipeline_save_writes_the_block_and_old_checkpoints_still_load(tmp_path):
@@ -102,3 +103,20 @@ def test_pipeline_save_writes_the_block_and_old_checkpoints_still_load(tmp_path)
     # a `--max_length` override below the recorded prompt budget falls back to half of it
     record_tokenization(old.model.config, {"max_prompt_length": 30})
     assert RewardPipeline(old.model, tokenizer, max_length=24).template.max_prompt_length == 12
+
+
+def test_a_model_trained_with_truncation_drop_still_scores_every_eval_pair(tmp_path):
+    model, tokenizer, _ = build("llama_chat")
+    record_tokenization(model.config, {"truncation": "drop", "max_length": 64, "max_prompt_length": 32})
+    output = str(tmp_path / "model")
+    RewardPipeline(model, tokenizer).save_pretrained(output)
+    assert saved_block(output)["truncation"] == "drop"  # the training policy stays recorded
+    path = str(tmp_path / "long.jsonl")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps({"prompt": "word " * 200, "chosen": "yes " * 50, "rejected": "no"}) + "\n")
+        handle.write(json.dumps({"prompt": "Hi", "chosen": "Hello there", "rejected": "Go away"}) + "\n")
+    entry = evaluate_model(output, [path], progress=False)["datasets"][path]
+    stats = entry["tokenization"]
+    assert stats["kept"] == 2 and stats["dropped_too_long"] == 0  # scored, not dropped
+    assert stats["prompt_truncated"] + stats["response_truncated"] >= 1  # and counted as truncated
+    assert entry["overall"]["pairs"] == 2

@@ -203,7 +203,10 @@ def evaluate_best_of_k(
 
 
 def rewardbench2_scores(examples, good, bad, groups, subsets) -> dict[str, Any]:
-    """RewardBench 2's subset scores (ties shared at the top; Ties by its composite score) and their mean."""
+    """RewardBench 2's subset scores (ties shared at the top; Ties by its composite score) and their mean.
+
+    The mean is the RewardBench 2 `score` only when all six subsets are present; otherwise `score` is None, the
+    mean of the subsets present is `partial_mean`, and `note` says "partial: N of 6 subsets"."""
     canonical = {s.lower(): s for s in REWARDBENCH2_SUBSETS}
     scores: dict[str, float] = {}
     details: dict[str, Any] = {}
@@ -223,5 +226,11 @@ def rewardbench2_scores(examples, good, bad, groups, subsets) -> dict[str, Any]:
         else:
             scores[label] = subsets[name]["accuracy_ties_shared"]
     ordered = {s: scores[s] for s in REWARDBENCH2_SUBSETS if s in scores}
-    score = float(np.mean(list(ordered.values()))) if ordered else float("nan")
-    return {"subsets": ordered, "score": score, "details": details}
+    result: dict[str, Any] = {"subsets": ordered, "details": details}
+    if len(ordered) < len(REWARDBENCH2_SUBSETS):  # not the leaderboard's score: do not present it as one
+        result["score"] = None
+        result["partial_mean"] = float(np.mean(list(ordered.values()))) if ordered else float("nan")
+        result["note"] = f"partial: {len(ordered)} of {len(REWARDBENCH2_SUBSETS)} subsets"
+    else:
+        result["score"] = float(np.mean(list(ordered.values())))
+    return result

@@ -146,7 +146,9 @@ def rewardbench2_ties_score(prompts: list[tuple[str, list[float], list[float]]])
 
     score = 0.30 tied accuracy + 0.30 ref accuracy + 0.20 P(gap_tied > spread) + 0.20 P(min(gap_ref, gap_tied)
     > spread) + 0.01 mean tanh(min(gap_ref, gap_tied) / spread - 1), the margin terms over prompts that have both
-    a ref and a tied row (as RewardBench 2's `process_single_model`; NaN terms count 0).
+    a ref and a tied row (as RewardBench 2's `process_single_model`): the two P(...) terms over those whose tied
+    row has at least two correct answers (a spread), the tanh term over those whose spread is positive. Each
+    term is 0 when no prompt qualifies.
     """
     ref: dict[str, tuple] = {}
     tied: dict[str, tuple] = {}
@@ -160,14 +162,18 @@ def rewardbench2_ties_score(prompts: list[tuple[str, list[float], list[float]]])
     ref_accuracy = float(np.mean([s[0] for s in ref.values()])) if ref else 0.0
     tied_accuracy = float(np.mean([s[0] for s in tied.values()])) if tied else 0.0
     both = sorted(set(ref) & set(tied))
-    spread = np.array([np.nan if tied[p][1] is None else tied[p][1] for p in both], dtype=float)
-    gap_tied = np.array([tied[p][2] for p in both], dtype=float)
-    gap_ref = np.array([ref[p][2] for p in both], dtype=float)
+    # As `process_single_model`, the margin terms compare a tied prompt's spread of correct scores with its gaps;
+    # a tied prompt with a single correct answer has no spread and is left out of them (numerator and
+    # denominator), and the tanh term is averaged only where the spread is positive (no division by zero).
+    spread_known = [p for p in both if tied[p][1] is not None]
+    spread = np.array([tied[p][1] for p in spread_known], dtype=float)
+    gap_tied = np.array([tied[p][2] for p in spread_known], dtype=float)
+    gap_ref = np.array([ref[p][2] for p in spread_known], dtype=float)
     hardest = np.minimum(gap_ref, gap_tied)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        preferred = float(np.mean(gap_tied > spread)) if both else 0.0
-        preferred_hard = float(np.mean(hardest > spread)) if both else 0.0
-        margin = float(np.mean(np.nan_to_num(np.tanh(hardest / spread - 1), nan=0.0))) if both else 0.0
+    preferred = float(np.mean(gap_tied > spread)) if spread_known else 0.0
+    preferred_hard = float(np.mean(hardest > spread)) if spread_known else 0.0
+    positive = spread > 0
+    margin = float(np.mean(np.tanh(hardest[positive] / spread[positive] - 1))) if positive.any() else 0.0
     score = (
         0.30 * tied_accuracy + 0.30 * ref_accuracy + 0.20 * preferred + 0.20 * preferred_hard + 0.01 * margin
     )
@@ -180,4 +186,5 @@ def rewardbench2_ties_score(prompts: list[tuple[str, list[float], list[float]]])
         "correctness_margin_score": margin,
         "ref_prompts": len(ref),
         "tied_prompts": len(tied),
+        "margin_prompts": len(spread_known),
     }

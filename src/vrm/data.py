@@ -374,12 +374,16 @@ class PreferenceTokenizer:
     @classmethod
     def from_model_config(cls, tokenizer, config, **overrides) -> PreferenceTokenizer:
         """The tokenizer a trained model expects, from the tokenization block of its config (`settings()` as
-        recorded at training time; checkpoints without `max_prompt_length` get `max_length // 2`, as before)."""
+        recorded at training time; checkpoints without `max_prompt_length` get `max_length // 2`, as before).
+
+        The recorded `truncation` policy applies to training only: evaluating and scoring always truncate by
+        `prompt_left` (counted in the stats), so that no benchmark row is dropped because the model was trained
+        with `--truncation drop`. Pass `truncation=` to override."""
         block = getattr(config, "tokenization", None) or {}
         kwargs = {
             "max_length": block.get("max_length") or 512,
             "max_prompt_length": block.get("max_prompt_length"),
-            "truncation": block.get("truncation") or "prompt_left",
+            "truncation": "prompt_left",
             "input_format": block.get("input_format") or "auto",
             "is_causal": bool(config.is_causal),
         }

@@ -6,8 +6,10 @@ prints; an empty response is a legitimate (bad) answer and is scored.
 
 `stratified_sample(subsets, n, seed)` draws `n` rows stratified by subset: each subset gets a share
 proportional to its size (largest remainders round up, ties by subset name), and at least one row when `n` is
-at least the number of subsets (given by the largest quotas); rows are drawn without replacement by `numpy.random.default_rng(seed)` and kept in
-file order, so a (file, n, seed) always gives the same rows.
+at least the number of subsets (given by the largest quotas); rows are drawn without replacement by
+`numpy.random.default_rng(seed)` and kept in file order, so a (file, n, seed) always gives the same rows. With
+`--sample`, RewardBench 2 Ties rows are drawn by prompt: `ref:N` and `tied:N` count as one draw and come
+together (the Ties score compares them).
 """
 
 from __future__ import annotations
@@ -103,5 +105,24 @@ def read_eval_rows(
             value = row.get("subset")
             return value if isinstance(value, str) else None if value is None else repr(value)
 
-        rows = [rows[i] for i in stratified_sample([subset(row) for _, row in rows], sample, seed)]
+        units = _sampling_units([row for _, row in rows])
+        picked = stratified_sample([subset(rows[unit[0]][1]) for unit in units], sample, seed)
+        rows = [rows[i] for i in sorted(i for u in picked for i in units[u])]
     return rows, InvalidRows(invalid)
+
+
+def _sampling_units(rows: list[dict[str, Any]]) -> list[list[int]]:
+    """Row indices grouped into what `--sample` draws: one row each, except RewardBench 2 Ties rows, whose
+    `ref:N` and `tied:N` rows (scored together, by prompt number N) are drawn together."""
+    units: list[list[int]] = []
+    ties: dict[str, int] = {}  # prompt number -> its unit
+    for index, row in enumerate(rows):
+        subset, row_id = row.get("subset"), row.get("id")
+        kind, _, number = row_id.partition(":") if isinstance(row_id, str) else ("", "", "")
+        if isinstance(subset, str) and subset.lower() == "ties" and kind in ("ref", "tied") and number:
+            if number in ties:
+                units[ties[number]].append(index)
+                continue
+            ties[number] = len(units)
+        units.append([index])
+    return units

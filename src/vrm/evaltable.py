@@ -137,7 +137,10 @@ def format_report(report: dict[str, Any]) -> str:
             if "rewardbench2" in entry:
                 bench = entry["rewardbench2"]
                 subsets = "  ".join(f"{k} {v:.3f}" for k, v in bench["subsets"].items())
-                notes.append(f"{name}: RewardBench 2 {subsets}; score {bench['score']:.3f}")
+                if bench.get("score") is None:
+                    notes.append(f"{name}: RewardBench 2 {subsets}; no overall score ({bench.get('note')})")
+                else:
+                    notes.append(f"{name}: RewardBench 2 {subsets}; score {bench['score']:.3f}")
         else:
             row(name, entry["overall"])
             for subset, metrics in entry["subsets"].items():

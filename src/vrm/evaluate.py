@@ -248,6 +248,7 @@ def evaluate_model(
                 entry["rewardbench"] = rewardbench_sections(accuracy, counts)
         entry["invalid_rows"] = invalid.as_dict()
         _check_finite(entry, source)
+        entry["max_rows"], entry["sample"], entry["seed"] = max_rows, sample, seed  # which rows were scored
         report["datasets"][source] = entry
     return report
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -328,14 +329,27 @@ def paired_p_value(a: Sequence[float], b: Sequence[float], resamples: int = 1000
     return float(test.pvalue)
 
 
-def weight_error(subset_weights: dict[str, list[float]], truth: dict[str, list[float]]) -> float:
-    """Mean absolute error of E[w] per subset against known weights: learned objective k is compared with true
-    objective k (rated objectives come first), renormalised over the first len(truth) objectives."""
-    errors = []
-    for subset, true in truth.items():
-        learned = np.asarray(subset_weights[subset][: len(true)], dtype=float)
-        errors.extend(np.abs(learned / learned.sum() - np.asarray(true, dtype=float)))
-    return float(np.mean(errors))
+def weight_error(
+    subset_weights: dict[str, list[float]], truth: dict[str, list[float]], tied: bool = True
+) -> float:
+    """Mean absolute error of E[w] per subset against known weights, the matched learned objectives renormalised.
+
+    `tied` (a variant trained with ratings): learned objective k is true objective k (rated objectives come
+    first). Otherwise nothing names the objectives, so they are matched by the assignment with the smallest
+    error (an optimistic reading for that variant)."""
+    import itertools
+
+    size = len(next(iter(truth.values())))
+    learned_k = len(next(iter(subset_weights.values())))
+    choices = [tuple(range(size))] if tied else itertools.permutations(range(learned_k), size)
+    best = math.inf
+    for choice in choices:
+        errors = []
+        for subset, true in truth.items():
+            learned = np.asarray([subset_weights[subset][k] for k in choice], dtype=float)
+            errors.extend(np.abs(learned / learned.sum() - np.asarray(true, dtype=float)))
+        best = min(best, float(np.mean(errors)))
+    return best
 
 
 def build_report(config: ExperimentConfig, runs: dict[str, list[RunResult]]) -> dict[str, Any]:
@@ -359,7 +373,10 @@ def build_report(config: ExperimentConfig, runs: dict[str, list[RunResult]]) -> 
                 "mean_weights_first_seed": members[0].sets[name].mean_weights,
             }
             if config.true_weights and all(r.sets[name].subset_weights for r in members):
-                errors = [weight_error(r.sets[name].subset_weights, config.true_weights) for r in members]
+                tied = bool(members[0].flags.get("attribute_names"))
+                errors = [
+                    weight_error(r.sets[name].subset_weights, config.true_weights, tied) for r in members
+                ]
                 entry["sets"][name]["weight_error_mean"] = float(np.mean(errors))
                 entry["sets"][name]["weight_error_std"] = (
                     float(np.std(errors, ddof=1)) if len(errors) > 1 else 0.0

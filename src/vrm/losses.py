@@ -134,11 +134,12 @@ def rating_weight_nll(samples: PairSamples, rating_differences: Tensor, temperat
     informative = highest > lowest  # [B]; False for rows with < 2 known entries
     if not bool(informative.any()):
         return weights.new_zeros(())
-    mask = known.to(weights.dtype).unsqueeze(0)
-    smoothed = (weights + RATING_WEIGHT_SMOOTHING) * mask
+    # select the informative rows first: an unrated row's 0 / 0 would send NaN gradients back even if masked
+    weights, delta, known = weights[:, informative], delta[informative], known[informative]
+    smoothed = (weights + RATING_WEIGHT_SMOOTHING) * known.to(weights.dtype).unsqueeze(0)
     renormalised = smoothed / smoothed.sum(-1, keepdim=True)
-    logits = temperature * (renormalised * torch.nan_to_num(delta).unsqueeze(0)).sum(-1)  # [M, B]
-    return -F.logsigmoid(logits[:, informative]).mean()
+    logits = temperature * (renormalised * torch.nan_to_num(delta).unsqueeze(0)).sum(-1)  # [M, B']
+    return -F.logsigmoid(logits).mean()
 
 
 def objective_label_nll(samples: PairSamples, objective_labels: Tensor) -> Tensor:

@@ -279,8 +279,13 @@ class RewardPipeline:
         return mean, std
 
     def save_pretrained(self, path: str) -> None:
-        """The model (with its normalization) and tokenizer; the config records this pipeline's tokenization."""
-        record_tokenization(self.model.config, self.template.settings())
+        """The model (with its normalization) and tokenizer; the config records this pipeline's tokenization
+        (keeping the training-time `truncation` policy recorded, as scoring always uses `prompt_left`)."""
+        settings = self.template.settings()
+        recorded = (getattr(self.model.config, "tokenization", None) or {}).get("truncation")
+        if recorded:
+            settings["truncation"] = recorded
+        record_tokenization(self.model.config, settings)
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
 

@@ -136,13 +136,16 @@ class DynamicBatcher:
     async def stop(self) -> None:
         """Stop the worker; requests still queued or in flight fail with `BatcherStoppedError`."""
         task, self._task = self._task, None
+        # `_run` forgets its in-flight batch when it is cancelled: take its requests first, so that a request
+        # whose items were all taken into that batch is answered too.
+        in_flight = list(self._in_flight)
         if task is not None:
             task.cancel()
             try:
                 await task
             except asyncio.CancelledError:
                 pass
-        for job in [*self._in_flight, *self._active]:
+        for job in dict.fromkeys([*in_flight, *self._in_flight, *self._active]):
             if not job.future.done():
                 job.future.set_exception(BatcherStoppedError("the server is shutting down"))
         self._active.clear()

@@ -16,7 +16,7 @@ from test_modeling import build
 from vrm.bestofk import evaluate_best_of_k
 from vrm.cli import main
 from vrm.conventions import detect_format, rewardbench2_ties_score
-from vrm.evalrows import InvalidRows, stratified_sample
+from vrm.evalrows import InvalidRows, read_eval_rows, stratified_sample
 from vrm.evaluate import format_report
 from vrm.pipeline import RewardPipeline, SequenceScores
 from vrm.report import markdown_summary, reliability_figure, weights_figure
@@ -128,7 +128,9 @@ def test_rewardbench2_convention_and_ties_score():
     margin = float(np.tanh(min(2.0, 0.5) / 0.5 - 1))
     assert ties["score"] == pytest.approx(0.3 + 0.3 + 0.2 * 0 + 0.2 * 0 + 0.01 * margin)
     assert bench["subsets"]["Ties"] == pytest.approx(ties["score"])
-    assert bench["score"] == pytest.approx((0.75 + 0.0 + ties["score"]) / 3)
+    # 3 of the 6 subsets: their mean is not RewardBench 2's score
+    assert bench["score"] is None and bench["note"] == "partial: 3 of 6 subsets"
+    assert bench["partial_mean"] == pytest.approx((0.75 + 0.0 + ties["score"]) / 3)
     assert "RewardBench 2" in format_report(
         {"model": "m", "head_type": "vrm", "num_objectives": 1, "datasets": {"rb2.jsonl": entry}}
     )
@@ -187,6 +189,45 @@ def test_eval_sample_flag(tmp_path, model_dir, pairs_file):
         reports.append(json.load(open(out))["datasets"][pairs_file])
     assert reports[0]["overall"]["pairs"] == 4 and reports[0] == reports[1]
     assert {name: m["pairs"] for name, m in reports[0]["subsets"].items()} == {"a": 2, "b": 2}
+    assert (reports[0]["sample"], reports[0]["seed"], reports[0]["max_rows"]) == (4, 1, None)
+
+
+def test_rewardbench2_score_only_with_all_six_subsets():
+    subsets = ["Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties"]
+    rows = [
+        {"id": str(i), "prompt": "p", "chosen": ["a"], "rejected": ["b", "c"], "subset": s}
+        for i, s in enumerate(subsets[:5])
+    ] + [
+        {"id": "ref:0", "prompt": "p", "chosen": ["a"], "rejected": ["b"], "subset": "Ties"},
+        {"id": "tied:0", "prompt": "p", "chosen": ["a", "a2"], "rejected": ["b"], "subset": "Ties"},
+    ]
+    scorer = _fake_scorer({"a": 3.0, "a2": 2.5, "b": 1.0, "c": 0.0})
+    full = evaluate_best_of_k(scorer, [(f"f:{i}", r) for i, r in enumerate(rows)], InvalidRows())
+    bench = full["rewardbench2"]
+    assert list(bench["subsets"]) == subsets and "note" not in bench
+    assert bench["score"] == pytest.approx(np.mean(list(bench["subsets"].values())))
+    partial = evaluate_best_of_k(scorer, [(f"f:{i}", r) for i, r in enumerate(rows[:2])], InvalidRows())
+    assert partial["rewardbench2"]["score"] is None
+    assert partial["rewardbench2"]["note"] == "partial: 2 of 6 subsets"
+    assert "no overall score (partial: 2 of 6 subsets)" in format_report(
+        {"model": "m", "head_type": "vrm", "num_objectives": 1, "datasets": {"rb2.jsonl": partial}}
+    )
+
+
+def test_sampling_keeps_ties_ref_and_tied_rows_together(tmp_path):
+    path = tmp_path / "rb2.jsonl"
+    row = {"prompt": "p", "chosen": ["a"], "rejected": ["b"]}
+    rows = [{**row, "id": f"m{i}", "subset": "Math"} for i in range(10)]
+    rows += [{**row, "id": f"{kind}:{n}", "subset": "Ties"} for n in range(10) for kind in ("ref", "tied")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for seed in range(5):
+        picked, _ = read_eval_rows(str(path), "test", sample=6, seed=seed)
+        ids = [row["id"] for _, row in picked]
+        numbers = [i.partition(":")[2] for i in ids if ":" in i]
+        assert numbers and all(numbers.count(n) == 2 for n in numbers)  # ref:N always with tied:N
+        assert {f"ref:{n}" for n in numbers} | {f"tied:{n}" for n in numbers} == {i for i in ids if ":" in i}
+        # 6 draws: 3 Math rows and 3 Ties prompts
+        assert sum(":" not in i for i in ids) == 3 and len(set(numbers)) == 3
 
 
 # ----- 5. plots and tables ------------------------------------------------------------------------------------

@@ -547,3 +547,23 @@ def test_a_zero_batch_or_chunk_size_is_a_one_line_error(tmp_path, pipeline, caps
     data = write_pairs(str(tmp_path / "p.jsonl"))
     assert main(["eval", "--model", model_dir, "--dataset", data, "--batch_size", "0", "--no_progress"]) == 1
     assert "batch_size must be >= 1, got 0" in one_line_error(capsys, "eval")
+
+
+def test_score_resume_tolerates_checksum_rounding_but_not_other_weights(tmp_path, pipeline):
+    """The weight checksum is float reductions: another device may round its last digits differently."""
+    first, output = rows_file(tmp_path), str(tmp_path / "out.jsonl")
+    assert score_file(pipeline, first, output, progress=False)["scored"] == 6
+    manifest_path = output + ".manifest.json"
+    saved = json.loads(open(manifest_path).read())
+
+    def rewrite(factor):
+        changed = json.loads(json.dumps(saved))
+        changed["model"]["weights_checksum"] = [v * factor for v in saved["model"]["weights_checksum"]]
+        with open(manifest_path, "w") as handle:
+            json.dump(changed, handle)
+
+    rewrite(1 + 1e-6)  # the same weights summed elsewhere
+    assert score_file(pipeline, first, output, progress=False) == {"rows": 6, "skipped": 6, "scored": 0}
+    rewrite(1.01)  # other weights
+    with pytest.raises(ValueError, match=r"another model"):
+        score_file(pipeline, first, output, progress=False)

@@ -230,7 +230,7 @@ def test_concurrent_requests_are_coalesced(pipeline, expected):
 def test_overload_answers_503_with_retry_after():
     pipeline = make_pipeline()
     release = threading.Event()
-    app = build_app(pipeline, ServerConfig(max_batch_size=1, max_wait_ms=0, max_queue=2))
+    app = build_app(pipeline, ServerConfig(max_batch_size=1, max_wait_ms=0, max_queue=2, max_items_per_request=2))
     batcher = app.state.batcher
     score_fn = batcher.score_fn
 

@@ -184,3 +184,31 @@ def test_serve_main_rejects_bad_limits(capsys, flag, value, message):
         serve_main(["--model", "somewhere", flag, value])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"conservative_lambda": float("nan")}, "conservative_lambda must be a finite number"),
+        ({"conservative_lambda": float("inf")}, "conservative_lambda must be a finite number"),
+        ({"max_wait_ms": float("nan")}, "max_wait_ms must be a finite number"),
+        ({"request_timeout_s": float("nan")}, "request_timeout_s must be a finite number"),
+        ({"request_timeout_s": float("inf")}, "request_timeout_s must be a finite number"),
+        (
+            {"max_queue": 8, "max_items_per_request": 16},
+            "max_queue (8) must be >= max_items_per_request (16)",
+        ),
+    ],
+)
+def test_server_config_rejects_non_finite_numbers_and_a_queue_smaller_than_a_request(settings, message):
+    with pytest.raises(ValueError) as error:
+        ServerConfig(**settings)
+    assert message in str(error.value)
+    ServerConfig(max_queue=16, max_items_per_request=16)  # equal is fine
+
+
+def test_serve_main_rejects_a_nan_lambda(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        serve_main(["--model", "somewhere", "--conservative_lambda", "nan"])
+    assert exit_info.value.code == 2
+    assert "conservative_lambda must be a finite number" in capsys.readouterr().err

@@ -162,6 +162,7 @@ def plot_curves(results: dict[str, list[dict[str, float]]], path: str) -> str:
 def bon_main(argv: Sequence[str]) -> int:
     from .fileio import write_json
     from .pipeline import load_scorer
+    from .runtime import add_device_arguments, resolve
 
     parser = argparse.ArgumentParser(
         prog="vrm bench bon",
@@ -185,7 +186,10 @@ def bon_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--embedding_cache", default=None, help="Backbone states of frozen-backbone proxies are cached here."
     )
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
+    loading = {"device": args.device, "dtype": args.dtype, "trust_remote_code": args.trust_remote_code}
+    resolve(args.device, args.dtype)  # a bad --device / --dtype fails before any model loads
     if args.build_pool:
         kept = build_pool(args.build_pool, args.output)
         print(f"[vrm] pool of {kept} prompts written to {args.output}")
@@ -199,10 +203,12 @@ def bon_main(argv: Sequence[str]) -> int:
     if args.gold_column:
         gold = [np.asarray([float(v) for v in row[args.gold_column]], dtype=np.float64) for row in pool]
     else:
-        gold = score_pool(load_scorer(args.gold_model, batch_size=args.batch_size), pool, progress)
+        gold_scorer = load_scorer(args.gold_model, batch_size=args.batch_size, **loading)
+        gold = score_pool(gold_scorer, pool, progress)
     results = {}
     for path in args.proxy:
-        scorer = load_scorer(path, batch_size=args.batch_size, embedding_cache=args.embedding_cache)
+        cache = args.embedding_cache
+        scorer = load_scorer(path, batch_size=args.batch_size, embedding_cache=cache, **loading)
         proxy = score_pool(scorer, pool, progress)
         results[path] = bon_curve(proxy, gold, args.n)
     print(f"{'proxy':<40} " + " ".join(f"{'n=' + str(n):>8}" for n in args.n))

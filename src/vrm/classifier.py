@@ -19,6 +19,7 @@ The shared tokenizer is not modified. A model without `config.pad_token_id` gets
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -81,6 +82,20 @@ class SequenceClassifierPipeline:
             raise ValueError(f"input_format must be auto, chat, pair or plain, got {input_format!r}")
         self.input_format = input_format
         self._special = set(tokenizer.all_special_ids)
+        # what `vrm.pipeline.score_file` (`vrm score`) and its manifest read of a pipeline
+        self.normalize, self.conservative_lambda = False, 0.0
+        self.template = SimpleNamespace(
+            max_length=self.max_length, input_format=input_format, encode_parts=self.encode
+        )
+
+    def result(self, scores: SequenceScores, index: int) -> dict[str, Any]:
+        """The score fields of row `index` as a JSON-ready dict (as `RewardPipeline.result`)."""
+        return {
+            "reward": float(scores.reward[index]),
+            "reward_std": float(scores.reward_std[index]),
+            "objective_weights": scores.objective_weights[index].tolist(),
+            "objective_scores": scores.objective_scores[index].tolist(),
+        }
 
     @classmethod
     def from_pretrained(

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .runtime import add_device_arguments, resolve
+
 USAGE = """usage: vrm <command> [options]
 
 commands:
@@ -200,7 +202,9 @@ def cmd_eval(argv: Sequence[str]) -> int:
         default=None,
         help="For models trained with --freeze_backbone: read (and store) backbone states here.",
     )
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
+    resolve(args.device, args.dtype)  # a bad --device / --dtype fails before any model loads
     reports = []
     for model_path in args.model:
         report = evaluate_model(
@@ -214,6 +218,9 @@ def cmd_eval(argv: Sequence[str]) -> int:
             embedding_cache=args.embedding_cache,
             sample=args.sample,
             seed=args.seed,
+            device=args.device,
+            dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code,
         )
         print(format_report(report))
         reports.append(report)
@@ -232,7 +239,7 @@ def cmd_eval(argv: Sequence[str]) -> int:
 
 
 def cmd_score(argv: Sequence[str]) -> int:
-    from .pipeline import RewardPipeline, score_file
+    from .pipeline import load_scorer, score_file
 
     parser = argparse.ArgumentParser(
         prog="vrm score",
@@ -250,7 +257,7 @@ def cmd_score(argv: Sequence[str]) -> int:
     parser.add_argument("--response_column", default="response")
     parser.add_argument("--conservative_lambda", type=float, default=0.0, help="Also write reward - l * std.")
     parser.add_argument("--raw", action="store_true", help="Do not apply the stored reward normalization.")
-    parser.add_argument("--device", default=None)
+    add_device_arguments(parser)
     parser.add_argument("--no_progress", action="store_true")
     parser.add_argument(
         "--overwrite",
@@ -258,9 +265,12 @@ def cmd_score(argv: Sequence[str]) -> int:
         help="Score from scratch into an --output made from another input, model or settings.",
     )
     args = parser.parse_args(argv)
-    pipeline = RewardPipeline.from_pretrained(
+    resolve(args.device, args.dtype)  # a bad --device / --dtype fails before any model loads
+    pipeline = load_scorer(
         args.model,
         device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
         batch_size=args.batch_size,
         normalize=not args.raw,
         conservative_lambda=args.conservative_lambda,

@@ -190,6 +190,9 @@ def evaluate_model(
     embedding_cache: str | None = None,
     sample: int | None = None,
     seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """The `vrm eval` report: one entry per dataset, each with overall and per-subset metrics.
 
@@ -197,8 +200,10 @@ def evaluate_model(
     `embedding_cache` directory serves (and stores) the backbone states of models trained with a frozen backbone.
     `max_rows` takes the first rows of each dataset, `sample` a stratified sample (by subset, seeded by `seed`;
     see `vrm.evalrows`). Rows that cannot be used are skipped and listed in each entry's `invalid_rows`.
+    `device` / `dtype` default to `auto` (`vrm.runtime`); `trust_remote_code` is for non-vrm models with own code.
     """
     kwargs: dict[str, Any] = {"batch_size": batch_size, "embedding_cache": embedding_cache}
+    kwargs.update(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     if max_length:
         kwargs["max_length"] = max_length
     scorer = load_scorer(model_path, **kwargs)

@@ -34,7 +34,8 @@ class VRMRewardFunction:
     """A TRL reward function backed by a vrm checkpoint (or a ready `RewardPipeline`).
 
     Returns the (normalized) reward, or the conservative reward `reward - conservative_lambda * reward_std`
-    when `conservative_lambda > 0`.
+    when `conservative_lambda > 0`. `device` / `dtype` default to `auto` (CUDA + bfloat16 when available, else
+    CPU + float32; see `vrm.runtime`).
     """
 
     def __init__(
@@ -44,12 +45,15 @@ class VRMRewardFunction:
         conservative_lambda: float = 0.0,
         batch_size: int = 16,
         device: str | None = None,
+        dtype: Any = None,
         name: str = "vrm_reward",
     ):
         if isinstance(model, RewardPipeline):
             self.pipeline = model
         else:
-            self.pipeline = RewardPipeline.from_pretrained(model, device=device, batch_size=batch_size)
+            self.pipeline = RewardPipeline.from_pretrained(
+                model, device=device, dtype=dtype, batch_size=batch_size
+            )
         self.conservative_lambda = conservative_lambda
         self.__name__ = name  # TRL logs each reward function under its __name__
 

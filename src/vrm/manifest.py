@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from typing import Any
 
@@ -22,7 +23,10 @@ def file_sha256(path: str) -> str:
 
 
 def weights_checksum(model: torch.nn.Module) -> list[float]:
-    """Sum and absolute sum of all parameters (float64, 6 significant digits: the same on any device)."""
+    """Sum and absolute sum of all parameters (float64, rounded to 6 significant digits).
+
+    Reductions on another device (or in another order) can differ in the last digits: compare checksums with
+    `checksums_match` (a relative tolerance), not exactly."""
     with torch.no_grad():  # reductions in float64 without a float64 copy of each weight
         sums = torch.stack(
             [
@@ -33,6 +37,21 @@ def weights_checksum(model: torch.nn.Module) -> list[float]:
             ]
         )
     return [float(f"{value:.6g}") for value in sums.sum(0).tolist()]
+
+
+CHECKSUM_RTOL = 1e-4
+
+
+def checksums_match(old, new, rtol: float = CHECKSUM_RTOL) -> bool:
+    """Whether two `weights_checksum`s are the same weights, up to the reductions' rounding (`rtol`)."""
+    if not (isinstance(old, list) and isinstance(new, list) and len(old) == len(new)):
+        return False
+    try:
+        return all(
+            math.isclose(float(a), float(b), rel_tol=rtol, abs_tol=0.0) for a, b in zip(old, new, strict=True)
+        )
+    except (TypeError, ValueError):
+        return False
 
 
 def score_manifest(pipeline, input_path: str, **settings: Any) -> dict[str, Any]:
@@ -78,8 +97,11 @@ def check_manifest(manifest_path: str, manifest: dict[str, Any], output_path: st
     differences = []
     if old.get("input", {}).get("sha256") != manifest["input"]["sha256"]:
         differences.append(f"another input ({old.get('input', {}).get('path')})")
-    model = {k: v for k, v in manifest["model"].items() if k != "path"}
-    if {k: old.get("model", {}).get(k) for k in model} != model:
+    model = {k: v for k, v in manifest["model"].items() if k not in ("path", "weights_checksum")}
+    old_model = old.get("model", {})
+    if {k: old_model.get(k) for k in model} != model or not checksums_match(
+        old_model.get("weights_checksum"), manifest["model"]["weights_checksum"]
+    ):
         differences.append(f"another model ({old.get('model', {}).get('path')})")
     for key, value in manifest["settings"].items():
         if old.get("settings", {}).get(key) != value:

@@ -151,11 +151,13 @@ class RewardPipeline:
     ) -> RewardPipeline:
         from transformers import AutoTokenizer
 
+        from .runtime import resolve
+
+        device, dtype = resolve(device, dtype)  # auto: CUDA + bfloat16 when available, else CPU + fp32
         if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
             raise FileNotFoundError(f"{path}: not a saved vrm model directory (no config.json)")
-        model = load_checked(VRMForSequenceClassification, path, **({"dtype": dtype} if dtype else {}))
-        if device:
-            model.to(device)
+        model = load_checked(VRMForSequenceClassification, path, dtype=dtype)
+        model.to(device)
         return cls(model, AutoTokenizer.from_pretrained(path), **kwargs)
 
     def score(
@@ -249,6 +251,10 @@ class RewardPipeline:
             "objective_weights": scores.objective_weights[index].tolist(),
             "objective_scores": scores.objective_scores[index].tolist(),
         }
+        names = self.model.config.objective_names
+        if names:  # the same values keyed by objective name (the lists above stay, in the model's order)
+            result["objective_weights_by_name"] = dict(zip(names, result["objective_weights"], strict=True))
+            result["objective_scores_by_name"] = dict(zip(names, result["objective_scores"], strict=True))
         if self.conservative_lambda:
             result["conservative_reward"] = result["reward"] - self.conservative_lambda * result["reward_std"]
         return result
@@ -429,7 +435,9 @@ def load_scorer(path: str, *, trust_remote_code: bool = False, **kwargs: Any):
     """A `RewardPipeline` for vrm checkpoints, a `vrm.classifier.SequenceClassifierPipeline` for other reward
     models (loaded with `trust_remote_code` when they need their own code; vrm checkpoints never do)."""
     from .classifier import SequenceClassifierPipeline
+    from .runtime import resolve
 
+    kwargs["device"], kwargs["dtype"] = resolve(kwargs.get("device"), kwargs.get("dtype"))
     config_path = os.path.join(path, "config.json")
     if os.path.isdir(path) and os.path.exists(config_path):
         with open(config_path, encoding="utf-8") as handle:

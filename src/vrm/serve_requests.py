@@ -10,6 +10,7 @@ template still gives it its end tokens), and any text role the model's chat temp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,10 @@ class ServerConfig:
     conservative_lambda: float = 0.0
 
     def __post_init__(self) -> None:
+        for name in ("max_wait_ms", "request_timeout_s", "timeout_keep_alive", "conservative_lambda"):
+            # NaN passes every comparison below (and a NaN lambda would make every reward NaN)
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         positive = (
             "max_batch_size",
             "max_queue",
@@ -83,6 +88,10 @@ class ServerConfig:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.conservative_lambda < 0:
             raise ValueError(f"conservative_lambda must be >= 0, got {self.conservative_lambda}")
+        if self.max_queue < self.max_items_per_request:  # else such a request is refused whenever one is queued
+            raise ValueError(
+                f"max_queue ({self.max_queue}) must be >= max_items_per_request ({self.max_items_per_request})"
+            )
 
 
 # ----- request and response bodies ----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from .embeddings import CachedPairDataset, CachedStatesCollator, EmbeddingCache
 from .heads import LatentRewardHead
 from .integrity import NonFiniteError, check_finite_weights, load_checked
 from .losses import ATTRIBUTE_TARGETS, beta_factor, preference_loss
+from .modelcard import check_train_options, write_training_outputs
 from .modeling import VRMForSequenceClassification
 
 logger = logging.getLogger(__name__)
@@ -203,7 +204,12 @@ class VRMTrainer(Trainer):
         if self.accelerator.num_processes > 1:  # every process stops together
             bad = self.accelerator.reduce(bad, reduction="sum")
         if bad.any().item():
-            what = f"the training loss became {float(loss)}" if bad[0] else "the gradients became NaN or infinite"
+            if not bad[0]:
+                what = "the gradients became NaN or infinite"
+            elif bad_loss.item():
+                what = f"the training loss became {float(loss)}"
+            else:  # the bad loss was another process's
+                what = "a process's training loss became non-finite"
             raise NonFiniteError(
                 f"{what} at step {self.state.global_step + 1}: training stopped before that update, no final model "
                 f"written (checkpoints in {self.args.output_dir} are kept); lower the learning rate or check the data"
@@ -402,7 +408,7 @@ def resolve_resume(training_args: VRMTrainingArguments) -> str | bool | None:
         raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint directory")
     if not checkpoint_is_complete(value):
         raise ValueError(
-            f"--resume_from_checkpoint {value}: incomplete checkpoint (no readable trainer_state.json or weights)"
+            f"--resume_from_checkpoint {value}: incomplete checkpoint (no readable trainer_state.json)"
         )
     return value
 
@@ -432,6 +438,7 @@ def run_training(
         return examples
 
     check_rating_arguments(training_args, attribute_names)
+    check_train_options(data_args, training_args)  # --push_to_hub, --report_to without its package, ...
 
     if training_args.objective_label_weight > 0 and not (data_args.objective_column and attribute_names):
         raise ValueError(
@@ -517,7 +524,7 @@ def run_training(
         trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
     ):
         logger.warning("FSDP / DeepSpeed were asked for but accelerate did not enable them (they need GPUs)")
-    trainer.train(resume_from_checkpoint=resolve_resume(training_args))
+    train_output = trainer.train(resume_from_checkpoint=resolve_resume(training_args))
     metrics: dict[str, float] = {}
     if eval_dataset is not None:
         metrics = trainer.evaluate()
@@ -526,6 +533,9 @@ def run_training(
     elif trainer.is_world_process_zero():
         args = (training_args.output_dir, training_args.merge_lora_on_save, tokenization)
         save_final_model(trainer.model, tokenizer, *args)
+    if trainer.is_world_process_zero():  # README.md card, train_results.json, trainer_state.json
+        outputs = (train_stats, eval_stats, train_output.metrics, metrics)
+        write_training_outputs(trainer, model_args, data_args, training_args, *outputs)
     trainer.accelerator.wait_for_everyone()
     return TrainingResult(
         training_args.output_dir, train_stats, eval_stats, metrics, trainer.is_world_process_zero()

@@ -4,57 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoModel, BertConfig, LlamaConfig, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+from transformers import AutoModel, BertConfig, PreTrainedTokenizerFast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-CORPUS = [
-    "What is the capital of France? The capital of France is Paris.",
-    "How do I fix a slow query? Add an index and measure again.",
-    "Tell me a joke. Why did the chicken cross the road?",
-    "Please be careful and ask a professional before you try this.",
-    "I do not know anything about that, figure it out yourself.",
-    "That sounds hard, and your feelings make complete sense.",
-    "user assistant system response prompt chosen rejected answer question",
-] * 5
-
-
-def _byte_level_tokenizer() -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    return tok
-
-
-def make_llama_tokenizer(chat: bool = True, bos: bool = True) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer like a decoder LM's: BOS added by the tokenizer, optional chat template."""
-    tok = _byte_level_tokenizer()
-    if bos:
-        tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-        )
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-    if chat:
-        wrapped.chat_template = CHAT_TEMPLATE
-    return wrapped
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures"))
+from tiny_models import CHAT_TEMPLATE, CORPUS, llama_config, make_llama_tokenizer  # noqa: E402, F401
 
 
 def make_bert_tokenizer() -> PreTrainedTokenizerFast:
@@ -70,19 +31,6 @@ def make_bert_tokenizer() -> PreTrainedTokenizerFast:
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]"
-    )
-
-
-def llama_config(vocab_size: int) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
     )
 
 

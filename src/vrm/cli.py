@@ -42,19 +42,6 @@ def pop_option(argv: Sequence[str], flag: str, what: str) -> tuple[str | None, l
     return argv[position + 1], argv[:position] + argv[position + 2 :]
 
 
-HEAD_OPTIONS = (
-    "head_type",
-    "num_objectives",
-    "objective_names",
-    "weight_posterior",
-    "feature_posterior",
-    "feature_dim",
-    "decoder_hidden_size",
-    "prior_concentration",
-    "num_samples",
-    "pooling",
-    "prompt_state_gradient",
-)
 
 
 def build_train_parser():
@@ -63,7 +50,7 @@ def build_train_parser():
 
     from transformers import HfArgumentParser, TrainingArguments
 
-    from .config import DataArguments, ModelArguments, VRMTrainingArguments
+    from .config import HEAD_OPTIONS, DataArguments, ModelArguments, VRMTrainingArguments
 
     parser = HfArgumentParser((ModelArguments, DataArguments, VRMTrainingArguments), prog="vrm train")
     parser.add_argument("--config", default=None, help="YAML file of arguments (flags override it).")

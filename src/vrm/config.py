@@ -42,6 +42,22 @@ BETA_SCHEDULES = ("constant", "linear", "cyclical")  # vrm.losses.BETA_SCHEDULES
 ATTRIBUTE_TARGETS = ("sign", "graded")  # vrm.losses.ATTRIBUTE_TARGETS
 MIN_REWARD_SCALE = 1e-6  # a smaller reward_scale (degenerate reference rewards) blows rewards up
 
+# The `ModelArguments` / `VRMConfig` fields that shape the reward head (grouped in `vrm train --help`, listed in
+# the model card).
+HEAD_OPTIONS = (
+    "head_type",
+    "num_objectives",
+    "objective_names",
+    "weight_posterior",
+    "feature_posterior",
+    "feature_dim",
+    "decoder_hidden_size",
+    "prior_concentration",
+    "num_samples",
+    "pooling",
+    "prompt_state_gradient",
+)
+
 HEAD_PRESETS: dict[str, dict[str, Any]] = {
     "bt": {
         "weight_posterior": "none",

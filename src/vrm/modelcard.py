@@ -18,6 +18,7 @@ import os
 from dataclasses import asdict
 from typing import Any
 
+from .config import HEAD_OPTIONS
 from .fileio import write_json
 
 # --report_to integrations and the packages they need (any one of them)
@@ -35,19 +36,6 @@ REPORT_PACKAGES = {
     "azure_ml": ("azureml",),
 }
 
-HEAD_SETTINGS = (
-    "head_type",
-    "num_objectives",
-    "objective_names",
-    "weight_posterior",
-    "feature_posterior",
-    "feature_dim",
-    "decoder_hidden_size",
-    "prior_concentration",
-    "num_samples",
-    "pooling",
-    "prompt_state_gradient",
-)
 OBJECTIVE_SETTINGS = (
     "beta_w",
     "beta_z",
@@ -113,7 +101,7 @@ def model_card(
         metadata.append(f"base_model: {base}")
     metadata += ["tags:", "  - reward-model", "  - vrm", f"  - {config.head_type}", "---"]
     head = [
-        (key, getattr(config, key, None)) for key in HEAD_SETTINGS if getattr(config, key, None) is not None
+        (key, getattr(config, key, None)) for key in HEAD_OPTIONS if getattr(config, key, None) is not None
     ]
     objective = [
         (key, getattr(training_args, key)) for key in OBJECTIVE_SETTINGS if hasattr(training_args, key)

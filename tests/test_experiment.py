@@ -190,3 +190,21 @@ def test_weight_error_compares_rated_objectives_renormalised():
     swapped = {"a": [0.3, 0.7], "b": [0.8, 0.2]}  # untied objectives are matched by the best assignment
     assert weight_error(swapped, truth, tied=False) == pytest.approx(0.0)
     assert weight_error(swapped, truth) == pytest.approx(0.5)
+
+
+def test_committed_experiments_are_valid_train_arguments():
+    """Every run of every committed experiment parses as `vrm train` arguments (a removed Trainer flag such as
+    `warmup_ratio` once failed only when the run started)."""
+    from pathlib import Path
+
+    from vrm.cli import parse_train_args
+    from vrm.experiment import sweep_specs, to_argv
+
+    configs = sorted((Path(__file__).parents[1] / "benchmarks" / "experiments").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        config = load_experiment(str(path))
+        for variant in config.variants:
+            for spec in sweep_specs(config, variant):
+                flags = {"model_name_or_path": "unused", "dataset_name": "unused.jsonl", **spec.flags}
+                parse_train_args(to_argv(flags))

@@ -113,7 +113,9 @@ def test_a_non_finite_training_loss_stops_the_run_and_keeps_the_last_checkpoint(
     assert not (output / "checkpoint-4").exists() and not (output / "model.safetensors").exists()
 
 
-def test_non_finite_gradients_stop_the_run_with_a_clear_error(tmp_path, pairs_file, llama_backbone_dir, capsys):
+def test_non_finite_gradients_stop_the_run_with_a_clear_error(
+    tmp_path, pairs_file, llama_backbone_dir, capsys
+):
     """A finite loss whose gradients are not (as `--learning_rate 1e30` gives from the second step) stops before
     the optimizer writes NaN into the weights; before, the next step failed inside the Dirichlet with
     "Expected parameter concentration ... nan"."""
@@ -567,3 +569,14 @@ def test_score_resume_tolerates_checksum_rounding_but_not_other_weights(tmp_path
     rewrite(1.01)  # other weights
     with pytest.raises(ValueError, match=r"another model"):
         score_file(pipeline, first, output, progress=False)
+
+
+def test_a_learning_rate_that_breaks_the_weights_is_named(tmp_path, pairs_file, llama_backbone_dir, capsys):
+    """`--learning_rate 1e30`: step 1's update makes the weights non-finite and step 2's Dirichlet refuses them;
+    the error says so in vrm's words (it was torch's "Expected parameter concentration ... nan")."""
+    output = tmp_path / "run"
+    argv = train_argv(llama_backbone_dir, pairs_file, str(output), learning_rate=1e30, max_grad_norm=0)
+    assert main(["train", *argv]) == 1
+    message = one_line_error(capsys, "train")
+    assert "became NaN or infinite" in message or "training loss became" in message
+    assert "Expected parameter" not in message and not (output / "model.safetensors").exists()

@@ -137,7 +137,15 @@ class VRMTrainer(Trainer):
         attribute_targets = inputs.pop("attribute_targets", None)
         objective_labels = inputs.pop("objective_labels", None)
         rating_differences = inputs.pop("rating_differences", None)
-        samples = model(**inputs)  # pair mode of VRMForSequenceClassification.forward
+        try:
+            samples = model(**inputs)  # pair mode of VRMForSequenceClassification.forward
+        except ValueError as err:  # torch.distributions refuses NaN parameters: the last update broke the weights
+            if "found invalid values" not in str(err) or not model.training:
+                raise
+            raise NonFiniteError(
+                f"the model's weights became NaN or infinite at step {self.state.global_step} (the posterior's "
+                "parameters are not finite): training stopped, no final model written; lower the learning rate"
+            ) from None
         beta_w, beta_z = self.current_betas()
         out = preference_loss(
             samples,

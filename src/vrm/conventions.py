@@ -21,6 +21,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 REWARDBENCH_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -56,6 +58,21 @@ def is_rewardbench2_subset(subset) -> bool:
     return isinstance(subset, str) and subset.lower() in {s.lower() for s in REWARDBENCH2_SUBSETS}
 
 
+def is_rm_bench_texts(value: Any) -> bool:
+    """An RM-Bench `chosen` / `rejected` cell: a list of exactly `RM_BENCH_VARIANTS` texts."""
+    return (
+        isinstance(value, list) and len(value) == RM_BENCH_VARIANTS and all(isinstance(t, str) for t in value)
+    )
+
+
+def rm_bench_row_problem(row: dict[str, Any]) -> str | None:
+    """What makes `row` unusable as an RM-Bench row (None when it is fine; the prompt is checked elsewhere)."""
+    for column in ("chosen", "rejected"):
+        if not is_rm_bench_texts(row.get(column)):
+            return f"RM-Bench rows need '{column}' as a list of {RM_BENCH_VARIANTS} texts"
+    return None
+
+
 def detect_format(rows: list[dict], strict: bool = True) -> str:
     """`rm-bench`, `rewardbench2`, `best-of-k`, `rewardbench` or `pairwise`, from the rows' columns and subsets.
 
@@ -67,22 +84,11 @@ def detect_format(rows: list[dict], strict: bool = True) -> str:
     best_of_k = sum(is_response_list(row.get("rejected")) for row in rows)
     if best_of_k and all(is_rewardbench2_subset(row.get("subset")) for row in rows):
         return "rewardbench2"  # before RM-Bench: a Ties row may hold 3 correct and 3 wrong answers
-    if (
-        isinstance(first.get("chosen"), list)
-        and len(first["chosen"]) == RM_BENCH_VARIANTS
-        and all(isinstance(text, str) for text in first["chosen"])
-    ):
+    if is_rm_bench_texts(first.get("chosen")):
         for index, row in enumerate(rows if strict else ()):
-            for column in ("chosen", "rejected"):
-                value = row.get(column)
-                if not (
-                    isinstance(value, list)
-                    and len(value) == RM_BENCH_VARIANTS
-                    and all(isinstance(t, str) for t in value)
-                ):
-                    raise ValueError(
-                        f"row {index}: RM-Bench rows need '{column}' as a list of {RM_BENCH_VARIANTS} texts"
-                    )
+            problem = rm_bench_row_problem(row)
+            if problem:
+                raise ValueError(f"row {index}: {problem}")
         return "rm-bench"
     if best_of_k * 2 > len(rows):
         return "best-of-k"

@@ -36,6 +36,7 @@ from .conventions import (
     detect_format,
     is_response_list,
     rewardbench_sections,
+    rm_bench_row_problem,
     rm_bench_scores,
 )
 from .data import PreferenceExample, TokenizedPair, check_text_or_messages, parse_row
@@ -292,16 +293,9 @@ def _rm_bench_rows(rows: list[tuple[str, dict[str, Any]]], invalid: InvalidRows)
     for location, row in rows:
         try:
             check_text_or_messages(row.get("prompt"), location, "prompt")
-            for column in ("chosen", "rejected"):
-                value = row.get(column)
-                if not (
-                    isinstance(value, list)
-                    and len(value) == RM_BENCH_VARIANTS
-                    and all(isinstance(t, str) for t in value)
-                ):
-                    raise DataFormatError(
-                        f"{location}: RM-Bench rows need '{column}' as a list of {RM_BENCH_VARIANTS} texts"
-                    )
+            problem = rm_bench_row_problem(row)
+            if problem:
+                raise DataFormatError(f"{location}: {problem}")
         except DataFormatError as err:
             invalid.add(location, str(err).removeprefix(f"{location}: "))
             continue

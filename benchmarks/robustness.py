@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 
 import bad_inputs  # noqa: E402
+from serve_throughput import stop_server, wait_until_healthy  # noqa: E402  (this script's folder)
 from tiny_models import save_llama_backbone  # noqa: E402
 
 ERROR_LINE = re.compile(r"^vrm(?: [\w-]+)?: error: ")
@@ -652,27 +653,7 @@ def start_server(model: str, port: int, threads: int, log_path: str) -> subproce
         command += ["--torch_threads", str(threads)]
     log = open(log_path, "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=subprocess_env())
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}: see {log_path}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise RuntimeError("the server did not start within 180 s")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    return wait_until_healthy(process, port, lambda: f": see {log_path}")
 
 
 def raw_request(

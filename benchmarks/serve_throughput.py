@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -117,10 +118,17 @@ def start_server(
     if threads:
         command += ["--torch_threads", str(threads)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
+    return wait_until_healthy(process, port, lambda: f":\n{process.stderr.read()}")
+
+
+def wait_until_healthy(
+    process: subprocess.Popen, port: int, output: Callable[[], str], timeout_s: float = 180
+) -> subprocess.Popen:
+    """Poll `/health` until the server answers 200; `output()` says where its log is if it exits first."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{process.stderr.read()}")
+            raise RuntimeError(f"the server exited with {process.returncode}{output()}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return process
@@ -128,7 +136,7 @@ def start_server(
             pass
         time.sleep(0.2)
     process.kill()
-    raise RuntimeError("the server did not start within 180 s")
+    raise RuntimeError(f"the server did not start within {timeout_s:.0f} s")
 
 
 def stop_server(process: subprocess.Popen) -> None:

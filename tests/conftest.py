@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures"))
-from tiny_models import CHAT_TEMPLATE, CORPUS, llama_config, make_llama_tokenizer  # noqa: E402, F401
+from tiny_models import CHAT_TEMPLATE, CORPUS, PAIRS, llama_config, make_llama_tokenizer  # noqa: E402, F401
 
 
 def make_bert_tokenizer() -> PreTrainedTokenizerFast:
@@ -76,16 +76,6 @@ def llama_backbone_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bert_backbone_dir(tmp_path_factory):
     return save_backbone("bert", str(tmp_path_factory.mktemp("bert_backbone")))
-
-
-PAIRS = [
-    ("How do I fix a slow query?", "Add an index and measure again.", "I do not know."),
-    ("What is the capital of France?", "The capital of France is Paris.", "Figure it out yourself."),
-    ("Tell me a joke.", "Why did the chicken cross the road?", "No."),
-    ("Is this safe to try?", "Please be careful and ask a professional.", "Just do it."),
-    ("I feel sad today.", "That sounds hard, and your feelings make sense.", "Stop complaining."),
-    ("How do I fix a slow query?", "Measure first, then add an index.", "It depends."),
-]
 
 
 def write_pairs(path: str, rows: list[dict] | None = None) -> str:

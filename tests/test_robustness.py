@@ -317,6 +317,19 @@ def test_nan_rewards_are_never_written(tmp_path, pipeline):
     assert output.read_text() == ""
 
 
+def score_argv(tmp_path, model_dir: str) -> list[str]:
+    """`vrm score` of the standard rows file with `model_dir` into `o.jsonl`."""
+    return [
+        "score",
+        "--model",
+        model_dir,
+        "--input",
+        rows_file(tmp_path),
+        "--output",
+        str(tmp_path / "o.jsonl"),
+    ]
+
+
 def _saved(tmp_path, pipeline, name="model") -> str:
     model_dir = str(tmp_path / name)
     pipeline.save_pretrained(model_dir)
@@ -329,16 +342,7 @@ def test_a_model_with_nan_weights_is_not_loaded(tmp_path, pipeline, capsys):
     model_dir = str(tmp_path / "nan")
     PreTrainedModel.save_pretrained(pipeline.model, model_dir)  # past the refusal to save: a corrupt model
     pipeline.tokenizer.save_pretrained(model_dir)
-    argv = [
-        "score",
-        "--model",
-        model_dir,
-        "--input",
-        rows_file(tmp_path),
-        "--output",
-        str(tmp_path / "o.jsonl"),
-    ]
-    assert main(argv) == 1
+    assert main(score_argv(tmp_path, model_dir)) == 1
     assert "nan: not loaded: the weights hold NaN or infinite values" in one_line_error(capsys, "score")
 
 
@@ -362,16 +366,7 @@ def test_invalid_reward_normalization_in_config_is_refused_at_load(
         json.dump(config, handle)
     with pytest.raises(ModelLoadError, match=rf"config\.json: {message}"):
         RewardPipeline.from_pretrained(model_dir)
-    argv = [
-        "score",
-        "--model",
-        model_dir,
-        "--input",
-        rows_file(tmp_path),
-        "--output",
-        str(tmp_path / "o.jsonl"),
-    ]
-    assert main(argv) == 1
+    assert main(score_argv(tmp_path, model_dir)) == 1
     assert "config.json" in one_line_error(capsys, "score")
     assert not os.path.exists(tmp_path / "o.jsonl")
 
@@ -383,16 +378,7 @@ def test_a_corrupt_safetensors_file_is_a_one_line_error(tmp_path, pipeline, caps
     data = open(weights, "rb").read()
     with open(weights, "wb") as handle:
         handle.write(data[: len(data) // 2] if cut == "half" else b"garbage" * 5)
-    argv = [
-        "score",
-        "--model",
-        model_dir,
-        "--input",
-        rows_file(tmp_path),
-        "--output",
-        str(tmp_path / "o.jsonl"),
-    ]
-    assert main(argv) == 1
+    assert main(score_argv(tmp_path, model_dir)) == 1
     assert "model.safetensors: corrupt or truncated weights file" in one_line_error(capsys, "score")
     assert main(["eval", "--model", model_dir, "--dataset", write_pairs(str(tmp_path / "p.jsonl"))]) == 1
     assert "model.safetensors: corrupt" in one_line_error(capsys, "eval")

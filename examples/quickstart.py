@@ -17,7 +17,6 @@ objective weights per prompt type track the true ones.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform
@@ -31,6 +30,7 @@ import torch
 
 from vrm.cli import parse_train_args
 from vrm.evaluate import evaluate_model, write_json
+from vrm.experiment_report import match_objectives
 from vrm.synthetic import OBJECTIVES, WorldConfig, write_world
 from vrm.trainer import run_training
 
@@ -82,23 +82,15 @@ def weight_tracking(learned: dict[str, list[float]], true: dict[str, list[float]
     """
     types = sorted(true)
     k_true = len(next(iter(true.values())))
+    best_perm, mae = match_objectives(learned, true, tied=rated)
 
-    def matched(t: str, perm: tuple[int, ...]) -> list[float]:
-        values = [learned[t][p] for p in perm]
+    def matched(t: str) -> list[float]:
+        values = [learned[t][p] for p in best_perm]
         total = sum(values)
         return [v / total for v in values] if total > 0 else values
 
-    best_error, best_perm = None, None
-    candidates = (
-        [tuple(range(k_true))] if rated else itertools.permutations(range(len(learned[types[0]])), k_true)
-    )
-    for perm in candidates:
-        error = sum(abs(v - true[t][i]) for t in types for i, v in enumerate(matched(t, perm)))
-        if best_error is None or error < best_error:
-            best_error, best_perm = error, perm
-    aligned = {t: matched(t, best_perm) for t in types}
+    aligned = {t: matched(t) for t in types}
     matched_mass = sum(sum(learned[t][p] for p in best_perm) for t in types) / len(types)
-    mae = sum(abs(aligned[t][i] - true[t][i]) for t in types for i in range(k_true)) / (len(types) * k_true)
     top_match = {
         t: max(range(k_true), key=aligned[t].__getitem__) == max(range(k_true), key=true[t].__getitem__)
         for t in types

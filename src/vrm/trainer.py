@@ -205,8 +205,10 @@ class VRMTrainer(Trainer):
         weights, and no final model is written."""
         loss = super().training_step(model, inputs, num_items_in_batch)
         bad_loss = (~torch.isfinite(loss.detach())).any()
-        # fp16's gradient scaler skips steps with infinite gradients on purpose; elsewhere they poison the weights
-        grads = [] if self.args.fp16 else [p.grad for p in model.parameters() if p.grad is not None]
+        # fp16's gradient scaler skips steps with infinite gradients on purpose; elsewhere they poison the weights.
+        # Checked once per optimizer step (on the accumulated, synchronized gradients), not on every micro-batch.
+        check = self.accelerator.sync_gradients and not self.args.fp16
+        grads = [p.grad for p in model.parameters() if p.grad is not None] if check else []
         bad_grads = ~torch.stack(torch._foreach_norm(grads)).isfinite().all() if grads else bad_loss.new_zeros(())
         bad = torch.stack([bad_loss, bad_grads.to(bad_loss.device)]).float()
         if self.accelerator.num_processes > 1:  # every process stops together

@@ -206,3 +206,23 @@ def test_graded_rating_targets_keep_ties_and_magnitudes():
     assert graded.attribute_loss.item() == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="attribute_target must be one of"):
         preference_loss(samples, attribute_target="ordinal")
+
+
+@pytest.mark.parametrize(
+    "flags, names, message",
+    [
+        ({"attribute_target": "graded"}, [], "--attribute_target graded needs --attribute_names"),
+        ({"rating_weight_coef": -1.0}, ["a", "b"], "--rating_weight_coef must be >= 0"),
+        ({"rating_weight_coef": math.nan}, ["a", "b"], "--rating_weight_coef must be >= 0"),
+        ({"rating_weight_coef": 1.0}, ["a"], "at least two rated objectives"),
+        ({"rating_temperature": math.nan}, ["a", "b"], "--rating_temperature must be a positive number"),
+        ({"rating_temperature": 0.0}, ["a", "b"], "--rating_temperature must be a positive number"),
+    ],
+)
+def test_rating_flags_that_would_do_nothing_are_errors(tmp_path, flags, names, message):
+    from vrm.trainer import check_rating_arguments
+
+    args = VRMTrainingArguments(output_dir=str(tmp_path), report_to="none", **flags)
+    with pytest.raises(ValueError, match=message):
+        check_rating_arguments(args, names)
+    check_rating_arguments(VRMTrainingArguments(output_dir=str(tmp_path), report_to="none"), names)

@@ -23,6 +23,7 @@ from .config import (
     HELD_OUT_HELPFULNESS,
     PAIR_SETS,
     REFERENCE_GENERATOR,
+    RUNS,
     WORK,
     StudyConfig,
     data_file,
@@ -188,3 +189,24 @@ def prepare_data(data_dir: str, cfg: StudyConfig, work: str = WORK) -> dict[str,
     }
     write_json(manifest, manifest_path)
     return manifest
+
+
+def record_manifest(manifest: dict[str, Any], root: str = RUNS) -> None:
+    """The committed runs under `root` were made on the data of `root`/data.json: write it on the first run,
+    refuse to add runs made on other data (give the study other sizes, and its runs another root)."""
+    path = os.path.join(root, "data.json")
+    if not os.path.exists(path):
+        write_json(manifest, path)
+        return
+    recorded = recorded_manifest(root)
+    if json.loads(json.dumps(manifest)) != recorded:
+        raise ValueError(f"{path}: the committed runs were made on other data than these split files")
+
+
+def recorded_manifest(root: str = RUNS) -> dict[str, Any]:
+    """The manifest of the data the committed runs were made on (what the report stage describes)."""
+    path = os.path.join(root, "data.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no data manifest; run the prepare stage first")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)

@@ -92,7 +92,7 @@ class Variant:
 
     def apply(self, chosen: RunSpec, seed: int, group: str = "main") -> RunSpec:
         train = f"{chosen.train}_labelled" if self.labelled_train else chosen.train
-        return replace(chosen, seed=seed, group=group, train=train, **self.changes)
+        return replace(chosen, **{"seed": seed, "group": group, "train": train, **self.changes})
 
 
 def sweep_grid(head: str, setting: str, backbone: str, train: str = "train") -> list[RunSpec]:

@@ -274,7 +274,8 @@ def plot_bon(panels: dict[str, tuple[dict[str, Any], str]], path: str) -> None:
         ax.set_xlabel("KL_BoN = log n - (n-1)/n")
         ax.set_ylabel("gold: judge P(candidate beats GPT-4 reference)")
         ax.set_title(title)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
     figure.tight_layout()
     with atomic_output(path) as staging:
         figure.savefig(staging, dpi=120, format="png")

@@ -22,6 +22,7 @@ from .evalreport import EvalReport, as_report
 from .fileio import atomic_output
 from .reporttext import MISSING, dataset_name, is_pairwise, model_labels, model_name, number, sources
 from .reporttext import format_cell as _fmt
+from .reporttext import markdown_table as _table  # noqa: F401  (its name before vrm.reporttext)
 
 AnyReport = EvalReport | Mapping[str, Any]
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from vrm.cli import parse_train_args
+from vrm.evalreport import EvalReport
 from vrm.evaluate import evaluate_model, write_json
 from vrm.experiment_report import match_objectives
 from vrm.synthetic import OBJECTIVES, WorldConfig, write_world
@@ -146,36 +147,36 @@ def train_and_evaluate(
             stored = json.load(handle)
         if stored.get("argv") == argv and stored.get("world") == world:
             print(f"\n[quickstart] {head} (seed {seed}): reusing {result_path}", flush=True)
-            with open(os.path.join(output_dir, "eval.json"), encoding="utf-8") as handle:
-                report = json.load(handle)  # re-summarized, so the summary follows this file's code
+            # re-summarized, so the summary follows this file's code
+            report = EvalReport.from_json(os.path.join(output_dir, "eval.json"))
             return summarize_run(report, variant, data, truth, stored["train_seconds"])
     print(f"\n[quickstart] training {head} (seed {seed}):\n  vrm train {shlex.join(argv)}", flush=True)
     started = time.time()
     run_training(*parse_train_args(argv))
     train_seconds = time.time() - started
     report = evaluate_model(output_dir, [data["test_iid"], data["test_shifted"]], progress=False)
-    write_json(report, os.path.join(output_dir, "eval.json"))
+    report.to_json(os.path.join(output_dir, "eval.json"))
     result = summarize_run(report, variant, data, truth, train_seconds)
     write_json({**result, "argv": argv, "world": world}, result_path)
     return result
 
 
 def summarize_run(
-    report: dict, variant: Variant, data: dict[str, str], truth: dict, train_seconds: float
+    report: EvalReport, variant: Variant, data: dict[str, str], truth: dict, train_seconds: float
 ) -> dict:
-    iid, shifted = (report["datasets"][data[split]] for split in ("test_iid", "test_shifted"))
+    iid, shifted = (report.datasets[data[split]] for split in ("test_iid", "test_shifted"))
     result = {
         "train_seconds": round(train_seconds, 1),
-        "accuracy_iid": iid["overall"]["accuracy"],
-        "accuracy_shifted": shifted["overall"]["accuracy"],
-        "nll_iid": iid["overall"]["nll"],
-        "nll_shifted": shifted["overall"]["nll"],
-        "mean_reward_std": iid["overall"]["mean_reward_std"],
-        "per_type_iid": {k: v["accuracy"] for k, v in iid["subsets"].items()},
-        "per_type_shifted": {k: v["accuracy"] for k, v in shifted["subsets"].items()},
+        "accuracy_iid": iid.overall.accuracy,
+        "accuracy_shifted": shifted.overall.accuracy,
+        "nll_iid": iid.overall.nll,
+        "nll_shifted": shifted.overall.nll,
+        "mean_reward_std": iid.overall.mean_reward_std,
+        "per_type_iid": {k: v.accuracy for k, v in iid.subsets.items()},
+        "per_type_shifted": {k: v.accuracy for k, v in shifted.subsets.items()},
     }
     if variant.num_objectives is not None:
-        learned = {t: m["objective_weights"] for t, m in iid["subsets"].items()}
+        learned = {t: m.objective_weights for t, m in iid.subsets.items()}
         result["weight_tracking"] = weight_tracking(learned, truth["weights"], rated=variant.ratings)
     return result
 

@@ -42,7 +42,7 @@ def test_training_records_max_prompt_length_and_evaluation_uses_it(tmp_path, pai
     assert len(ids) == 64 and prompt_length == 12
     # `vrm eval` builds the same tokenizer; an over-long pair is cut the same way
     report = evaluate_model(output, [pairs_file], progress=False)
-    assert report["datasets"][pairs_file]["tokenization"]["kept"] == 6
+    assert report.datasets[pairs_file].tokenization.kept == 6
 
 
 def test_lora_under_fsdp_or_deepspeed_keeps_the_tokenization(tmp_path, llama_backbone_dir):
@@ -115,7 +115,7 @@ def test_a_model_trained_with_truncation_drop_still_scores_every_eval_pair(tmp_p
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(json.dumps({"prompt": "word " * 200, "chosen": "yes " * 50, "rejected": "no"}) + "\n")
         handle.write(json.dumps({"prompt": "Hi", "chosen": "Hello there", "rejected": "Go away"}) + "\n")
-    entry = evaluate_model(output, [path], progress=False)["datasets"][path]
+    entry = evaluate_model(output, [path], progress=False).datasets[path].to_dict()
     stats = entry["tokenization"]
     assert stats["kept"] == 2 and stats["dropped_too_long"] == 0  # scored, not dropped
     assert stats["prompt_truncated"] + stats["response_truncated"] >= 1  # and counted as truncated

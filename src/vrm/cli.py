@@ -42,8 +42,6 @@ def pop_option(argv: Sequence[str], flag: str, what: str) -> tuple[str | None, l
     return argv[position + 1], argv[:position] + argv[position + 2 :]
 
 
-
-
 def build_train_parser():
     """`vrm train`'s parser: vrm's options first in groups (model / head / data / training), then Trainer's."""
     import dataclasses
@@ -147,7 +145,9 @@ def cmd_train(argv: Sequence[str]) -> int:
             # several processes and no GPU: without this accelerate would run each process alone, silently.
             # Set before the arguments are parsed: TrainingArguments sets up the distributed state there.
             os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-    model_args, data_args, training_args = parse_train_args(argv)  # --help and bad choices: before torch loads
+    model_args, data_args, training_args = parse_train_args(
+        argv
+    )  # --help and bad choices: before torch loads
 
     from .trainer import run_training
 
@@ -161,7 +161,8 @@ def cmd_train(argv: Sequence[str]) -> int:
 
 
 def cmd_eval(argv: Sequence[str]) -> int:
-    from .evaluate import evaluate_model, format_report, write_json
+    from .evalreport import write_reports
+    from .evaluate import evaluate_model, format_report
 
     parser = argparse.ArgumentParser(
         prog="vrm eval",
@@ -174,12 +175,20 @@ def cmd_eval(argv: Sequence[str]) -> int:
     parser.add_argument("--output", default=None, help="Write the JSON report here.")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument(
-        "--max_rows", type=int, default=None, help="Evaluate the first rows only, at most this many per dataset."
+        "--max_rows",
+        type=int,
+        default=None,
+        help="Evaluate the first rows only, at most this many per dataset.",
     )
     parser.add_argument(
-        "--sample", type=int, default=None, help="Evaluate a random sample of this many rows, stratified by subset."
+        "--sample",
+        type=int,
+        default=None,
+        help="Evaluate a random sample of this many rows, stratified by subset.",
     )
-    parser.add_argument("--seed", type=int, default=0, help="Seed of --sample (the same seed, the same rows).")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="Seed of --sample (the same seed, the same rows)."
+    )
     parser.add_argument("--max_length", type=int, default=None, help="Override the training max_length.")
     parser.add_argument("--plots", default=None, help="Write a reliability diagram and weight heatmaps here.")
     parser.add_argument("--markdown", default=None, help="Write a side-by-side markdown summary here.")
@@ -212,7 +221,7 @@ def cmd_eval(argv: Sequence[str]) -> int:
         print(format_report(report))
         reports.append(report)
     if args.output:
-        write_json(reports[0] if len(reports) == 1 else {"models": reports}, args.output)
+        write_reports(reports, args.output)
         print(f"[vrm] report written to {args.output}")
     if args.plots or args.markdown:
         from .report import write_markdown, write_plots
@@ -400,7 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (DataFormatError, ModelLoadError and NonFiniteError are ValueErrors; a lone surrogate in a message
         # must not make printing it fail)
         message = " ".join(str(err).split()) or type(err).__name__
-        print(f"vrm {command}: error: {message}".encode("utf-8", "backslashreplace").decode(), file=sys.stderr)
+        print(
+            f"vrm {command}: error: {message}".encode("utf-8", "backslashreplace").decode(), file=sys.stderr
+        )
         return 1
 
 

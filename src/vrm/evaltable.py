@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
+from .evalreport import BestOfKMetrics, DatasetReport, EvalReport, PairwiseMetrics, as_report
 from .evalrows import describe_invalid
 
 NAME_WIDTH = 40
@@ -21,24 +23,24 @@ def short_name(name: str, width: int = NAME_WIDTH) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
-def _tokenization_line(name: str, entry: dict[str, Any]) -> str | None:
-    stats = entry.get("tokenization")
+def _tokenization_line(name: str, entry: DatasetReport) -> str | None:
+    stats = entry.tokenization
     if not stats:
         return None
-    truncated = f"truncated {stats['prompt_truncated']} prompts, {stats['response_truncated']} responses"
-    if entry.get("convention") in ("best-of-k", "rewardbench2"):
-        return f"{name}: {stats['pairs']} answers scored; {truncated} (to fit max_length)"
-    dropped = stats["dropped_too_long"] + stats["dropped_identical"]
+    truncated = f"truncated {stats.prompt_truncated} prompts, {stats.response_truncated} responses"
+    if entry.convention in ("best-of-k", "rewardbench2"):
+        return f"{name}: {stats.pairs} answers scored; {truncated} (to fit max_length)"
+    dropped = stats.dropped_too_long + stats.dropped_identical
     return (
-        f"{name}: {stats['pairs']} pairs -> {stats['kept']} scored; {truncated}; dropped {dropped} "
-        f"({stats['dropped_too_long']} too long, {stats['dropped_identical']} identical chosen/rejected)"
+        f"{name}: {stats.pairs} pairs -> {stats.kept} scored; {truncated}; dropped {dropped} "
+        f"({stats.dropped_too_long} too long, {stats.dropped_identical} identical chosen/rejected)"
     )
 
 
-def _pairwise_table(report: dict[str, Any]):
+def _pairwise_table(report: EvalReport):
     from rich.table import Table
 
-    table = Table(title=f"vrm eval — {report['model']} ({report['head_type']}, K={report['num_objectives']})")
+    table = Table(title=f"vrm eval — {report.model} ({report.head_type}, K={report.num_objectives})")
     for column in (
         "dataset / subset",
         "pairs",
@@ -55,12 +57,10 @@ def _pairwise_table(report: dict[str, Any]):
     return table
 
 
-def _best_of_k_table(report: dict[str, Any]):
+def _best_of_k_table(report: EvalReport):
     from rich.table import Table
 
-    table = Table(
-        title=f"best-of-k — {report['model']} ({report['head_type']}, K={report['num_objectives']})"
-    )
+    table = Table(title=f"best-of-k — {report.model} ({report.head_type}, K={report.num_objectives})")
     for column in (
         "dataset / subset",
         "prompts",
@@ -75,82 +75,82 @@ def _best_of_k_table(report: dict[str, Any]):
     return table
 
 
-def format_report(report: dict[str, Any]) -> str:
+def format_report(report: EvalReport | Mapping[str, Any]) -> str:
     """A readable table of an evaluation report (one row per dataset and subset), then notes."""
     from io import StringIO
 
     from rich.console import Console
 
+    report = as_report(report)
     table, best = _pairwise_table(report), _best_of_k_table(report)
 
-    def row(name: str, m: dict[str, Any]) -> None:
-        if not m.get("pairs"):
+    def row(name: str, m: PairwiseMetrics) -> None:
+        if not m.pairs:
             table.add_row(short_name(name), "0", *["-"] * 7)
             return
-        weights = (
-            " ".join(f"{w:.2f}" for w in m["objective_weights"]) if len(m["objective_weights"]) > 1 else "-"
-        )
+        weights = m.objective_weights or []
         table.add_row(
             short_name(name),
-            str(m["pairs"]),
-            f"{m['accuracy']:.3f}",
-            str(m["ties"]),
-            f"{m['mean_margin']:.3f}",
-            f"{m['nll']:.3f}" if not math.isnan(m["nll"]) else "nan",
-            f"{m['ece']:.3f}",
-            f"{m['mean_reward_std']:.3f}",
-            weights,
+            str(m.pairs),
+            f"{m.accuracy:.3f}",
+            str(m.ties),
+            f"{m.mean_margin:.3f}",
+            f"{m.nll:.3f}" if not math.isnan(m.nll) else "nan",
+            f"{m.ece:.3f}",
+            f"{m.mean_reward_std:.3f}",
+            " ".join(f"{w:.2f}" for w in weights) if len(weights) > 1 else "-",
         )
 
-    def best_row(name: str, m: dict[str, Any]) -> None:
-        if not m.get("prompts"):
+    def best_row(name: str, m: BestOfKMetrics) -> None:
+        if not m.prompts:
             best.add_row(short_name(name), "0", *["-"] * 6)
             return
         best.add_row(
             short_name(name),
-            str(m["prompts"]),
-            f"{m['mean_candidates']:.1f}",
-            f"{m['accuracy']:.3f}",
-            f"{m['chance']:.3f}",
-            str(m["ties"]),
-            f"{m['pairwise_accuracy']:.3f} ({m['pairs']})",
-            f"{m['mean_margin']:.3f}",
+            str(m.prompts),
+            f"{m.mean_candidates:.1f}",
+            f"{m.accuracy:.3f}",
+            f"{m.chance:.3f}",
+            str(m.ties),
+            f"{m.pairwise_accuracy:.3f} ({m.pairs})",
+            f"{m.mean_margin:.3f}",
         )
 
     notes = []
-    for source, entry in report["datasets"].items():
+    for source, entry in report.datasets.items():
         name = os.path.basename(source)
-        convention = entry.get("convention")
+        convention = entry.convention
         if convention == "rm-bench":
             for label, scores in [
-                (name, entry["overall"]),
-                *((f"  {short_name(k)}", v) for k, v in entry["subsets"].items()),
+                (name, entry.overall),
+                *((f"  {short_name(k)}", v) for k, v in entry.subsets.items()),
             ]:
                 notes.append(
-                    f"{label:<24} RM-Bench ({scores['prompts']} prompts): easy {scores['easy']:.3f}  "
-                    f"normal {scores['normal']:.3f}  hard {scores['hard']:.3f}  average {scores['average']:.3f}"
+                    f"{label:<24} RM-Bench ({scores.prompts} prompts): easy {scores.easy:.3f}  "
+                    f"normal {scores.normal:.3f}  hard {scores.hard:.3f}  average {scores.average:.3f}"
                 )
         elif convention in ("best-of-k", "rewardbench2"):
-            best_row(name, entry["overall"])
-            for subset, metrics in entry["subsets"].items():
+            best_row(name, entry.overall)
+            for subset, metrics in entry.subsets.items():
                 best_row(f"  {subset}", metrics)
-            if "rewardbench2" in entry:
-                bench = entry["rewardbench2"]
-                subsets = "  ".join(f"{k} {v:.3f}" for k, v in bench["subsets"].items())
-                if bench.get("score") is None:
-                    notes.append(f"{name}: RewardBench 2 {subsets}; no overall score ({bench.get('note')})")
+            if entry.rewardbench2 is not None:
+                bench = entry.rewardbench2
+                subsets = "  ".join(f"{k} {v:.3f}" for k, v in bench.subsets.items())
+                if bench.score is None:
+                    notes.append(f"{name}: RewardBench 2 {subsets}; no overall score ({bench.note})")
                 else:
-                    notes.append(f"{name}: RewardBench 2 {subsets}; score {bench['score']:.3f}")
+                    notes.append(f"{name}: RewardBench 2 {subsets}; score {bench.score:.3f}")
         else:
-            row(name, entry["overall"])
-            for subset, metrics in entry["subsets"].items():
+            row(name, entry.overall)
+            for subset, metrics in entry.subsets.items():
                 row(f"  {subset}", metrics)
-            if "rewardbench" in entry:
-                sections = "  ".join(f"{k} {v:.3f}" for k, v in entry["rewardbench"]["sections"].items())
-                notes.append(
-                    f"{name}: RewardBench sections {sections}; score {entry['rewardbench']['score']:.3f}"
-                )
-        for line in (_tokenization_line(name, entry), describe_invalid(entry)):
+            if entry.rewardbench is not None:
+                sections = "  ".join(f"{k} {v:.3f}" for k, v in entry.rewardbench.sections.items())
+                notes.append(f"{name}: RewardBench sections {sections}; score {entry.rewardbench.score:.3f}")
+        for line in (
+            _tokenization_line(name, entry),
+            describe_invalid({"invalid_rows": entry.invalid_rows.to_dict()}),
+        ):
             if line:
                 notes.append(line if line.startswith(name) else f"{name}: {line}")
     buffer = StringIO()

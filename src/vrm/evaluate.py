@@ -41,6 +41,7 @@ from .conventions import (
 )
 from .data import PreferenceExample, TokenizedPair, check_text_or_messages, parse_row
 from .embeddings import EmbeddingCache
+from .evalreport import DatasetReport, EvalReport
 from .evalrows import InvalidRows, describe_invalid, read_eval_rows
 from .evaltable import format_report  # noqa: F401  (re-exported: vrm.evaluate.format_report)
 from .fileio import (
@@ -194,8 +195,9 @@ def evaluate_model(
     device: str | None = None,
     dtype: str | None = None,
     trust_remote_code: bool = False,
-) -> dict[str, Any]:
-    """The `vrm eval` report: one entry per dataset, each with overall and per-subset metrics.
+) -> EvalReport:
+    """The `vrm eval` report (`vrm.evalreport.EvalReport`): one entry per dataset, each with overall and
+    per-subset metrics.
 
     `model_path` is a vrm checkpoint or any `AutoModelForSequenceClassification` reward model. An
     `embedding_cache` directory serves (and stores) the backbone states of models trained with a frozen backbone.
@@ -210,13 +212,12 @@ def evaluate_model(
     scorer = load_scorer(model_path, **kwargs)
     is_vrm = isinstance(scorer, RewardPipeline)
     config = scorer.model.config
-    report: dict[str, Any] = {
-        "model": model_path,
-        "head_type": config.head_type if is_vrm else f"{config.model_type} sequence classifier",
-        "num_objectives": config.num_objectives if is_vrm else 1,
-        "objective_names": config.objective_names if is_vrm else None,
-        "datasets": {},
-    }
+    report = EvalReport(
+        model=model_path,
+        head_type=config.head_type if is_vrm else f"{config.model_type} sequence classifier",
+        num_objectives=config.num_objectives if is_vrm else 1,
+        objective_names=config.objective_names if is_vrm else None,
+    )
     for source in datasets:
         rows, invalid = read_eval_rows(source, split, max_rows=max_rows, sample=sample, seed=seed)
         if not rows:
@@ -255,7 +256,7 @@ def evaluate_model(
         entry["invalid_rows"] = invalid.as_dict()
         _check_finite(entry, source)
         entry["max_rows"], entry["sample"], entry["seed"] = max_rows, sample, seed  # which rows were scored
-        report["datasets"][source] = entry
+        report.datasets[source] = DatasetReport.from_dict(entry, source)
     return report
 
 

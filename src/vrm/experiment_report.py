@@ -121,7 +121,7 @@ def build_report(config: ExperimentConfig, runs: dict[str, list[RunResult]]) -> 
 
 def report_markdown(report: dict[str, Any]) -> str:
     """The tables of `build_report` as markdown."""
-    from .report import _table
+    from .reporttext import markdown_table as _table
 
     config = report["experiment"]
     sets = ["validation", *config["test"]]

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -38,6 +38,13 @@ def write_json(data: Any, path: str, indent: int | None = 2) -> None:
     """Write JSON atomically (temporary file, then rename); `indent=None`: compact."""
     with atomic_output(path) as staging, open(staging, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=indent, separators=None if indent else (",", ":"))
+
+
+def write_jsonl(rows: Iterable[Any], path: str) -> None:
+    """Write one JSON value per line, atomically (temporary file, then rename)."""
+    with atomic_output(path) as staging, open(staging, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
 
 
 # ----- reading rows -------------------------------------------------------------------------------------------

@@ -39,10 +39,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Dirichlet, Normal, kl_divergence
+from torch.distributions import Dirichlet, Distribution, Normal, kl_divergence
 from transformers.utils import ModelOutput
 
 from .config import VRMConfig
+
+
+def standard_normal_kl(posterior: Normal) -> Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) per element: (sigma^2 + mu^2 - 1 - log sigma^2) / 2."""
+    return kl_divergence(posterior, Normal(torch.zeros_like(posterior.loc), torch.ones_like(posterior.loc)))
 
 
 @dataclass
@@ -208,23 +213,39 @@ class LatentRewardHead(nn.Module):
         cov = (torch.diag_embed(mean) - mean.unsqueeze(-1) * mean.unsqueeze(-2)) / (total.unsqueeze(-1) + 1)
         return mean, cov
 
-    def sample_weights(self, prompt_state: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
-        """M reparameterized samples of w [M, B, K] and KL(q(w|x) || p(w)) [B]."""
+    def weight_distributions(self, prompt_state: Tensor) -> tuple[Distribution, Distribution] | None:
+        """q(w | x) and p(w) (of u for the logistic-normal w = softmax(u)); None when w is deterministic."""
         if self.weight_posterior == "logistic_normal":
             posterior = self.logistic_normal(prompt_state)
             scale = math.sqrt(self.logistic_prior_variance)
-            prior = Normal(torch.zeros_like(posterior.loc), torch.full_like(posterior.loc, scale))
-            return torch.softmax(posterior.rsample((num_samples,)), -1), kl_divergence(posterior, prior).sum(
-                -1
-            )
+            return posterior, Normal(torch.zeros_like(posterior.loc), torch.full_like(posterior.loc, scale))
         if self.weight_posterior != "dirichlet":
+            return None
+        alpha = self.weight_concentration(prompt_state)
+        return Dirichlet(alpha), Dirichlet(torch.full_like(alpha, self.config.prior_concentration))
+
+    def weight_kl(self, prompt_state: Tensor) -> Tensor | None:
+        """KL(q(w|x) || p(w)) [B], drawing nothing; None when w is deterministic or K = 1."""
+        found = self.weight_distributions(prompt_state)
+        if found is None or (self.weight_posterior == "dirichlet" and self.num_objectives == 1):
+            return None
+        kl = kl_divergence(*found)
+        return kl.sum(-1) if self.weight_posterior == "logistic_normal" else kl
+
+    def sample_weights(self, prompt_state: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
+        """M reparameterized samples of w [M, B, K] and KL(q(w|x) || p(w)) [B]."""
+        found = self.weight_distributions(prompt_state)
+        if found is None:
             mean, _ = self.weight_posterior_moments(prompt_state)
             return mean.unsqueeze(0).expand(num_samples, -1, -1), prompt_state.new_zeros(
                 prompt_state.shape[0]
             )
-        alpha = self.weight_concentration(prompt_state)
-        posterior = Dirichlet(alpha)
-        prior = Dirichlet(torch.full_like(alpha, self.config.prior_concentration))
+        posterior, prior = found
+        if self.weight_posterior == "logistic_normal":
+            return torch.softmax(posterior.rsample((num_samples,)), -1), kl_divergence(posterior, prior).sum(
+                -1
+            )
+        alpha = posterior.concentration
         if self.num_objectives == 1:  # a Dirichlet over one objective is the point mass w = 1
             return alpha.new_ones(num_samples, *alpha.shape), alpha.new_zeros(alpha.shape[0])
         return posterior.rsample((num_samples,)), kl_divergence(posterior, prior)
@@ -264,8 +285,12 @@ class LatentRewardHead(nn.Module):
         if var is None:
             return mean.unsqueeze(0).expand(num_samples, -1, -1), mean.new_zeros(mean.shape[0])
         posterior = Normal(mean, var.sqrt())
-        kl = kl_divergence(posterior, Normal(torch.zeros_like(mean), torch.ones_like(mean))).sum(-1)
-        return posterior.rsample((num_samples,)), kl
+        return posterior.rsample((num_samples,)), standard_normal_kl(posterior).sum(-1)
+
+    def feature_kl(self, response_state: Tensor) -> Tensor | None:
+        """KL(q(z|x,y) || N(0, I)) per feature dimension [B, d]; None when z is deterministic."""
+        mean, var = self.feature_posterior_moments(response_state)
+        return None if var is None else standard_normal_kl(Normal(mean, var.sqrt()))
 
     # ----- inference ------------------------------------------------------------------------------------------
     def forward(self, prompt_state: Tensor, response_state: Tensor) -> HeadOutput:

@@ -21,6 +21,7 @@ USAGE = """usage: vrm <command> [options]
 commands:
   train   train a reward model (bt, ib, moe or vrm head) on preference data
   eval    evaluate trained reward models on preference data
+  calibrate  fit the temperature of a model's preference probability on validation pairs
   score   score a file of (prompt, response) rows (resumable)
   serve   serve a reward model over HTTP (OpenRLHF /get_reward, /score)
   bench   benchmarks: `vrm bench bon` (Best-of-N overoptimization against a gold scorer)
@@ -362,6 +363,12 @@ def cmd_recipe(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_calibrate(argv: Sequence[str]) -> int:
+    from .calibrate import calibrate_main
+
+    return calibrate_main(argv)
+
+
 def cmd_experiment(argv: Sequence[str]) -> int:
     from .experiment import main as experiment_main
 
@@ -371,6 +378,7 @@ def cmd_experiment(argv: Sequence[str]) -> int:
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
+    "calibrate": cmd_calibrate,
     "score": cmd_score,
     "serve": cmd_serve,
     "bench": cmd_bench,

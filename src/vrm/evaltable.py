@@ -1,5 +1,11 @@
 """The terminal output of `vrm eval`: a table per report, plus lines for benchmark scores and data counts.
 
+The pairwise table shows the plug-in calibration (`nll`, `ece` of sigmoid(r+ - r-)) beside the predictive one
+(`p-nll`, `p-ece`: integrated over the posterior, with the checkpoint's temperature; `vrm.calibration`); the
+error-detection table shows, per dataset and subset, the AUROC of each uncertainty signal as a detector of
+the wrong pairs side by side: the margin, the posterior std, the flip probability, and any further signal in
+`error_auroc` (e.g. an ensemble's `ensemble_std`) as a column of its own.
+
 Long dataset / subset names are cut with an ellipsis (`NAME_WIDTH` characters) so that a row never wraps
 into what looks like another row; the JSON report and the markdown summary keep the full names.
 """
@@ -47,11 +53,41 @@ def _pairwise_table(report: dict[str, Any]):
         "margin",
         "nll",
         "ece",
+        "p-nll",
+        "p-ece",
         "reward_std",
         "E(w)",
     ):
         left = column.startswith("dataset") or column == "E(w)"
         table.add_column(column, justify="left" if left else "right", no_wrap=column.startswith("dataset"))
+    return table
+
+
+ERROR_SIGNALS = (
+    "margin",
+    "std",
+    "flip",
+)  # always shown first; other `error_auroc` keys follow in report order
+
+
+def _error_signals(report: dict[str, Any]) -> list[str]:
+    """The uncertainty signals of the report's pairwise entries: margin, std, flip, then any others."""
+    names = list(ERROR_SIGNALS)
+    for entry in report["datasets"].values():
+        for metrics in [entry.get("overall", {}), *entry.get("subsets", {}).values()]:
+            for name in metrics.get("error_auroc") or {}:
+                if name not in names:
+                    names.append(name)
+    return names
+
+
+def _error_table(report: dict[str, Any], signals: list[str]):
+    from rich.table import Table
+
+    table = Table(title="error detection — AUROC of each signal for the wrong pairs (0.5 = chance)")
+    table.add_column("dataset / subset", justify="left", no_wrap=True)
+    for column in ("pairs", "wrong", *signals):
+        table.add_column(column, justify="right")
     return table
 
 
@@ -82,11 +118,21 @@ def format_report(report: dict[str, Any]) -> str:
     from rich.console import Console
 
     table, best = _pairwise_table(report), _best_of_k_table(report)
+    signals = _error_signals(report)
+    errors = _error_table(report, signals)
+
+    def number(value: Any) -> str:
+        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
     def row(name: str, m: dict[str, Any]) -> None:
         if not m.get("pairs"):
-            table.add_row(short_name(name), "0", *["-"] * 7)
+            table.add_row(short_name(name), "0", *["-"] * 9)
             return
+        auroc = m.get("error_auroc") or {}
+        wrong = m["pairs"] - round(m["accuracy"] * m["pairs"])
+        errors.add_row(
+            short_name(name), str(m["pairs"]), str(wrong), *(number(auroc.get(s)) for s in signals)
+        )
         weights = (
             " ".join(f"{w:.2f}" for w in m["objective_weights"]) if len(m["objective_weights"]) > 1 else "-"
         )
@@ -98,6 +144,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"{m['mean_margin']:.3f}",
             f"{m['nll']:.3f}" if not math.isnan(m["nll"]) else "nan",
             f"{m['ece']:.3f}",
+            number(m.get("predictive_nll")),
+            number(m.get("predictive_ece")),
             f"{m['mean_reward_std']:.3f}",
             weights,
         )
@@ -155,7 +203,7 @@ def format_report(report: dict[str, Any]) -> str:
                 notes.append(line if line.startswith(name) else f"{name}: {line}")
     buffer = StringIO()
     console = Console(file=buffer, width=140, force_terminal=False)
-    for shown in (table, best):
+    for shown in (table, errors, best):
         if shown.row_count:
             console.print(shown)
     for note in notes:

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import DataFormatError, check_text_or_messages, read_records
 from .conservative import check_conservative_lambda, conservative_reward
+from .data import DataFormatError, check_text_or_messages, read_records
 from .fileio import atomic_output, finite_number
 from .metrics import best_of_n, kl_bon
 

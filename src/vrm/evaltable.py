@@ -84,7 +84,7 @@ def _error_signals(report: dict[str, Any]) -> list[str]:
 def _error_table(report: dict[str, Any], signals: list[str]):
     from rich.table import Table
 
-    table = Table(title="error detection — AUROC of each signal for the wrong pairs (0.5 = chance)")
+    table = Table(title="error detection — AUROC for the wrong pairs (0.5 = chance)")
     table.add_column("dataset / subset", justify="left", no_wrap=True)
     for column in ("pairs", "wrong", *signals):
         table.add_column(column, justify="right")

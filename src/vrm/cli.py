@@ -2,6 +2,7 @@
 
 vrm train --config cfg.yaml [--key value ...]     # flags override the YAML; names as in `trl reward`
 vrm eval --model DIR --dataset FILE [FILE ...] [--output report.json]
+vrm calibrate --model DIR --dataset VAL.jsonl       # fit and store the preference probability's temperature
 vrm synth --output_dir DIR                          # write the synthetic preference world (quickstart data)
 """
 

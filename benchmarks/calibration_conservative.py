@@ -13,10 +13,12 @@ validation (read from `benchmarks/results/experiments/synthetic_frozen/report.js
 
 Per head and seed, on each test split:
 
-* calibration (NLL, ECE) of four probabilities: the plug-in sigmoid(m); the plug-in with a temperature fitted
-  on validation (`plugin_T`); the predictive sigmoid(m / sqrt(1 + pi s^2 / 8)) (`predictive`); and the
-  predictive with its fitted temperature (`predictive_T`, what `vrm calibrate` stores): the posterior only
-  earns its keep if `predictive_T` beats `plugin_T`;
+* calibration (NLL, ECE) of six probabilities: the plug-in sigmoid(m); the plug-in with a temperature fitted
+  on validation (`plugin_T`); the predictive sigmoid(m / sqrt(1 + pi s^2 / 8)) (`predictive`); the predictive
+  with its fitted temperature (`predictive_T`, what `vrm calibrate` stores); and the Monte-Carlo predictive
+  E[sigmoid(r+ - r-)] over 256 joint posterior samples of the head (`monte_carlo`, `monte_carlo_T`), which keeps
+  the correlation the shared weights give r+ and r-: the posterior only earns its keep if a predictive
+  probability beats `plugin_T`;
 * error detection: AUROC of the margin, the posterior std and the flip probability for the wrong pairs;
 * best-of-n on the pool: the expected gold (true) reward of the proxy's pick for n = 1..16, ranking by
   reward - lambda * reward_std for each lambda (bt has no std: one curve).
@@ -43,13 +45,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
 from vrm.bon import bon_curve, read_pool  # noqa: E402
-from vrm.calibration import fit_temperature, predictive_calibration  # noqa: E402
+from vrm.calibrate import sample_pair_rewards  # noqa: E402
+from vrm.calibration import (  # noqa: E402
+    fit_temperature,
+    monte_carlo_probability,
+    predictive_calibration,
+)
 from vrm.cli import parse_train_args  # noqa: E402
 from vrm.data import load_preferences  # noqa: E402
 from vrm.evaluate import score_pairs  # noqa: E402
 from vrm.experiment import backbone_path, to_argv  # noqa: E402
 from vrm.fileio import write_json  # noqa: E402
-from vrm.metrics import error_detection  # noqa: E402
+from vrm.metrics import calibration, error_detection  # noqa: E402
 from vrm.pipeline import load_scorer  # noqa: E402
 from vrm.synthetic import WorldConfig, write_world  # noqa: E402
 from vrm.trainer import run_training  # noqa: E402
@@ -61,7 +68,8 @@ EXPERIMENT_REPORT = os.path.join(
 HEADS = ("bt", "vrm", "vrm_rw")
 LAMBDAS = (0.0, 0.5, 1.0, 2.0, 4.0)
 NS = (1, 2, 4, 8, 16)
-PROBABILITIES = ("plugin", "plugin_T", "predictive", "predictive_T")
+PROBABILITIES = ("plugin", "plugin_T", "predictive", "predictive_T", "monte_carlo", "monte_carlo_T")
+MC_SAMPLES = 256
 
 
 def world(seed: int, train_pairs: int) -> str:
@@ -80,21 +88,40 @@ def head_flags(head: str) -> dict:
 
 def margins(scorer, path: str) -> dict[str, np.ndarray]:
     pairs, _ = scorer.template.tokenize_pairs(load_preferences(path, split="test"))
-    chosen, rejected = score_pairs(
-        scorer.model,
-        pairs,
-        scorer.tokenizer.pad_token_id,
-        progress=False,
-        embedding_cache=scorer.embedding_cache,
-    )
+    pad, cache = scorer.tokenizer.pad_token_id, scorer.embedding_cache
+    chosen, rejected = score_pairs(scorer.model, pairs, pad, progress=False, embedding_cache=cache)
+    samples_chosen, samples_rejected = sample_pair_rewards(scorer.model, pairs, pad, MC_SAMPLES, 256, cache)
     return {
         "margin": (chosen.reward - rejected.reward).double().numpy(),
         "std_chosen": chosen.reward_std.double().numpy(),
         "std_rejected": rejected.reward_std.double().numpy(),
+        "sample_difference": samples_chosen - samples_rejected,  # [M, N]
     }
 
 
-def calibration_row(scores: dict[str, np.ndarray], t_plugin: float, t_predictive: float) -> dict:
+def monte_carlo_nll(difference: np.ndarray, temperature: float) -> float:
+    p = monte_carlo_probability(difference, np.zeros_like(difference), temperature)
+    return float(-np.log(np.clip(p, 1e-12, 1.0)).mean())
+
+
+def fit_monte_carlo_temperature(difference: np.ndarray) -> float:
+    """T minimising the NLL of E[sigmoid((r+ - r-) / T)] over the samples (bounded search on log T)."""
+    from scipy import optimize
+
+    result = optimize.minimize_scalar(
+        lambda log_t: monte_carlo_nll(difference, float(np.exp(log_t))), bounds=(-4.6, 4.6), method="bounded"
+    )
+    return float(np.exp(result.x))
+
+
+def monte_carlo_calibration(difference: np.ndarray, temperature: float) -> dict:
+    p = monte_carlo_probability(difference, np.zeros_like(difference), temperature)
+    return {"nll": monte_carlo_nll(difference, temperature), "ece": calibration(p)["ece"]}
+
+
+def calibration_row(
+    scores: dict[str, np.ndarray], t_plugin: float, t_predictive: float, t_monte_carlo: float
+) -> dict:
     margin = scores["margin"]
     std = np.sqrt(scores["std_chosen"] ** 2 + scores["std_rejected"] ** 2)
     variants = {
@@ -102,11 +129,14 @@ def calibration_row(scores: dict[str, np.ndarray], t_plugin: float, t_predictive
         "plugin_T": predictive_calibration(margin, None, t_plugin),
         "predictive": predictive_calibration(margin, std, 1.0),
         "predictive_T": predictive_calibration(margin, std, t_predictive),
+        "monte_carlo": monte_carlo_calibration(scores["sample_difference"], 1.0),
+        "monte_carlo_T": monte_carlo_calibration(scores["sample_difference"], t_monte_carlo),
     }
     return {
         "pairs": int(margin.size),
         "accuracy": float((margin > 0).mean()),
         "mean_pair_std": float(std.mean()),
+        "mean_sampled_pair_std": float(scores["sample_difference"].std(0).mean()),
         **{f"{name}_{k}": v[k] for name, v in variants.items() for k in ("nll", "ece")},
         "error_auroc": error_detection(margin, 0 * margin, scores["std_chosen"], scores["std_rejected"]),
     }
@@ -133,9 +163,10 @@ def run_one(head: str, seed: int, args, files: dict[str, str], pool: list[dict])
     val_std = np.sqrt(validation["std_chosen"] ** 2 + validation["std_rejected"] ** 2)
     fit_plugin = fit_temperature(validation["margin"])
     fit_predictive = fit_temperature(validation["margin"], val_std)
+    t_monte_carlo = fit_monte_carlo_temperature(validation["sample_difference"])
     sets = {
         name: calibration_row(
-            margins(scorer, files[name]), fit_plugin.temperature, fit_predictive.temperature
+            margins(scorer, files[name]), fit_plugin.temperature, fit_predictive.temperature, t_monte_carlo
         )
         for name in ("test_iid", "test_shifted")
     }
@@ -159,6 +190,7 @@ def run_one(head: str, seed: int, args, files: dict[str, str], pool: list[dict])
         "flags": {k: v for k, v in flags.items() if k not in ("model_name_or_path", "output_dir")},
         "temperature_plugin": fit_plugin.temperature,
         "temperature_predictive": fit_predictive.temperature,
+        "temperature_monte_carlo": t_monte_carlo,
         "validation_pairs": fit_predictive.pairs,
         "sets": sets,
         "bon": bon,
@@ -179,10 +211,10 @@ def summarize(runs: list[dict]) -> str:
         lines += [
             f"### {split}",
             "",
-            "| head | accuracy | T plug-in | T predictive | "
+            "| head | accuracy | T plug-in | T predictive | T monte_carlo | "
             + " | ".join(f"{p} NLL | {p} ECE" for p in PROBABILITIES)
             + " |",
-            "|---" * (4 + 2 * len(PROBABILITIES)) + "|",
+            "|---" * (5 + 2 * len(PROBABILITIES)) + "|",
         ]
         for head in heads:
             mine = [r for r in runs if r["head"] == head]
@@ -190,6 +222,7 @@ def summarize(runs: list[dict]) -> str:
             cells += [
                 mean_std([r["temperature_plugin"] for r in mine]),
                 mean_std([r["temperature_predictive"] for r in mine]),
+                mean_std([r["temperature_monte_carlo"] for r in mine]),
             ]
             for p in PROBABILITIES:
                 cells += [mean_std([r["sets"][split][f"{p}_{k}"] for r in mine]) for k in ("nll", "ece")]

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from conftest import PAIRS, write_pairs
 from scipy import special
 from test_modeling import build
@@ -162,3 +163,29 @@ def test_error_detection_scores_extra_signals_by_name():
         "margin",
         "ensemble_std",
     ]
+
+
+def test_head_samples_of_pair_rewards_match_the_posterior_moments():
+    from vrm.calibrate import sample_pair_rewards
+    from vrm.data import PreferenceExample
+    from vrm.evaluate import score_pairs
+
+    model, tokenizer, pref = build("llama_chat")
+    model.config.reward_mean, model.config.reward_scale = 0.3, 2.0  # samples come back on the output scale
+    pairs, _ = pref.tokenize_pairs([PreferenceExample(p, c, r) for p, c, r in PAIRS])
+    chosen, rejected = score_pairs(model, pairs, tokenizer.pad_token_id, progress=False)
+    state = torch.random.get_rng_state()
+    samples_chosen, samples_rejected = sample_pair_rewards(model, pairs, tokenizer.pad_token_id, 4000)
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's random stream is untouched
+    assert samples_chosen.shape == samples_rejected.shape == (4000, len(PAIRS))
+    std = chosen.reward_std.double().numpy()
+    assert samples_chosen.mean(0) == pytest.approx(chosen.reward.double().numpy(), abs=0.1 * std.max())
+    assert samples_chosen.std(0) == pytest.approx(std, rel=0.1)
+    assert samples_rejected.std(0) == pytest.approx(rejected.reward_std.double().numpy(), rel=0.1)
+    # a shared draw of the weights correlates r+ and r-: the pair's spread is below the independent bound
+    independent = np.sqrt(std**2 + rejected.reward_std.double().numpy() ** 2)
+    assert ((samples_chosen - samples_rejected).std(0) <= independent * 1.05).all()
+    again = sample_pair_rewards(model, pairs, tokenizer.pad_token_id, 4000)
+    assert np.array_equal(again[0], samples_chosen)  # seeded: the same samples every time
+    probability = monte_carlo_probability(samples_chosen, samples_rejected)
+    assert ((probability > 0) & (probability < 1)).all()

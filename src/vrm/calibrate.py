@@ -22,9 +22,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from .calibration import TemperatureFit, fit_temperature
-from .data import parse_row, read_records
+from .data import PreferenceCollator, TokenizedPair, parse_row, read_records
 from .fileio import DataFormatError, write_json
 
 
@@ -62,6 +63,66 @@ def validation_margins(pipeline, dataset: str, progress: bool = False) -> tuple[
     if not (np.isfinite(margin).all() and np.isfinite(std).all()):
         raise ValueError(f"{dataset}: the model produced NaN or infinite rewards; no temperature fitted")
     return margin, std
+
+
+@torch.no_grad()
+def sample_pair_rewards(
+    model,
+    pairs: Sequence[TokenizedPair],
+    pad_token_id: int,
+    num_samples: int = 256,
+    batch_size: int = 32,
+    embedding_cache=None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Joint posterior samples of (r+, r-) for each pair, two arrays [M, N] on the model's output scale.
+
+    Drawn by the head's own sampler (`LatentRewardHead.sample_pairs`: chosen and rejected share each draw of the
+    prompt's weights w, so their correlation is kept), from a fixed seed without touching the caller's random
+    state. `vrm.calibration.monte_carlo_probability` turns them into E[sigmoid(r+ - r-)], the exact predictive
+    probability that the probit approximation estimates from the marginal stds alone.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    config = model.config
+    chosen_out, rejected_out = [], []
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        if embedding_cache is not None:
+            count = len(pairs)
+            sequences = [p.chosen_input_ids for p in pairs] + [p.rejected_input_ids for p in pairs]
+            lengths = [p.prompt_length for p in pairs] * 2
+            prompt_states, response_states = embedding_cache.states(model, sequences, lengths, pad_token_id)
+            for start in range(0, count, batch_size):
+                part = slice(start, min(start + batch_size, count))
+                out = model(
+                    prompt_states=prompt_states[part].to(device),
+                    chosen_states=response_states[part].to(device),
+                    rejected_states=response_states[count + part.start : count + part.stop].to(device),
+                    num_samples=num_samples,
+                )
+                chosen_out.append(out.reward_chosen.float().cpu())
+                rejected_out.append(out.reward_rejected.float().cpu())
+        else:
+            collate = PreferenceCollator(pad_token_id)
+            for start in range(0, len(pairs), batch_size):
+                batch = collate(pairs[start : start + batch_size])
+                out = model(
+                    chosen_input_ids=batch["chosen_input_ids"].to(device),
+                    chosen_attention_mask=batch["chosen_attention_mask"].to(device),
+                    rejected_input_ids=batch["rejected_input_ids"].to(device),
+                    rejected_attention_mask=batch["rejected_attention_mask"].to(device),
+                    prompt_lengths=batch["prompt_lengths"].to(device),
+                    num_samples=num_samples,
+                )
+                chosen_out.append(out.reward_chosen.float().cpu())
+                rejected_out.append(out.reward_rejected.float().cpu())
+
+    def output_scale(parts: list[torch.Tensor]) -> np.ndarray:
+        return ((torch.cat(parts, dim=1).double() - config.reward_mean) / config.reward_scale).numpy()
+
+    return output_scale(chosen_out), output_scale(rejected_out)
 
 
 def write_temperature(model_path: str, temperature: float) -> None:

@@ -17,8 +17,9 @@ d/dx Phi(lambda x)|_0 = lambda / sqrt(2 pi), so lambda^2 = pi / 8. With e ~ N(0,
 so the posterior shrinks the plug-in logit by kappa(s) = 1 / sqrt(1 + pi s^2 / 8) towards 1/2. Deterministic
 heads (s = 0) get back sigmoid(m). In vrm's head the two responses of a pair share the prompt's weights w, so
 their rewards are positively correlated and Var[D] <= s^2: the approximation is then on the uncertain side.
-Where reward samples exist (a head's posterior draws, or an ensemble's members, drawn jointly for the pair),
-`monte_carlo_probability` averages sigmoid(r+ - r-) over them instead.
+Where reward samples exist (a head's posterior draws, drawn jointly for the pair by
+`vrm.calibrate.sample_pair_rewards`, or an ensemble's members), `monte_carlo_probability` averages
+sigmoid(r+ - r-) over them instead, keeping that correlation.
 
 **Temperature.** One scalar T > 0 rescales the logit, p_T = sigmoid(kappa(s) m / T), fitted on validation pairs
 by minimising the negative log-likelihood of "chosen wins" over log T (`scipy.optimize.minimize_scalar`,

@@ -108,3 +108,16 @@ def test_bench_bon_ranks_by_the_conservative_reward(pipeline, expected, tmp_path
         main([*argv, "--conservative_lambda", "-1"])
     assert exited.value.code == 2
     assert "--conservative_lambda must be a finite number >= 0" in capsys.readouterr().err
+
+
+def test_pipeline_and_vrm_score_refuse_a_negative_lambda(pipeline, tmp_path, capsys):
+    with pytest.raises(ValueError, match="conservative_lambda must be a finite number >= 0"):
+        RewardPipeline(pipeline.model, pipeline.tokenizer, conservative_lambda=-0.5)
+    model_dir = str(tmp_path / "model")
+    pipeline.save_pretrained(model_dir)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "q", "response": "a"}\n')
+    argv = ["score", "--model", model_dir, "--input", str(rows), "--output", str(tmp_path / "out.jsonl")]
+    assert main([*argv, "--conservative_lambda", "-1"]) == 1
+    assert "vrm score: error: conservative_lambda must be a finite number >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()

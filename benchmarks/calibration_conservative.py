@@ -246,8 +246,10 @@ def summarize(runs: list[dict]) -> str:
         "",
         "## Best-of-n: gold (true) reward of the pick (mean ± std over seeds)",
         "",
-        "| head | lambda | " + " | ".join(f"n={n}" for n in NS) + " | gold(16) − gold(1) |",
-        "|---" * (3 + len(NS)) + "|",
+        "| head | lambda | "
+        + " | ".join(f"n={n}" for n in NS)
+        + f" | gold(n={NS[-1]}) − gold(n=1) | gain over lambda 0 at n={NS[-1]} (paired by seed) |",
+        "|---" * (4 + len(NS)) + "|",
     ]
     for head in heads:
         mine = [r for r in runs if r["head"] == head]
@@ -255,11 +257,14 @@ def summarize(runs: list[dict]) -> str:
             curves = [r["bon"][lam] for r in mine]
             cells = [mean_std([c[i]["gold"] for c in curves]) for i in range(len(NS))]
             cells.append(mean_std([c[-1]["gold"] - c[0]["gold"] for c in curves]))
+            cells.append(mean_std([r["bon"][lam][-1]["gold"] - r["bon"]["0"][-1]["gold"] for r in mine]))
             lines.append(f"| {head} | {lam} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot(runs: list[dict], path: str) -> None:
+    """Gold reward of the best-of-n pick against KL_BoN: one colour map per head, darker = larger lambda."""
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -269,20 +274,33 @@ def plot(runs: list[dict], path: str) -> None:
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     kl = [kl_bon(n) for n in NS]
-    for head in dict.fromkeys(r["head"] for r in runs):
+    maps = ["Greys", "Blues", "Oranges", "Greens", "Purples"]
+    for index, head in enumerate(dict.fromkeys(r["head"] for r in runs)):
         mine = [r for r in runs if r["head"] == head]
-        for lam in mine[0]["bon"]:
+        lambdas = list(mine[0]["bon"])
+        for shade, lam in enumerate(lambdas):
             gold = np.mean([[p["gold"] for p in r["bon"][lam]] for r in mine], axis=0)
-            ax.plot(kl, gold, marker="o", label=f"{head} λ={lam}" if len(mine[0]["bon"]) > 1 else head)
+            colour = colormaps[maps[index % len(maps)]](0.45 + 0.5 * (shade + 1) / len(lambdas))
+            label = f"{head} λ={lam}" if len(lambdas) > 1 else head
+            ax.plot(kl, gold, marker="o", markersize=3, color=colour, label=label)
     ax.set(
         xlabel="KL_BoN = log n − (n−1)/n",
         ylabel="gold reward of the best-of-n pick",
-        title="conservative best-of-n",
+        title="best-of-n ranked by reward − λ·reward_std (mean of seeds)",
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def replot(output: str) -> None:
+    """Redraw the PNG and rewrite the markdown from a results JSON (no training)."""
+    with open(output + ".json", encoding="utf-8") as handle:
+        report = json.load(handle)
+    with open(output + ".md", "w", encoding="utf-8") as handle:
+        handle.write(f"`{report['command']}`\n\n{summarize(report['runs'])}")
+    plot(report["runs"], output + ".png")
 
 
 def main(argv=None) -> int:
@@ -293,7 +311,13 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--output", default=os.path.join(ROOT, "benchmarks", "results", "calibration_conservative")
     )
+    parser.add_argument(
+        "--replot", action="store_true", help="Redraw the PNG and markdown from --output's JSON."
+    )
     args = parser.parse_args(argv)
+    if args.replot:
+        replot(args.output)
+        return 0
     torch.set_num_threads(2)
     world0, world100 = world(0, 2000), world(100, 10)
     files = {

@@ -1,6 +1,6 @@
 """Does the posterior help where it should? Calibration of P(y+ > y-) and conservative best-of-n, side by side.
 
-    python benchmarks/calibration_conservative.py                 # ~15 min on 2 busy cores (embedding the pool)
+    python benchmarks/calibration_conservative.py                 # ~40 min on 2 busy cores (embedding the pool)
     python benchmarks/calibration_conservative.py --seeds 0 --pool_prompts 30   # a quick look
 
 Data: the quickstart's synthetic preference world (`vrm.synthetic`, world seed 0: 2,000 training pairs,

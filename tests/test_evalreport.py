@@ -135,10 +135,10 @@ def test_round_trip_keeps_every_key_and_types_each_convention(tmp_path):
 
 def test_a_metric_this_version_does_not_know_is_kept(tmp_path):
     values = _report_dict()
-    values["datasets"]["prefs.jsonl"]["overall"]["predictive_nll"] = 0.42
+    values["datasets"]["prefs.jsonl"]["overall"]["future_metric"] = 0.42
     values["datasets"]["prefs.jsonl"]["conservative"] = {"k": 1}
     report = EvalReport.from_dict(values)
-    assert report.datasets["prefs.jsonl"].overall.extra == {"predictive_nll": 0.42}
+    assert report.datasets["prefs.jsonl"].overall.extra == {"future_metric": 0.42}
     assert _same(report.to_dict(), values)
 
 

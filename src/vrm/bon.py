@@ -12,7 +12,10 @@ candidates with another reward model instead.) For each proxy and n, the expecte
 proxy's best of n candidates are computed exactly over all n-subsets of each pool (`vrm.metrics.best_of_n`,
 the unbiased estimator of Gao et al., 2022), averaged over prompts, and reported against
 KL_BoN = log n - (n - 1) / n. Proxy scores are standardized per model (over all candidates) so that several
-proxies share one axis; gold scores are used as they are.
+proxies share one axis; gold scores are used as they are. With `--conservative_lambda L` each proxy ranks the
+candidates by the conservative reward `reward - L * reward_std` (`vrm.conservative`; a proxy without a
+posterior has std 0 and ranks as before), so curves with and without it show what pessimism buys against
+over-optimization.
 
 Build a pool from your own samples by writing such rows, or from a preference file in which many generators
 answered the same prompts (e.g. AlpacaEval annotations: `vrm bench bon --build_pool pairs.jsonl.gz --output
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .conservative import check_conservative_lambda, conservative_reward
 from .data import DataFormatError, check_text_or_messages, read_records
 from .fileio import atomic_output, finite_number
 from .metrics import best_of_n, kl_bon
@@ -82,11 +86,15 @@ def build_pool(pairs_path: str, output_path: str, min_candidates: int = 2) -> in
     return kept
 
 
-def score_pool(scorer, pool: list[dict[str, Any]], progress: bool = True) -> list[np.ndarray]:
-    """One array of rewards per prompt (all candidates scored in one batched call)."""
+def score_pool(
+    scorer, pool: list[dict[str, Any]], progress: bool = True, conservative_lambda: float = 0.0
+) -> list[np.ndarray]:
+    """One array of rewards per prompt (all candidates scored in one batched call); with
+    `conservative_lambda > 0` the conservative rewards `reward - conservative_lambda * reward_std`."""
     prompts = [row["prompt"] for row in pool for _ in row["responses"]]
     responses = [response for row in pool for response in row["responses"]]
-    rewards = scorer.score(prompts, responses, progress=progress).reward.numpy()
+    scores = scorer.score(prompts, responses, progress=progress)
+    rewards = conservative_reward(scores.reward, scores.reward_std, conservative_lambda).numpy()
     if not np.isfinite(rewards).all():
         raise ValueError("the scorer produced NaN or infinite rewards")
     out, start = [], 0
@@ -184,10 +192,20 @@ def bon_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--no_progress", action="store_true")
     parser.add_argument(
+        "--conservative_lambda",
+        type=float,
+        default=0.0,
+        help="Proxies rank candidates by reward - lambda * reward_std (lambda >= 0).",
+    )
+    parser.add_argument(
         "--embedding_cache", default=None, help="Backbone states of frozen-backbone proxies are cached here."
     )
     add_device_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        check_conservative_lambda(args.conservative_lambda, "--conservative_lambda")
+    except ValueError as err:
+        parser.error(str(err))
     loading = {"device": args.device, "dtype": args.dtype, "trust_remote_code": args.trust_remote_code}
     resolve(args.device, args.dtype)  # a bad --device / --dtype fails before any model loads
     if args.build_pool:
@@ -209,7 +227,7 @@ def bon_main(argv: Sequence[str]) -> int:
     for path in args.proxy:
         cache = args.embedding_cache
         scorer = load_scorer(path, batch_size=args.batch_size, embedding_cache=cache, **loading)
-        proxy = score_pool(scorer, pool, progress)
+        proxy = score_pool(scorer, pool, progress, args.conservative_lambda)
         results[path] = bon_curve(proxy, gold, args.n)
     print(f"{'proxy':<40} " + " ".join(f"{'n=' + str(n):>8}" for n in args.n))
     for path, curve in results.items():
@@ -221,6 +239,7 @@ def bon_main(argv: Sequence[str]) -> int:
         "prompts": len(pool),
         "candidates": int(sum(len(row["responses"]) for row in pool)),
         "gold": args.gold_model or f"column {args.gold_column}",
+        "conservative_lambda": args.conservative_lambda,
         "estimator": "exact expectation over all n-subsets of each pool (Gao et al., 2022)",
         "curves": results,
     }

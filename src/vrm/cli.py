@@ -2,6 +2,7 @@
 
 vrm train --config cfg.yaml [--key value ...]     # flags override the YAML; names as in `trl reward`
 vrm eval --model DIR --dataset FILE [FILE ...] [--output report.json]
+vrm calibrate --model DIR --dataset VAL.jsonl       # fit and store the preference probability's temperature
 vrm synth --output_dir DIR                          # write the synthetic preference world (quickstart data)
 """
 
@@ -21,6 +22,7 @@ USAGE = """usage: vrm <command> [options]
 commands:
   train   train a reward model (bt, ib, moe or vrm head) on preference data
   eval    evaluate trained reward models on preference data
+  calibrate  fit the temperature of a model's preference probability on validation pairs
   score   score a file of (prompt, response) rows (resumable)
   serve   serve a reward model over HTTP (OpenRLHF /get_reward, /score)
   bench   benchmarks: `vrm bench bon` (Best-of-N overoptimization against a gold scorer)
@@ -371,6 +373,12 @@ def cmd_recipe(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_calibrate(argv: Sequence[str]) -> int:
+    from .calibrate import calibrate_main
+
+    return calibrate_main(argv)
+
+
 def cmd_experiment(argv: Sequence[str]) -> int:
     from .experiment import main as experiment_main
 
@@ -380,6 +388,7 @@ def cmd_experiment(argv: Sequence[str]) -> int:
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
+    "calibrate": cmd_calibrate,
     "score": cmd_score,
     "serve": cmd_serve,
     "bench": cmd_bench,

@@ -162,6 +162,9 @@ class VRMConfig(PretrainedConfig):
             the block) load into it.
         reward_mean / reward_scale: affine normalization applied to the output `logits`:
             `logits = (reward - reward_mean) / reward_scale`.
+        calibration_temperature: T of the predictive preference probability
+            `sigmoid((mu+ - mu-) / (T sqrt(1 + pi s^2 / 8)))` on the output scale, fitted by `vrm calibrate`
+            (`vrm.calibration`); 1 = uncalibrated. Rewards themselves do not change.
     """
 
     model_type = "vrm"
@@ -188,6 +191,7 @@ class VRMConfig(PretrainedConfig):
     tokenization: dict[str, Any] | None = None
     reward_mean: float = 0.0
     reward_scale: float = 1.0
+    calibration_temperature: float = 1.0
 
     # entries of the tokenization block, readable and writable as attributes (and as top-level keys of
     # checkpoints saved before the block existed)
@@ -237,6 +241,10 @@ class VRMConfig(PretrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
+        temperature = self.calibration_temperature
+        valid = not isinstance(temperature, bool) and isinstance(temperature, int | float)
+        if not (valid and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"calibration_temperature must be a finite number > 0, got {temperature!r}")
         if self.reward_scale < MIN_REWARD_SCALE:
             raise ValueError(f"reward_scale must be >= {MIN_REWARD_SCALE}, got {self.reward_scale}")
         # A reward model has one output: keep `num_labels` consistent for code that reads it.

@@ -146,6 +146,10 @@ class PairwiseMetrics(Record):
     brier: float | None = None
     ece: float | None = None
     calibration_bins: list[CalibrationBin] | None = None
+    predictive_temperature: float | None = None  # the predictive probability's T (`vrm.calibration`)
+    predictive_nll: float | None = None
+    predictive_brier: float | None = None
+    predictive_ece: float | None = None
     mean_reward_std: float | None = None
     objective_weights: list[float] | None = None
     error_auroc: dict[str, float] | None = None  # by uncertainty source: margin, std, flip, ...
@@ -288,10 +292,11 @@ class EvalReport(Record):
     head_type: str = ""
     num_objectives: int = 1
     objective_names: list[str] | None = None
+    calibration_temperature: float | None = None  # saved by `vrm calibrate`; 1 = uncalibrated; None: not vrm
     datasets: dict[str, DatasetReport] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     _nested: ClassVar = {"datasets": _records(DatasetReport)}
-    _omit_if_none: ClassVar = ()
+    _omit_if_none: ClassVar = ("calibration_temperature",)
     _required: ClassVar = ("model", "datasets")
 
     @classmethod

@@ -1,5 +1,11 @@
 """The terminal output of `vrm eval`: a table per report, plus lines for benchmark scores and data counts.
 
+The pairwise table shows the plug-in calibration (`nll`, `ece` of sigmoid(r+ - r-)) beside the predictive one
+(`p-nll`, `p-ece`: integrated over the posterior, with the checkpoint's temperature; `vrm.calibration`); the
+error-detection table shows, per dataset and subset, the AUROC of each uncertainty signal as a detector of
+the wrong pairs side by side: the margin, the posterior std, the flip probability, and any further signal in
+`error_auroc` (e.g. an ensemble's `ensemble_std`) as a column of its own.
+
 Long dataset / subset names are cut with an ellipsis (`NAME_WIDTH` characters) so that a row never wraps
 into what looks like another row; the JSON report and the markdown summary keep the full names.
 """
@@ -49,11 +55,43 @@ def _pairwise_table(report: EvalReport):
         "margin",
         "nll",
         "ece",
+        "p-nll",
+        "p-ece",
         "reward_std",
         "E(w)",
     ):
         left = column.startswith("dataset") or column == "E(w)"
         table.add_column(column, justify="left" if left else "right", no_wrap=column.startswith("dataset"))
+    return table
+
+
+ERROR_SIGNALS = (
+    "margin",
+    "std",
+    "flip",
+)  # always shown first; other `error_auroc` keys follow in report order
+
+
+def _error_signals(report: EvalReport) -> list[str]:
+    """The uncertainty signals of the report's pairwise entries: margin, std, flip, then any others."""
+    names = list(ERROR_SIGNALS)
+    for entry in report.datasets.values():
+        if not entry.is_pairwise:
+            continue
+        for metrics in [entry.overall, *entry.subsets.values()]:
+            for name in getattr(metrics, "error_auroc", None) or {}:
+                if name not in names:
+                    names.append(name)
+    return names
+
+
+def _error_table(report: EvalReport, signals: list[str]):
+    from rich.table import Table
+
+    table = Table(title="error detection — AUROC for the wrong pairs (0.5 = chance)")
+    table.add_column("dataset / subset", justify="left", no_wrap=True)
+    for column in ("pairs", "wrong", *signals):
+        table.add_column(column, justify="right")
     return table
 
 
@@ -83,11 +121,19 @@ def format_report(report: EvalReport | Mapping[str, Any]) -> str:
 
     report = as_report(report)
     table, best = _pairwise_table(report), _best_of_k_table(report)
+    signals = _error_signals(report)
+    errors = _error_table(report, signals)
+
+    def number(value: Any) -> str:
+        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
     def row(name: str, m: PairwiseMetrics) -> None:
         if not m.pairs:
-            table.add_row(short_name(name), "0", *["-"] * 7)
+            table.add_row(short_name(name), "0", *["-"] * 9)
             return
+        auroc = m.error_auroc or {}
+        wrong = m.pairs - round((m.accuracy or 0.0) * m.pairs)
+        errors.add_row(short_name(name), str(m.pairs), str(wrong), *(number(auroc.get(s)) for s in signals))
         weights = m.objective_weights or []
         table.add_row(
             short_name(name),
@@ -97,6 +143,8 @@ def format_report(report: EvalReport | Mapping[str, Any]) -> str:
             f"{m.mean_margin:.3f}",
             f"{m.nll:.3f}" if not math.isnan(m.nll) else "nan",
             f"{m.ece:.3f}",
+            number(m.predictive_nll),
+            number(m.predictive_ece),
             f"{m.mean_reward_std:.3f}",
             " ".join(f"{w:.2f}" for w in weights) if len(weights) > 1 else "-",
         )
@@ -155,7 +203,7 @@ def format_report(report: EvalReport | Mapping[str, Any]) -> str:
                 notes.append(line if line.startswith(name) else f"{name}: {line}")
     buffer = StringIO()
     console = Console(file=buffer, width=140, force_terminal=False)
-    for shown in (table, best):
+    for shown in (table, errors, best):
         if shown.row_count:
             console.print(shown)
     for note in notes:

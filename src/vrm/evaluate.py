@@ -7,6 +7,9 @@ scores chosen and rejected in length-sorted batches, and reports per dataset:
   scored 0.5 in `accuracy_ties_half`;
 * `mean_margin` — mean of r(chosen) - r(rejected); `nll` — Bradley-Terry NLL of the plug-in rewards;
 * `brier`, `ece` — calibration of P(chosen > rejected) = sigmoid(r+ - r-) (see `vrm.metrics`);
+* `predictive_nll`, `predictive_brier`, `predictive_ece` — the same for the predictive probability integrated
+  over the posterior, sigmoid((r+ - r-) / (T sqrt(1 + pi s^2 / 8))), s^2 = std+^2 + std-^2, with the
+  checkpoint's `calibration_temperature` T (`vrm.calibration`; `vrm calibrate` fits T);
 * `mean_reward_std` — mean posterior standard deviation (vrm / ib), and where it is non-zero the
   `selective_accuracy` curve (abstaining on the most uncertain pairs) and `uncertainty_error_auroc`;
   `error_auroc` compares that std with the plug-in margin and the posterior flip probability as detectors
@@ -31,6 +34,7 @@ import numpy as np
 import torch
 
 from .bestofk import evaluate_best_of_k
+from .calibration import predictive_calibration
 from .conventions import (
     RM_BENCH_VARIANTS,
     detect_format,
@@ -77,8 +81,15 @@ def pairwise_metrics(
     rejected: SequenceScores,
     length_chosen: torch.Tensor | None = None,
     length_rejected: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    extra_uncertainty: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, ties, margin, calibration, uncertainty quality, length bias and mean objective weights."""
+    """Accuracy, ties, margin, calibration, uncertainty quality, length bias and mean objective weights.
+
+    `temperature` is the T of the predictive probability (`predictive_*` keys; see `vrm.calibration`).
+    `extra_uncertainty` maps names to per-pair uncertainties (e.g. an ensemble's `ensemble_std`), reported in
+    `error_auroc` beside margin, std and flip (and as columns of the terminal's error-detection table).
+    """
     n = int(chosen.reward.numel())
     if n == 0:
         return {"pairs": 0}
@@ -96,12 +107,17 @@ def pairwise_metrics(
         "brier": calibrated["brier"],
         "ece": calibrated["ece"],
         "calibration_bins": calibrated["bins"],
+        **_predictive(chosen, rejected, temperature),
         "mean_reward_std": float(torch.cat([chosen.reward_std, rejected.reward_std]).mean()),
         "objective_weights": [round(float(v), 4) for v in chosen.objective_weights.mean(0)],
     }
     # which signal flags the errors: the margin (any model), the posterior std, the flip probability
     out["error_auroc"] = error_detection(
-        chosen.reward.numpy(), rejected.reward.numpy(), chosen.reward_std.numpy(), rejected.reward_std.numpy()
+        chosen.reward.numpy(),
+        rejected.reward.numpy(),
+        chosen.reward_std.numpy(),
+        rejected.reward_std.numpy(),
+        extra_uncertainty,
     )
     pair_std = ((chosen.reward_std**2 + rejected.reward_std**2) / 2).sqrt()
     if bool((pair_std > 0).any()):  # uncertainty of the pair's decision
@@ -122,12 +138,19 @@ def evaluate_pairs(
     batch_size: int = 32,
     progress: bool = True,
     embedding_cache: EmbeddingCache | None = None,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
-    """Metrics of a vrm model on tokenized pairs, overall and per subset (response lengths in tokens)."""
+    """Metrics of a vrm model on tokenized pairs, overall and per subset (response lengths in tokens).
+
+    `temperature` defaults to the model config's `calibration_temperature`.
+    """
+    if temperature is None:
+        temperature = getattr(model.config, "calibration_temperature", 1.0)
     chosen, rejected = score_pairs(model, pairs, pad_token_id, batch_size, progress, embedding_cache)
     length_chosen = [len(p.chosen_input_ids) - p.prompt_length for p in pairs]
     length_rejected = [len(p.rejected_input_ids) - p.prompt_length for p in pairs]
-    return metrics_by_subset(chosen, rejected, length_chosen, length_rejected, [p.subset for p in pairs])
+    subsets = [p.subset for p in pairs]
+    return metrics_by_subset(chosen, rejected, length_chosen, length_rejected, subsets, temperature)
 
 
 def metrics_by_subset(
@@ -136,11 +159,13 @@ def metrics_by_subset(
     length_chosen: Sequence[float],
     length_rejected: Sequence[float],
     subsets: Sequence[str | None],
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """`pairwise_metrics` overall and per subset (pairs without a subset count only overall)."""
     length_chosen = torch.tensor(length_chosen, dtype=torch.float32)
     length_rejected = torch.tensor(length_rejected, dtype=torch.float32)
-    report = {"overall": pairwise_metrics(chosen, rejected, length_chosen, length_rejected), "subsets": {}}
+    overall = pairwise_metrics(chosen, rejected, length_chosen, length_rejected, temperature)
+    report = {"overall": overall, "subsets": {}}
     groups: dict[str, list[int]] = defaultdict(list)
     for index, subset in enumerate(subsets):
         if subset is not None:
@@ -148,9 +173,20 @@ def metrics_by_subset(
     for subset in sorted(groups):
         index = torch.tensor(groups[subset])
         report["subsets"][subset] = pairwise_metrics(
-            chosen.select(index), rejected.select(index), length_chosen[index], length_rejected[index]
+            chosen.select(index),
+            rejected.select(index),
+            length_chosen[index],
+            length_rejected[index],
+            temperature,
         )
     return report
+
+
+def _predictive(chosen: SequenceScores, rejected: SequenceScores, temperature: float) -> dict[str, float]:
+    """NLL / Brier / ECE of the predictive probability (`vrm.calibration`), as `predictive_*` keys."""
+    margin = (chosen.reward - rejected.reward).double().numpy()
+    std = (chosen.reward_std.double() ** 2 + rejected.reward_std.double() ** 2).sqrt().numpy()
+    return {f"predictive_{k}": v for k, v in predictive_calibration(margin, std, temperature).items()}
 
 
 def evaluate_examples(scorer, examples: Sequence[PreferenceExample], progress: bool = True) -> dict[str, Any]:
@@ -217,6 +253,7 @@ def evaluate_model(
         head_type=config.head_type if is_vrm else f"{config.model_type} sequence classifier",
         num_objectives=config.num_objectives if is_vrm else 1,
         objective_names=config.objective_names if is_vrm else None,
+        calibration_temperature=getattr(config, "calibration_temperature", 1.0) if is_vrm else None,
     )
     for source in datasets:
         rows, invalid = read_eval_rows(source, split, max_rows=max_rows, sample=sample, seed=seed)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .conservative import check_conservative_lambda, conservative_reward
 from .pipeline import RewardPipeline
 
 
@@ -34,8 +35,8 @@ class VRMRewardFunction:
     """A TRL reward function backed by a vrm checkpoint (or a ready `RewardPipeline`).
 
     Returns the (normalized) reward, or the conservative reward `reward - conservative_lambda * reward_std`
-    when `conservative_lambda > 0`. `device` / `dtype` default to `auto` (CUDA + bfloat16 when available, else
-    CPU + float32; see `vrm.runtime`).
+    when `conservative_lambda > 0` (`vrm.conservative`; a negative or non-finite lambda is a `ValueError`).
+    `device` / `dtype` default to `auto` (CUDA + bfloat16 when available, else CPU + float32; see `vrm.runtime`).
     """
 
     def __init__(
@@ -48,18 +49,18 @@ class VRMRewardFunction:
         dtype: Any = None,
         name: str = "vrm_reward",
     ):
+        self.conservative_lambda = check_conservative_lambda(conservative_lambda)
         if isinstance(model, RewardPipeline):
             self.pipeline = model
         else:
             self.pipeline = RewardPipeline.from_pretrained(
                 model, device=device, dtype=dtype, batch_size=batch_size
             )
-        self.conservative_lambda = conservative_lambda
         self.__name__ = name  # TRL logs each reward function under its __name__
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         scores = self.pipeline.score(list(prompts), list(completions))
-        rewards = scores.reward - self.conservative_lambda * scores.reward_std
+        rewards = conservative_reward(scores.reward, scores.reward_std, self.conservative_lambda)
         return [float(r) for r in rewards]

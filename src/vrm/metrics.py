@@ -97,26 +97,31 @@ def auroc(scores, labels) -> float:
     return float(u / (positives.size * negatives.size))
 
 
-def error_detection(reward_chosen, reward_rejected, std_chosen=None, std_rejected=None) -> dict:
+def error_detection(
+    reward_chosen, reward_rejected, std_chosen=None, std_rejected=None, extra_signals=None
+) -> dict:
     """AUROC of each uncertainty signal as a detector of the pairs the model gets wrong (ties count as wrong).
 
     `margin`: -|r+ - r-|, for any model. Where a posterior std is given and non-zero, also `std`:
     sqrt(s+^2 + s-^2), and `flip`: Phi(-|r+ - r-| / sqrt(s+^2 + s-^2)), the probability under independent
     Gaussian rewards that the sampled preference disagrees with the plug-in one. 0.5 = no better than chance.
+    `extra_signals` maps further names to per-pair uncertainties (higher = less sure; e.g. an ensemble's
+    `ensemble_std`), each scored the same way and reported under its name after the three above.
     """
     margin = _array(reward_chosen) - _array(reward_rejected)
     wrong = margin <= 0
     out = {"margin": auroc(-np.abs(margin), wrong)}
+    extra = {name: auroc(_array(values), wrong) for name, values in (extra_signals or {}).items()}
     if std_chosen is None or std_rejected is None:
-        return out
+        return {**out, **extra}
     pair_std = np.sqrt(_array(std_chosen) ** 2 + _array(std_rejected) ** 2)
     if not (pair_std > 0).any():
-        return out
+        return {**out, **extra}
     z = np.abs(margin) / np.maximum(pair_std, np.finfo(np.float64).tiny)
     flip = stats.norm.sf(z)
     out["std"] = auroc(pair_std, wrong)
     out["flip"] = auroc(flip, wrong)
-    return out
+    return {**out, **extra}
 
 
 def spearman(x, y) -> float:

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import MIN_REWARD_SCALE, record_tokenization
+from .conservative import check_conservative_lambda
 from .data import (
     DataFormatError,
     PreferenceTokenizer,
@@ -141,7 +142,7 @@ class RewardPipeline:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.normalize = normalize
-        self.conservative_lambda = conservative_lambda
+        self.conservative_lambda = check_conservative_lambda(conservative_lambda)  # >= 0, finite
         overrides = {"max_length": max_length} if max_length else {}
         self.template = PreferenceTokenizer.from_model_config(tokenizer, model.config, **overrides)
 

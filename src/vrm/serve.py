@@ -14,7 +14,8 @@ Endpoints (the OpenAPI schema is at `/openapi.json`, interactive docs at `/docs`
   the templated prompts, used to find where each response starts (else the response marker stored in the
   model config is searched for). Padding tokens around the texts are stripped. The answer holds the same list
   as `rewards` and `scores`; it is the conservative reward `reward - lambda * reward_std` when the server runs
-  with `--conservative_lambda lambda > 0`, else the plain reward.
+  with `--conservative_lambda lambda > 0`, else the plain reward. A request may set its own lambda with an
+  optional `"conservative_lambda": 0.5` field (a number >= 0, else 422; OpenRLHF never sends it).
 
       curl -s localhost:8000/get_reward -H 'Content-Type: application/json' \\
         -d '{"query": ["<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nHello!<|im_end|>\\n"]}'
@@ -26,7 +27,8 @@ Endpoints (the OpenAPI schema is at `/openapi.json`, interactive docs at `/docs`
       curl -s localhost:8000/score -H 'Content-Type: application/json' \\
         -d '{"prompts": ["How do I sort a list?"], "responses": ["Use sorted(xs)."]}'
       # {"results": [{"reward": 0.53, "reward_std": 0.21, "objective_weights": [...],
-      #               "objective_scores": [...]}]}      (+ "conservative_reward" with --conservative_lambda)
+      #               "objective_scores": [...]}]}      (+ "conservative_reward" with --conservative_lambda
+      #                                                    or the request's "conservative_lambda" > 0)
 
 Use it from OpenRLHF as a remote reward model:
 
@@ -63,6 +65,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         f"vrm serve needs fastapi and uvicorn ({err}); install them with: pip install 'vrm[serve]'"
     ) from err
 
+from .conservative import conservative_reward
 from .pipeline import RewardPipeline, SequenceScores
 from .serve_batching import BatcherStoppedError, DynamicBatcher, QueueFullError, pipeline_score_fn
 from .serve_requests import (
@@ -224,6 +227,10 @@ def build_app(
         except Exception as err:
             raise HTTPException(500, f"scoring failed: {type(err).__name__}: {err}") from err
 
+    def request_lambda(requested: float | None) -> float:
+        """The request's conservative_lambda (validated >= 0 by the request model), else the server's."""
+        return lam if requested is None else requested
+
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorResponse} for code in (400, 413, 422, 500, 503)
     }
@@ -264,7 +271,9 @@ def build_app(
                     )
         sizes = [len(text) for text in texts]
         scores = await run("query[{i}]", lambda i: prepare_text(pipeline, texts[i], prompts[i], i), sizes)
-        reward = scores.reward - lam * scores.reward_std if lam else scores.reward
+        reward = conservative_reward(
+            scores.reward, scores.reward_std, request_lambda(body.conservative_lambda)
+        )
         values = [float(v) for v in reward.tolist()]
         return GetRewardResponse(rewards=values, scores=values)
 
@@ -279,6 +288,7 @@ def build_app(
         sizes = [text_size(p) + text_size(r) for p, r in zip(body.prompts, body.responses, strict=True)]
         label = "prompts[{i}] / responses[{i}]"
         scores = await run(label, lambda i: prepare_pair(pipeline, *pairs[i], i), sizes)
+        pessimism = request_lambda(body.conservative_lambda)
         results = []
         for index in range(len(pairs)):
             reward, std = float(scores.reward[index]), float(scores.reward_std[index])
@@ -288,7 +298,7 @@ def build_app(
                     reward_std=std,
                     objective_weights=scores.objective_weights[index].tolist(),
                     objective_scores=scores.objective_scores[index].tolist(),
-                    conservative_reward=reward - lam * std if lam else None,
+                    conservative_reward=conservative_reward(reward, std, pessimism) if pessimism else None,
                 )
             )
         return ScoreResponse(results=results)

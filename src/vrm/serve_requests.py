@@ -117,11 +117,19 @@ class GetRewardRequest(BaseModel):
         description="The templated prompt of each query (optional): marks where responses start.",
     )
     labels: list[Any] | None = Field(default=None, description="Accepted for compatibility; ignored.")
+    conservative_lambda: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="This request's lambda of `reward - lambda * reward_std` (a number >= 0; "
+        "default: the server's --conservative_lambda).",
+    )
 
 
 class GetRewardResponse(BaseModel):
     rewards: list[float] = Field(
-        description="One reward per query (conservative with conservative_lambda > 0)."
+        description="One reward per query (conservative with the request's, else the server's, "
+        "conservative_lambda > 0)."
     )
     scores: list[float] = Field(description="The same list as `rewards` (read by newer OpenRLHF).")
 
@@ -131,6 +139,13 @@ class ScoreRequest(BaseModel):
 
     prompts: list[Text]
     responses: list[Text]
+    conservative_lambda: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="This request's lambda of `reward - lambda * reward_std` (a number >= 0; "
+        "default: the server's --conservative_lambda).",
+    )
 
 
 class ScoreResult(BaseModel):
@@ -140,7 +155,8 @@ class ScoreResult(BaseModel):
     objective_scores: list[float] = Field(description="The response's score on each of the K objectives.")
     conservative_reward: float | None = Field(
         default=None,
-        description="`reward - conservative_lambda * reward_std` (only with conservative_lambda > 0).",
+        description="`reward - conservative_lambda * reward_std` (only with a conservative_lambda > 0: the "
+        "request's, else the server's).",
     )
 
 

@@ -40,9 +40,7 @@ class EnsembleHeadOutput(HeadOutput):
     member_rewards: Tensor | None = None  # [B, N]
 
 
-def combine_members(
-    rewards: Tensor, stds: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def combine_members(rewards: Tensor, stds: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(reward, reward_std, aleatoric_std, epistemic_std), each [B], from member rewards and stds [B, N].
 
     The mixture's mean and total std, with total^2 = aleatoric^2 + epistemic^2 (module docstring)."""
@@ -106,7 +104,8 @@ class EnsembleHead(nn.Module):
         self, prompt_state: Tensor, chosen_state: Tensor, rejected_state: Tensor, num_samples: int
     ) -> PairSamples:
         members = tuple(
-            member.sample_pairs(prompt_state, chosen_state, rejected_state, num_samples) for member in self.members
+            member.sample_pairs(prompt_state, chosen_state, rejected_state, num_samples)
+            for member in self.members
         )
         averaged = {
             item.name: torch.stack([getattr(m, item.name) for m in members]).mean(0)

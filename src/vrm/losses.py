@@ -120,7 +120,9 @@ def _weighted_mean(values: Tensor, weights: Tensor | None) -> Tensor:
     return (values * weights.to(values.dtype)).sum() / values.numel()
 
 
-def attribute_loss(samples: PairSamples, attribute_targets: Tensor, pair_weights: Tensor | None = None) -> Tensor:
+def attribute_loss(
+    samples: PairSamples, attribute_targets: Tensor, pair_weights: Tensor | None = None
+) -> Tensor:
     """Logistic loss on per-objective score differences for rated objectives; NaN targets are ignored.
 
     Targets in [0, 1]: 0/1 (sign) or graded (soft labels); the loss is the binary cross-entropy either way.
@@ -138,7 +140,9 @@ def attribute_loss(samples: PairSamples, attribute_targets: Tensor, pair_weights
     return _weighted_mean(losses, weights[known])
 
 
-RATING_WEIGHT_SMOOTHING = 1e-3  # epsilon added to each rated weight before renormalising (see rating_weight_nll)
+RATING_WEIGHT_SMOOTHING = (
+    1e-3  # epsilon added to each rated weight before renormalising (see rating_weight_nll)
+)
 
 
 def rating_weight_nll(

@@ -97,16 +97,27 @@ def auroc(scores, labels) -> float:
     return float(u / (positives.size * negatives.size))
 
 
-def error_detection(reward_chosen, reward_rejected, std_chosen=None, std_rejected=None) -> dict:
+def error_detection(
+    reward_chosen,
+    reward_rejected,
+    std_chosen=None,
+    std_rejected=None,
+    epistemic_chosen=None,
+    epistemic_rejected=None,
+) -> dict:
     """AUROC of each uncertainty signal as a detector of the pairs the model gets wrong (ties count as wrong).
 
     `margin`: -|r+ - r-|, for any model. Where a posterior std is given and non-zero, also `std`:
     sqrt(s+^2 + s-^2), and `flip`: Phi(-|r+ - r-| / sqrt(s+^2 + s-^2)), the probability under independent
     Gaussian rewards that the sampled preference disagrees with the plug-in one. 0.5 = no better than chance.
+    For an ensemble, `std` is its total std and, given the epistemic stds (the members' disagreement),
+    `epistemic_std`: sqrt(e+^2 + e-^2).
     """
     margin = _array(reward_chosen) - _array(reward_rejected)
     wrong = margin <= 0
     out = {"margin": auroc(-np.abs(margin), wrong)}
+    if epistemic_chosen is not None and epistemic_rejected is not None:
+        out["epistemic_std"] = auroc(np.hypot(_array(epistemic_chosen), _array(epistemic_rejected)), wrong)
     if std_chosen is None or std_rejected is None:
         return out
     pair_std = np.sqrt(_array(std_chosen) ** 2 + _array(std_rejected) ** 2)

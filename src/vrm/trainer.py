@@ -86,7 +86,10 @@ class VRMTrainer(Trainer):
             "eval": defaultdict(list),
         }
         self._last_eval_metrics: dict[str, float] = {}
-        self._bootstrap_position = (-1, 0)  # (optimizer step, micro-batch within it) of the last bootstrap draw
+        self._bootstrap_position = (
+            -1,
+            0,
+        )  # (optimizer step, micro-batch within it) of the last bootstrap draw
 
     def _get_train_sampler(self, train_dataset=None):
         """`--train_sampling_strategy group_by_length` groups pairs of similar length (less padding)."""
@@ -155,7 +158,9 @@ class VRMTrainer(Trainer):
         rating_differences = inputs.pop("rating_differences", None)
         try:
             samples = model(**inputs)  # pair mode of VRMForSequenceClassification.forward
-        except ValueError as err:  # torch.distributions refuses NaN parameters: the last update broke the weights
+        except (
+            ValueError
+        ) as err:  # torch.distributions refuses NaN parameters: the last update broke the weights
             if "found invalid values" not in str(err) or not model.training:
                 raise
             raise NonFiniteError(
@@ -227,7 +232,9 @@ class VRMTrainer(Trainer):
         # Checked once per optimizer step (on the accumulated, synchronized gradients), not on every micro-batch.
         check = self.accelerator.sync_gradients and not self.args.fp16
         grads = [p.grad for p in model.parameters() if p.grad is not None] if check else []
-        bad_grads = ~torch.stack(torch._foreach_norm(grads)).isfinite().all() if grads else bad_loss.new_zeros(())
+        bad_grads = (
+            ~torch.stack(torch._foreach_norm(grads)).isfinite().all() if grads else bad_loss.new_zeros(())
+        )
         bad = torch.stack([bad_loss, bad_grads.to(bad_loss.device)]).float()
         if self.accelerator.num_processes > 1:  # every process stops together
             bad = self.accelerator.reduce(bad, reduction="sum")

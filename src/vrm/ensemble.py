@@ -43,10 +43,14 @@ class EnsembleHeadOutput(HeadOutput):
 def combine_members(rewards: Tensor, stds: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(reward, reward_std, aleatoric_std, epistemic_std), each [B], from member rewards and stds [B, N].
 
-    The mixture's mean and total std, with total^2 = aleatoric^2 + epistemic^2 (module docstring)."""
-    mean = rewards.mean(-1)
+    The mixture's mean and total std, with total^2 = aleatoric^2 + epistemic^2 (module docstring). Both moments
+    are taken about the first member (r_bar = r_1 + mean_n (r_n - r_1)), so identical members give exactly
+    their own reward and an epistemic std of exactly 0 (a plain mean can differ from r_1 in the last bit)."""
+    offsets = rewards - rewards[..., :1]
+    mean_offset = offsets.mean(-1)
+    mean = rewards[..., 0] + mean_offset
     aleatoric_var = stds.pow(2).mean(-1)
-    epistemic_var = (rewards - mean.unsqueeze(-1)).pow(2).mean(-1)
+    epistemic_var = (offsets - mean_offset.unsqueeze(-1)).pow(2).mean(-1)
     total = (aleatoric_var + epistemic_var).clamp_min(0).sqrt()
     return mean, total, aleatoric_var.clamp_min(0).sqrt(), epistemic_var.clamp_min(0).sqrt()
 

@@ -146,7 +146,7 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         if config.pooling == "auto":
             config.pooling = "last" if config.is_causal else "mean"
         self.backbone = backbone if backbone is not None else AutoModel.from_config(config.text_config)
-        self.head = _build_head(config)
+        self.head = build_head(config)
         self._backbone_takes_position_ids = (
             "position_ids" in inspect.signature(self.backbone.forward).parameters
         )
@@ -448,7 +448,7 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         return self
 
 
-def _build_head(config: VRMConfig) -> LatentRewardHead | EnsembleHead:
+def build_head(config: VRMConfig) -> LatentRewardHead | EnsembleHead:
     """One `LatentRewardHead` (`ensemble_members` 1: the checkpoint format of every earlier model), or an
     `EnsembleHead` of `ensemble_members` of them (parameters `head.members.<n>.*`)."""
     hidden_size = config.text_config.hidden_size

@@ -298,6 +298,8 @@ def test_error_detection_reports_the_epistemic_std():
     chosen, rejected = np.array([1.0, 0.2, -0.3, 2.0]), np.array([0.0, 0.4, 0.0, 1.0])
     std = np.array([0.1, 0.5, 0.6, 0.1])
     epistemic = np.array([0.0, 0.9, 0.8, 0.1])  # high on the two wrong pairs
-    out = error_detection(chosen, rejected, std, std, epistemic, epistemic)
-    assert out["epistemic_std"] == 1.0 and set(out) == {"margin", "std", "flip", "epistemic_std"}
+    members = np.array([[1.0, 1.0], [-0.5, 0.1], [0.3, -0.9], [1.0, 1.2]])  # per-member margins
+    out = error_detection(chosen, rejected, std, std, epistemic, epistemic, members)
+    assert set(out) == {"margin", "std", "flip", "epistemic_std", "member_margin_std"}
+    assert out["epistemic_std"] == 1.0 and out["member_margin_std"] == 1.0
     assert "epistemic_std" not in error_detection(chosen, rejected, std, std)

@@ -85,7 +85,7 @@ def test_trained_multi_head_ensemble_scores_and_evaluates(tmp_path, multi_head, 
         report = json.load(handle)
     assert report["ensemble"] == {"kind": "multi-head", "members": 3}
     overall = report["datasets"][data]["overall"]
-    assert set(overall["error_auroc"]) == {"margin", "std", "flip", "epistemic_std"}
+    assert set(overall["error_auroc"]) == {"margin", "std", "flip", "epistemic_std", "member_margin_std"}
     assert overall["mean_epistemic_std"] > 0
 
 

@@ -121,10 +121,12 @@ def pairwise_metrics(
 
 
 def _epistemic_stds(chosen: SequenceScores, rejected: SequenceScores) -> tuple:
-    """An ensemble's epistemic stds of chosen and rejected (numpy), or nothing for a single model."""
+    """An ensemble's epistemic stds of chosen and rejected and its members' margins (numpy), or nothing for a
+    single model."""
     if chosen.epistemic_std is None or rejected.epistemic_std is None:
         return ()
-    return chosen.epistemic_std.numpy(), rejected.epistemic_std.numpy()
+    margins = (chosen.member_rewards - rejected.member_rewards).numpy()
+    return chosen.epistemic_std.numpy(), rejected.epistemic_std.numpy(), margins
 
 
 def evaluate_pairs(

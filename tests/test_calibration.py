@@ -156,7 +156,7 @@ def test_error_detection_scores_extra_signals_by_name():
     chosen, rejected = np.array([2.0, 1.0, 0.0, 3.0]), np.array([0.0, 2.0, 1.0, 0.5])
     wrong = chosen <= rejected  # pairs 1 and 2
     ensemble_std = np.where(wrong, 1.0, 0.1)  # a perfect detector
-    out = error_detection(chosen, rejected, np.ones(4), np.ones(4), {"ensemble_std": ensemble_std})
+    out = error_detection(chosen, rejected, np.ones(4), np.ones(4), extra_signals={"ensemble_std": ensemble_std})
     assert list(out) == ["margin", "std", "flip", "ensemble_std"]
     assert out["ensemble_std"] == 1.0
     assert list(error_detection(chosen, rejected, extra_signals={"ensemble_std": ensemble_std})) == [

@@ -18,6 +18,8 @@ _EXPORTS = {
     "PreferenceCollator": "data",
     "PreferenceTokenizer": "data",
     "load_preferences": "data",
+    "DeepEnsembleRewardModel": "deep_ensemble",
+    "EnsembleHead": "ensemble",
     "HeadOutput": "heads",
     "LatentRewardHead": "heads",
     "PairSamples": "heads",
@@ -29,6 +31,8 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from .config import HEAD_TYPES, DataArguments, ModelArguments, VRMConfig, VRMTrainingArguments
     from .data import DataFormatError, PreferenceCollator, PreferenceTokenizer, load_preferences
+    from .deep_ensemble import DeepEnsembleRewardModel
+    from .ensemble import EnsembleHead
     from .heads import HeadOutput, LatentRewardHead, PairSamples
     from .modeling import PairwiseRewardOutput, RewardModelOutput, VRMForSequenceClassification
     from .pipeline import RewardPipeline
@@ -46,6 +50,8 @@ __all__ = [
     "HEAD_TYPES",
     "DataArguments",
     "DataFormatError",
+    "DeepEnsembleRewardModel",
+    "EnsembleHead",
     "HeadOutput",
     "LatentRewardHead",
     "ModelArguments",

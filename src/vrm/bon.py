@@ -179,6 +179,11 @@ def bon_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--pool", help="Pool file: prompt + responses (+ gold scores) per row.")
     parser.add_argument("--proxy", action="append", default=[], help="Proxy reward model (repeatable).")
+    parser.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="Use the --proxy models as one proxy: their deep ensemble (mean reward), not side by side.",
+    )
     parser.add_argument("--gold_model", default=None, help="Gold reward model that scores the candidates.")
     parser.add_argument("--gold_column", default=None, help="Column of gold scores in the pool file.")
     parser.add_argument("--n", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
@@ -223,12 +228,14 @@ def bon_main(argv: Sequence[str]) -> int:
     else:
         gold_scorer = load_scorer(args.gold_model, batch_size=args.batch_size, **loading)
         gold = score_pool(gold_scorer, pool, progress)
+    if args.ensemble and len(args.proxy) < 2:
+        parser.error("--ensemble needs at least two --proxy (the models of the deep ensemble)")
     results = {}
-    for path in args.proxy:
+    for path in [args.proxy] if args.ensemble else args.proxy:
         cache = args.embedding_cache
         scorer = load_scorer(path, batch_size=args.batch_size, embedding_cache=cache, **loading)
         proxy = score_pool(scorer, pool, progress, args.conservative_lambda)
-        results[path] = bon_curve(proxy, gold, args.n)
+        results[path if isinstance(path, str) else " + ".join(path)] = bon_curve(proxy, gold, args.n)
     print(f"{'proxy':<40} " + " ".join(f"{'n=' + str(n):>8}" for n in args.n))
     for path, curve in results.items():
         print(f"{os.path.basename(path.rstrip('/')):<40} " + " ".join(f"{p['gold']:>8.3f}" for p in curve))

@@ -44,6 +44,32 @@ def pop_option(argv: Sequence[str], flag: str, what: str) -> tuple[str | None, l
     return argv[position + 1], argv[:position] + argv[position + 2 :]
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, flag: str = "--model") -> None:
+    """A repeatable `--model` and `--ensemble` (several models scored as one deep ensemble)."""
+    parser.add_argument(
+        flag,
+        action="append",
+        required=True,
+        help="Model directory (repeat it, with --ensemble, for an ensemble).",
+    )
+    parser.add_argument(
+        "--ensemble",
+        action="store_true",
+        help=f"Score the {flag} directories as one deep ensemble: mean reward, std across models "
+        "(vrm.deep_ensemble).",
+    )
+
+
+def model_paths(parser: argparse.ArgumentParser, args: argparse.Namespace, flag: str = "--model"):
+    """One model directory, or the list of a deep ensemble's (`--ensemble`); anything else: a usage error."""
+    from .deep_ensemble import ensemble_paths
+
+    try:
+        return ensemble_paths(getattr(args, flag.lstrip("-")), args.ensemble, flag)
+    except ValueError as err:
+        parser.error(str(err))
+
+
 def build_train_parser():
     """`vrm train`'s parser: vrm's options first in groups (model / head / data / training), then Trainer's."""
     import dataclasses
@@ -172,6 +198,12 @@ def cmd_eval(argv: Sequence[str]) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model", action="append", required=True, help="Model directory (repeatable).")
+    parser.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="Evaluate the --model directories as one deep ensemble (mean reward, std across models) "
+        "instead of side by side.",
+    )
     parser.add_argument("--dataset", nargs="+", required=True, help="Preference files or datasets names.")
     parser.add_argument("--split", default="test", help="Split of a datasets name.")
     parser.add_argument("--output", default=None, help="Write the JSON report here.")
@@ -203,8 +235,10 @@ def cmd_eval(argv: Sequence[str]) -> int:
     add_device_arguments(parser)
     args = parser.parse_args(argv)
     resolve(args.device, args.dtype)  # a bad --device / --dtype fails before any model loads
+    if args.ensemble and len(args.model) < 2:
+        parser.error("--ensemble needs at least two --model (the models of the deep ensemble)")
     reports = []
-    for model_path in args.model:
+    for model_path in [args.model] if args.ensemble else args.model:
         report = evaluate_model(
             model_path,
             args.dataset,
@@ -244,7 +278,7 @@ def cmd_score(argv: Sequence[str]) -> int:
         description="Score a file of (prompt, response) rows.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="Model directory.")
+    add_model_arguments(parser)
     parser.add_argument(
         "--input", required=True, help="jsonl/json/parquet/csv rows: prompt + response, or messages."
     )
@@ -265,7 +299,7 @@ def cmd_score(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     resolve(args.device, args.dtype)  # a bad --device / --dtype fails before any model loads
     pipeline = load_scorer(
-        args.model,
+        model_paths(parser, args),
         device=args.device,
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,

@@ -56,6 +56,7 @@ HEAD_OPTIONS = (
     "num_samples",
     "pooling",
     "prompt_state_gradient",
+    "ensemble_members",
 )
 
 HEAD_PRESETS: dict[str, dict[str, Any]] = {
@@ -165,6 +166,8 @@ class VRMConfig(PretrainedConfig):
         calibration_temperature: T of the predictive preference probability
             `sigmoid((mu+ - mu-) / (T sqrt(1 + pi s^2 / 8)))` on the output scale, fitted by `vrm calibrate`
             (`vrm.calibration`); 1 = uncalibrated. Rewards themselves do not change.
+        ensemble_members: N, independent heads of the chosen type on the shared backbone (`vrm.ensemble`);
+            1 (the default) is the single head, with the same weights and checkpoint format as before.
     """
 
     model_type = "vrm"
@@ -192,6 +195,7 @@ class VRMConfig(PretrainedConfig):
     reward_mean: float = 0.0
     reward_scale: float = 1.0
     calibration_temperature: float = 1.0
+    ensemble_members: int = 1
 
     # entries of the tokenization block, readable and writable as attributes (and as top-level keys of
     # checkpoints saved before the block existed)
@@ -235,6 +239,10 @@ class VRMConfig(PretrainedConfig):
             raise ValueError(
                 f"objective_names has {len(self.objective_names)} names but num_objectives={self.num_objectives}"
             )
+        if isinstance(self.ensemble_members, bool) or not isinstance(self.ensemble_members, int):
+            raise ValueError(f"ensemble_members must be an integer >= 1, got {self.ensemble_members!r}")
+        if self.ensemble_members < 1:
+            raise ValueError(f"ensemble_members must be >= 1, got {self.ensemble_members}")
         if self.prior_concentration <= 0:
             raise ValueError(f"prior_concentration must be > 0, got {self.prior_concentration}")
         for name in ("reward_mean", "reward_scale"):  # NaN / inf here make every reward NaN / inf
@@ -290,6 +298,13 @@ class ModelArguments:
     prior_concentration: float = field(default=1.0, metadata={"help": "alpha0 of the Dirichlet prior."})
     num_samples: int = field(default=4, metadata={"help": "M, reparameterized samples per pair."})
     pooling: str = field(default="auto", metadata={"help": "Response-state pooling.", "choices": POOLINGS})
+    ensemble_members: int = field(
+        default=1,
+        metadata={
+            "help": "N heads of the chosen type on one backbone, each trained on its own Poisson(1) bootstrap "
+            "of the pairs: reward = member mean, reward_std splits into aleatoric and epistemic (1: one head)."
+        },
+    )
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside model_name_or_path."})
     dtype: str = field(
         default="float32", metadata={"help": "Backbone weights dtype.", "choices": DTYPES}
@@ -425,6 +440,13 @@ class VRMTrainingArguments(TrainingArguments):
     )
     rating_temperature: float = field(
         default=10.0, metadata={"help": "tau of the ratings -> weights term (delta lies in [-1, 1])."}
+    )
+    ensemble_bootstrap: bool = field(
+        default=True,
+        metadata={
+            "help": "With --ensemble_members > 1: weigh each pair by an independent Poisson(1) draw per member "
+            "(seeded by --seed), so members disagree where data is thin; false gives every pair weight 1."
+        },
     )
     center_rewards_coefficient: float | None = field(
         default=None, metadata={"help": "As in TRL: adds c * mean((r+ + r-)^2) to keep rewards centred."}

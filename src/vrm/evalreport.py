@@ -151,6 +151,7 @@ class PairwiseMetrics(Record):
     predictive_brier: float | None = None
     predictive_ece: float | None = None
     mean_reward_std: float | None = None
+    mean_epistemic_std: float | None = None  # ensembles: the members' disagreement (`vrm.ensemble`)
     objective_weights: list[float] | None = None
     error_auroc: dict[str, float] | None = None  # by uncertainty source: margin, std, flip, ...
     selective_accuracy: SelectiveAccuracy | None = None
@@ -293,10 +294,11 @@ class EvalReport(Record):
     num_objectives: int = 1
     objective_names: list[str] | None = None
     calibration_temperature: float | None = None  # saved by `vrm calibrate`; 1 = uncalibrated; None: not vrm
+    ensemble: dict[str, Any] | None = None  # {"kind": "deep" | "multi-head", "members": paths | count}
     datasets: dict[str, DatasetReport] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     _nested: ClassVar = {"datasets": _records(DatasetReport)}
-    _omit_if_none: ClassVar = ("calibration_temperature",)
+    _omit_if_none: ClassVar = ("calibration_temperature", "ensemble")
     _required: ClassVar = ("model", "datasets")
 
     @classmethod

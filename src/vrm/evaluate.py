@@ -117,8 +117,11 @@ def pairwise_metrics(
         rejected.reward.numpy(),
         chosen.reward_std.numpy(),
         rejected.reward_std.numpy(),
-        extra_uncertainty,
+        *_epistemic_stds(chosen, rejected),
+        extra_signals=extra_uncertainty,
     )
+    if chosen.epistemic_std is not None:  # an ensemble: the members' disagreement, apart
+        out["mean_epistemic_std"] = float(torch.cat([chosen.epistemic_std, rejected.epistemic_std]).mean())
     pair_std = ((chosen.reward_std**2 + rejected.reward_std**2) / 2).sqrt()
     if bool((pair_std > 0).any()):  # uncertainty of the pair's decision
         correct = (difference > 0).float().numpy()
@@ -129,6 +132,15 @@ def pairwise_metrics(
             chosen.reward.numpy(), rejected.reward.numpy(), length_chosen.numpy(), length_rejected.numpy()
         )
     return out
+
+
+def _epistemic_stds(chosen: SequenceScores, rejected: SequenceScores) -> tuple:
+    """An ensemble's epistemic stds of chosen and rejected and its members' margins (numpy), or nothing for a
+    single model."""
+    if chosen.epistemic_std is None or rejected.epistemic_std is None:
+        return ()
+    margins = (chosen.member_rewards - rejected.member_rewards).numpy()
+    return chosen.epistemic_std.numpy(), rejected.epistemic_std.numpy(), margins
 
 
 def evaluate_pairs(
@@ -217,7 +229,7 @@ def _check_finite(entry: dict[str, Any], source: str) -> None:
 
 
 def evaluate_model(
-    model_path: str,
+    model_path: str | Sequence[str],
     datasets: Sequence[str],
     *,
     split: str = "test",
@@ -240,6 +252,7 @@ def evaluate_model(
     `max_rows` takes the first rows of each dataset, `sample` a stratified sample (by subset, seeded by `seed`;
     see `vrm.evalrows`). Rows that cannot be used are skipped and listed in each entry's `invalid_rows`.
     `device` / `dtype` default to `auto` (`vrm.runtime`); `trust_remote_code` is for non-vrm models with own code.
+    Several paths are evaluated as one deep ensemble (`vrm.deep_ensemble`; report `model`: "a + b").
     """
     kwargs: dict[str, Any] = {"batch_size": batch_size, "embedding_cache": embedding_cache}
     kwargs.update(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -249,12 +262,16 @@ def evaluate_model(
     is_vrm = isinstance(scorer, RewardPipeline)
     config = scorer.model.config
     report = EvalReport(
-        model=model_path,
+        model=model_path if isinstance(model_path, str) else " + ".join(model_path),
         head_type=config.head_type if is_vrm else f"{config.model_type} sequence classifier",
         num_objectives=config.num_objectives if is_vrm else 1,
         objective_names=config.objective_names if is_vrm else None,
         calibration_temperature=getattr(config, "calibration_temperature", 1.0) if is_vrm else None,
     )
+    if not isinstance(model_path, str) and len(model_path) > 1:
+        report.ensemble = {"kind": "deep", "members": list(model_path)}
+    elif is_vrm and config.ensemble_members > 1:
+        report.ensemble = {"kind": "multi-head", "members": config.ensemble_members}
     for source in datasets:
         rows, invalid = read_eval_rows(source, split, max_rows=max_rows, sample=sample, seed=seed)
         if not rows:

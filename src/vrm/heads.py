@@ -81,6 +81,8 @@ class PairSamples(ModelOutput):
     weight_samples: Tensor | None = None  # [M, B, K] the samples of w behind reward_chosen / reward_rejected
     chosen: HeadOutput | None = None  # plug-in outputs, for metrics
     rejected: HeadOutput | None = None
+    # an ensemble head (`vrm.ensemble.EnsembleHead`): each member's samples; the fields above are their averages
+    members: tuple[PairSamples, ...] | None = None
 
 
 @contextlib.contextmanager

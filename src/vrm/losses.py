@@ -42,6 +42,14 @@ pseudo-weights (undefined when the rejected answer is rated higher on every obje
 preference).
 
 With no latents (bt) the KL terms are zero and L is TRL's reward loss.
+
+**Ensembles** (`vrm.ensemble.EnsembleHead`, N members): every term above is taken per member n, each pair b
+weighted by a bootstrap weight c_nb ~ Poisson(1) (`bootstrap_weights`; all 1 without bootstrap), and
+
+    L_ens = 1/N sum_n L_n,      L_n = the loss above with every per-pair mean 1/B sum_b l_b -> 1/B sum_b c_nb l_b
+
+(for the masked terms the denominator stays the count of pairs / entries that carry the term). E[c] = 1, so in
+expectation each member's loss is the single-head loss, and members see different resamples of the data.
 """
 
 from __future__ import annotations
@@ -100,23 +108,46 @@ def graded_targets(attribute_targets: Tensor | None, rating_differences: Tensor)
     return torch.where(torch.isnan(graded), attribute_targets.to(graded.dtype), graded)
 
 
-def attribute_loss(samples: PairSamples, attribute_targets: Tensor) -> Tensor:
+def bootstrap_weights(num_members: int, batch: int, generator: torch.Generator | None = None) -> Tensor:
+    """Online-bootstrap weights c [N, B] ~ Poisson(1), independent per member and pair (on the CPU)."""
+    return torch.poisson(torch.ones(num_members, batch), generator=generator)
+
+
+def _weighted_mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    """mean(values * weights) (weights broadcast over leading sample axes); the plain mean without weights."""
+    if weights is None:
+        return values.mean()
+    return (values * weights.to(values.dtype)).sum() / values.numel()
+
+
+def attribute_loss(
+    samples: PairSamples, attribute_targets: Tensor, pair_weights: Tensor | None = None
+) -> Tensor:
     """Logistic loss on per-objective score differences for rated objectives; NaN targets are ignored.
 
-    Targets in [0, 1]: 0/1 (sign) or graded (soft labels); the loss is the binary cross-entropy either way."""
+    Targets in [0, 1]: 0/1 (sign) or graded (soft labels); the loss is the binary cross-entropy either way.
+    `pair_weights` [B] weigh each pair's entries (ensembles' bootstrap)."""
     rated = attribute_targets.shape[-1]
     logits = (samples.scores_chosen - samples.scores_rejected)[..., :rated]  # [M, B, K_a]
     targets = attribute_targets.to(logits.dtype).unsqueeze(0).expand_as(logits)
     known = ~torch.isnan(targets)
     if not bool(known.any()):
         return logits.new_zeros(())
-    return F.binary_cross_entropy_with_logits(logits[known], targets[known])
+    if pair_weights is None:
+        return F.binary_cross_entropy_with_logits(logits[known], targets[known])
+    weights = pair_weights.to(logits.dtype)[None, :, None].expand_as(logits)
+    losses = F.binary_cross_entropy_with_logits(logits[known], targets[known], reduction="none")
+    return _weighted_mean(losses, weights[known])
 
 
-RATING_WEIGHT_SMOOTHING = 1e-3  # epsilon added to each rated weight before renormalising (see rating_weight_nll)
+RATING_WEIGHT_SMOOTHING = (
+    1e-3  # epsilon added to each rated weight before renormalising (see rating_weight_nll)
+)
 
 
-def rating_weight_nll(samples: PairSamples, rating_differences: Tensor, temperature: float) -> Tensor:
+def rating_weight_nll(
+    samples: PairSamples, rating_differences: Tensor, temperature: float, pair_weights: Tensor | None = None
+) -> Tensor:
     """L_rw of the module docstring: -E_q[log sigmoid(tau w~^T delta)] over the informative pairs.
 
     A pair is informative when its known rating differences are not all equal (at least two rated objectives
@@ -139,16 +170,20 @@ def rating_weight_nll(samples: PairSamples, rating_differences: Tensor, temperat
     smoothed = (weights + RATING_WEIGHT_SMOOTHING) * known.to(weights.dtype).unsqueeze(0)
     renormalised = smoothed / smoothed.sum(-1, keepdim=True)
     logits = temperature * (renormalised * torch.nan_to_num(delta).unsqueeze(0)).sum(-1)  # [M, B']
-    return -F.logsigmoid(logits).mean()
+    weights = None if pair_weights is None else pair_weights[informative.to(pair_weights.device)]
+    return _weighted_mean(-F.logsigmoid(logits), weights)
 
 
-def objective_label_nll(samples: PairSamples, objective_labels: Tensor) -> Tensor:
+def objective_label_nll(
+    samples: PairSamples, objective_labels: Tensor, pair_weights: Tensor | None = None
+) -> Tensor:
     """-E_q[log w_o] averaged over the pairs with a label o >= 0 (0 when no pair has one)."""
     known = objective_labels >= 0
     if not bool(known.any()):
         return samples.expected_log_weights.new_zeros(())
     log_weights = samples.expected_log_weights[known]
-    return -log_weights.gather(-1, objective_labels[known].unsqueeze(-1)).mean()
+    weights = None if pair_weights is None else pair_weights[known.to(pair_weights.device)]
+    return _weighted_mean(-log_weights.gather(-1, objective_labels[known].unsqueeze(-1)).squeeze(-1), weights)
 
 
 def preference_loss(
@@ -165,35 +200,78 @@ def preference_loss(
     attribute_target: str = "sign",
     rating_weight_coef: float = 0.0,
     rating_temperature: float = 10.0,
+    pair_weights: Tensor | None = None,
 ) -> LossOutput:
-    """The negative ELBO of the module docstring, averaged over the batch."""
+    """The negative ELBO of the module docstring, averaged over the batch.
+
+    `pair_weights` weigh the pairs: [B] for one head, [N, B] for an ensemble's N members (bootstrap); None
+    weighs every pair 1. An ensemble's samples (`samples.members`) give the members' mean loss `L_ens`."""
     if attribute_target not in ATTRIBUTE_TARGETS:
         raise ValueError(f"attribute_target must be one of {ATTRIBUTE_TARGETS}, got {attribute_target!r}")
+    terms = {
+        "margin": margin,
+        "attribute_targets": attribute_targets,
+        "beta_w": beta_w,
+        "beta_z": beta_z,
+        "attribute_weight": attribute_weight,
+        "objective_labels": objective_labels,
+        "objective_label_weight": objective_label_weight,
+        "rating_differences": rating_differences,
+        "attribute_target": attribute_target,
+        "rating_weight_coef": rating_weight_coef,
+        "rating_temperature": rating_temperature,
+    }
+    if samples.members is not None:
+        return _ensemble_loss(samples, pair_weights, terms)
     difference = samples.reward_chosen - samples.reward_rejected  # [M, B]
     if margin is not None:
         difference = difference - margin.to(difference.dtype).unsqueeze(0)
-    nll = -F.logsigmoid(difference).mean()
-    kl_weights = samples.kl_weights.mean()
-    kl_features = samples.kl_features.mean()
+    if pair_weights is not None:
+        pair_weights = pair_weights.to(difference.device)
+    nll = _weighted_mean(-F.logsigmoid(difference), pair_weights)
+    kl_weights = _weighted_mean(samples.kl_weights, pair_weights)
+    kl_features = _weighted_mean(samples.kl_features, pair_weights)
     loss = nll + beta_w * kl_weights + beta_z * kl_features
     attr = nll.new_zeros(())
     if attribute_target == "graded" and rating_differences is not None:
         attribute_targets = graded_targets(attribute_targets, rating_differences.to(difference.device))
     if attribute_targets is not None and attribute_weight > 0:
-        attr = attribute_loss(samples, attribute_targets)
+        attr = attribute_loss(samples, attribute_targets, pair_weights)
         loss = loss + attribute_weight * attr
     label_nll = nll.new_zeros(())
     if objective_labels is not None:
-        label_nll = objective_label_nll(samples, objective_labels.to(difference.device))
+        label_nll = objective_label_nll(samples, objective_labels.to(difference.device), pair_weights)
         if objective_label_weight > 0:
             loss = loss + objective_label_weight * label_nll
     rating_nll = None
     if rating_differences is not None:
-        rating_nll = rating_weight_nll(samples, rating_differences.to(difference.device), rating_temperature)
+        rating_nll = rating_weight_nll(
+            samples, rating_differences.to(difference.device), rating_temperature, pair_weights
+        )
         if rating_weight_coef > 0:
             loss = loss + rating_weight_coef * rating_nll
     accuracy = (samples.chosen.reward > samples.rejected.reward).float().mean()
     return LossOutput(loss, nll, kl_weights, kl_features, attr, label_nll, accuracy, rating_nll)
+
+
+def _ensemble_loss(samples: PairSamples, pair_weights: Tensor | None, terms: dict) -> LossOutput:
+    """L_ens = 1/N sum_n L_n (module docstring); every logged term is the members' mean, the accuracy is the
+    ensemble's (its mean plug-in reward)."""
+    members = samples.members
+    if pair_weights is not None and pair_weights.shape[0] != len(members):
+        raise ValueError(f"pair_weights has {pair_weights.shape[0]} rows for {len(members)} ensemble members")
+    outs = [
+        preference_loss(member, pair_weights=None if pair_weights is None else pair_weights[n], **terms)
+        for n, member in enumerate(members)
+    ]
+
+    def mean(name: str) -> Tensor | None:
+        values = [getattr(out, name) for out in outs]
+        return None if values[0] is None else torch.stack(values).mean()
+
+    accuracy = (samples.chosen.reward > samples.rejected.reward).float().mean()
+    names = ("loss", "nll", "kl_weights", "kl_features", "attribute_loss", "objective_label_nll")
+    return LossOutput(*(mean(name) for name in names), accuracy, mean("rating_weight_nll"))
 
 
 def pair_nll_from_rewards(reward_chosen: Tensor, reward_rejected: Tensor) -> float:

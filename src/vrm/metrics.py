@@ -98,19 +98,34 @@ def auroc(scores, labels) -> float:
 
 
 def error_detection(
-    reward_chosen, reward_rejected, std_chosen=None, std_rejected=None, extra_signals=None
+    reward_chosen,
+    reward_rejected,
+    std_chosen=None,
+    std_rejected=None,
+    epistemic_chosen=None,
+    epistemic_rejected=None,
+    member_margins=None,
+    extra_signals=None,
 ) -> dict:
     """AUROC of each uncertainty signal as a detector of the pairs the model gets wrong (ties count as wrong).
 
     `margin`: -|r+ - r-|, for any model. Where a posterior std is given and non-zero, also `std`:
     sqrt(s+^2 + s-^2), and `flip`: Phi(-|r+ - r-| / sqrt(s+^2 + s-^2)), the probability under independent
     Gaussian rewards that the sampled preference disagrees with the plug-in one. 0.5 = no better than chance.
+    For an ensemble, `std` is its total std and, given the epistemic stds (the members' disagreement),
+    `epistemic_std`: sqrt(e+^2 + e-^2); given the members' margins r+_n - r-_n ([pairs, N]),
+    `member_margin_std`: their std over members — the disagreement about the pair's order itself, blind to
+    the reward offsets members may disagree on (a Bradley-Terry reward is defined up to one).
     `extra_signals` maps further names to per-pair uncertainties (higher = less sure; e.g. an ensemble's
     `ensemble_std`), each scored the same way and reported under its name after the three above.
     """
     margin = _array(reward_chosen) - _array(reward_rejected)
     wrong = margin <= 0
     out = {"margin": auroc(-np.abs(margin), wrong)}
+    if epistemic_chosen is not None and epistemic_rejected is not None:
+        out["epistemic_std"] = auroc(np.hypot(_array(epistemic_chosen), _array(epistemic_rejected)), wrong)
+    if member_margins is not None:
+        out["member_margin_std"] = auroc(_array(member_margins).std(-1), wrong)
     extra = {name: auroc(_array(values), wrong) for name, values in (extra_signals or {}).items()}
     if std_chosen is None or std_rejected is None:
         return {**out, **extra}

@@ -25,6 +25,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from transformers.utils import ModelOutput
 
 from .config import VRMConfig
+from .ensemble import EnsembleHead
 from .heads import HeadOutput, LatentRewardHead, PairSamples
 from .integrity import check_finite_weights
 
@@ -38,6 +39,9 @@ class RewardModelOutput(ModelOutput):
     """Output of `VRMForSequenceClassification.forward`.
 
     `logits` is the (normalized) plug-in reward, shape [B, 1], as for any sequence-classification reward model.
+    An ensemble (`config.ensemble_members > 1`, `vrm.ensemble`) also fills `aleatoric_std` and `epistemic_std`
+    ([B], with reward_std^2 = aleatoric_std^2 + epistemic_std^2) and `member_rewards` ([B, N], normalized);
+    a single head leaves them None.
     """
 
     loss: Tensor | None = None
@@ -46,6 +50,9 @@ class RewardModelOutput(ModelOutput):
     objective_weights: Tensor | None = None
     objective_scores: Tensor | None = None
     features: Tensor | None = None
+    aleatoric_std: Tensor | None = None
+    epistemic_std: Tensor | None = None
+    member_rewards: Tensor | None = None
 
 
 @dataclass
@@ -139,7 +146,7 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         if config.pooling == "auto":
             config.pooling = "last" if config.is_causal else "mean"
         self.backbone = backbone if backbone is not None else AutoModel.from_config(config.text_config)
-        self.head = LatentRewardHead(config, config.text_config.hidden_size)
+        self.head = build_head(config)
         self._backbone_takes_position_ids = (
             "position_ids" in inspect.signature(self.backbone.forward).parameters
         )
@@ -348,7 +355,19 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
             objective_weights=out.objective_weights,
             objective_scores=out.objective_scores,
             features=out.features,
+            **self._ensemble_fields(out),
         )
+
+    def _ensemble_fields(self, out: HeadOutput) -> dict[str, Tensor]:
+        """An ensemble head's std decomposition and member rewards, normalized as `logits` (else nothing)."""
+        if getattr(out, "member_rewards", None) is None:
+            return {}
+        scale = self.config.reward_scale
+        return {
+            "aleatoric_std": out.aleatoric_std / scale,
+            "epistemic_std": out.epistemic_std / scale,
+            "member_rewards": self.normalize(out.member_rewards),
+        }
 
     # ----- training -------------------------------------------------------------------------------------------
     def _forward_states(
@@ -429,6 +448,15 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         return self
 
 
+def build_head(config: VRMConfig) -> LatentRewardHead | EnsembleHead:
+    """One `LatentRewardHead` (`ensemble_members` 1: the checkpoint format of every earlier model), or an
+    `EnsembleHead` of `ensemble_members` of them (parameters `head.members.<n>.*`)."""
+    hidden_size = config.text_config.hidden_size
+    if config.ensemble_members > 1:
+        return EnsembleHead(config, hidden_size)
+    return LatentRewardHead(config, hidden_size)
+
+
 def _stack_padded(*parts: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     """Concatenate (input_ids, attention_mask) batches along the batch axis, right-padding to one length."""
     width = max(ids.shape[1] for ids, _ in parts)
@@ -442,8 +470,9 @@ def _stack_padded(*parts: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
 
 def _register_auto_classes() -> None:
     """Let `AutoConfig` / `AutoModelForSequenceClassification` load vrm checkpoints: once vrm is imported, and,
-    where vrm is not installed, with `trust_remote_code=True` — `save_pretrained` copies this file and the two
-    it imports (`config.py`, `heads.py`, which import only torch and transformers) next to the weights."""
+    where vrm is not installed, with `trust_remote_code=True` — `save_pretrained` copies this file and those
+    it imports (`config.py`, `heads.py`, `ensemble.py`, `integrity.py`, which import only torch and transformers)
+    next to the weights."""
     from transformers import AutoModelForSequenceClassification
 
     VRMConfig.register_for_auto_class()

@@ -46,13 +46,23 @@ class SequenceScores:
     reward_std: torch.Tensor  # [N]
     objective_weights: torch.Tensor  # [N, K]
     objective_scores: torch.Tensor  # [N, K]
+    # ensembles only (`vrm.ensemble`, `vrm.deep_ensemble`): reward_std^2 = aleatoric_std^2 + epistemic_std^2
+    aleatoric_std: torch.Tensor | None = None  # [N]
+    epistemic_std: torch.Tensor | None = None  # [N]
+    member_rewards: torch.Tensor | None = None  # [N, members]
 
     def select(self, index: torch.Tensor | slice) -> SequenceScores:
+        def part(values: torch.Tensor | None) -> torch.Tensor | None:
+            return None if values is None else values[index]
+
         return SequenceScores(
             self.reward[index],
             self.reward_std[index],
             self.objective_weights[index],
             self.objective_scores[index],
+            part(self.aleatoric_std),
+            part(self.epistemic_std),
+            part(self.member_rewards),
         )
 
 
@@ -82,6 +92,13 @@ def score_sequences(
         out.reward_std[index] = result.reward_std.float().cpu()
         out.objective_weights[index] = result.objective_weights.float().cpu()
         out.objective_scores[index] = result.objective_scores.float().cpu()
+        if getattr(result, "member_rewards", None) is not None:  # an ensemble
+            if out.member_rewards is None:
+                out.aleatoric_std, out.epistemic_std = torch.empty(count), torch.empty(count)
+                out.member_rewards = torch.empty(count, result.member_rewards.shape[-1])
+            out.aleatoric_std[index] = result.aleatoric_std.float().cpu()
+            out.epistemic_std[index] = result.epistemic_std.float().cpu()
+            out.member_rewards[index] = result.member_rewards.float().cpu()
 
     if embedding_cache is not None:
         prompt_states, response_states = embedding_cache.states(
@@ -148,13 +165,25 @@ class RewardPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, path: str, *, device: str | None = None, dtype=None, **kwargs: Any
+        cls, path: str | Sequence[str], *, device: str | None = None, dtype=None, **kwargs: Any
     ) -> RewardPipeline:
+        """A pipeline on the checkpoint at `path`, or, given several paths, on their deep ensemble
+        (`vrm.deep_ensemble`: mean reward, std across models, the models' own std as aleatoric)."""
         from transformers import AutoTokenizer
 
         from .runtime import resolve
 
         device, dtype = resolve(device, dtype)  # auto: CUDA + bfloat16 when available, else CPU + fp32
+        if not isinstance(path, str):
+            paths = list(path)
+            if len(paths) != 1:
+                if kwargs.get("embedding_cache"):
+                    raise ValueError("a deep ensemble cannot use an embedding cache (its models differ)")
+                from .deep_ensemble import load_deep_ensemble
+
+                ensemble, tokenizer = load_deep_ensemble(paths, device=device, dtype=dtype)
+                return cls(ensemble, tokenizer, **kwargs)
+            path = paths[0]
         if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "config.json")):
             raise FileNotFoundError(f"{path}: not a saved vrm model directory (no config.json)")
         model = load_checked(VRMForSequenceClassification, path, dtype=dtype)
@@ -184,6 +213,10 @@ class RewardPipeline:
             config = self.model.config
             scores.reward = scores.reward * config.reward_scale + config.reward_mean
             scores.reward_std = scores.reward_std * config.reward_scale
+            if scores.member_rewards is not None:
+                scores.aleatoric_std = scores.aleatoric_std * config.reward_scale
+                scores.epistemic_std = scores.epistemic_std * config.reward_scale
+                scores.member_rewards = scores.member_rewards * config.reward_scale + config.reward_mean
         return scores
 
     def score_texts(self, texts: Sequence[str], prompt_texts: Sequence[str] | None = None) -> SequenceScores:
@@ -252,6 +285,10 @@ class RewardPipeline:
             "objective_weights": scores.objective_weights[index].tolist(),
             "objective_scores": scores.objective_scores[index].tolist(),
         }
+        if scores.member_rewards is not None:  # an ensemble: the std's two parts and each member's reward
+            result["aleatoric_std"] = float(scores.aleatoric_std[index])
+            result["epistemic_std"] = float(scores.epistemic_std[index])
+            result["member_rewards"] = scores.member_rewards[index].tolist()
         names = self.model.config.objective_names
         if names:  # the same values keyed by objective name (the lists above stay, in the model's order)
             result["objective_weights_by_name"] = dict(zip(names, result["objective_weights"], strict=True))
@@ -432,13 +469,16 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_scorer(path: str, *, trust_remote_code: bool = False, **kwargs: Any):
+def load_scorer(path: str | Sequence[str], *, trust_remote_code: bool = False, **kwargs: Any):
     """A `RewardPipeline` for vrm checkpoints, a `vrm.classifier.SequenceClassifierPipeline` for other reward
-    models (loaded with `trust_remote_code` when they need their own code; vrm checkpoints never do)."""
+    models (loaded with `trust_remote_code` when they need their own code; vrm checkpoints never do). Several
+    paths: the deep ensemble of those vrm checkpoints (`vrm.deep_ensemble`)."""
     from .classifier import SequenceClassifierPipeline
     from .runtime import resolve
 
     kwargs["device"], kwargs["dtype"] = resolve(kwargs.get("device"), kwargs.get("dtype"))
+    if not isinstance(path, str):
+        return RewardPipeline.from_pretrained(list(path), **kwargs)
     config_path = os.path.join(path, "config.json")
     if os.path.isdir(path) and os.path.exists(config_path):
         with open(config_path, encoding="utf-8") as handle:

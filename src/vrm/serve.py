@@ -314,7 +314,7 @@ def _default_device() -> str | None:
 
 
 def run_server(
-    model_path: str,
+    model_path: str | Sequence[str],
     host: str = "127.0.0.1",
     port: int = 8000,
     config: ServerConfig | None = None,
@@ -326,7 +326,8 @@ def run_server(
     """Load the model at `model_path` and serve it with uvicorn until interrupted.
 
     `device` defaults to CUDA when available, else CPU; `torch_threads` sets torch's intra-op CPU threads;
-    `model_id` is the name `/health` shows (default: the base name of `model_path`).
+    `model_id` is the name `/health` shows (default: the base name of `model_path`). Several paths serve
+    their deep ensemble (`vrm.deep_ensemble`).
     """
     import torch
     import uvicorn
@@ -340,7 +341,8 @@ def run_server(
         batch_size=config.max_batch_size,
         conservative_lambda=config.conservative_lambda,
     )
-    app = build_app(pipeline, config, model_name=model_id or _model_id(model_path))
+    paths = [model_path] if isinstance(model_path, str) else list(model_path)
+    app = build_app(pipeline, config, model_name=model_id or " + ".join(_model_id(path) for path in paths))
     uvicorn.run(
         app,
         host=host,
@@ -369,7 +371,15 @@ _HELP = {
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The `vrm serve` options (one per `ServerConfig` field, with its default)."""
-    parser.add_argument("--model", required=True, help="Directory of a saved vrm model.")
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="Directory of a saved vrm model (repeat it, with --ensemble, to serve a deep ensemble).",
+    )
+    parser.add_argument(
+        "--ensemble", action="store_true", help="Serve the --model directories as one deep ensemble."
+    )
     parser.add_argument(
         "--model_id", default=None, help="Name shown by /health (default: the model directory's base name)."
     )
@@ -412,8 +422,14 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
     if args.torch_threads is not None and args.torch_threads < 1:
         parser.error(f"--torch_threads must be >= 1, got {args.torch_threads}")
+    from .deep_ensemble import ensemble_paths
+
+    try:
+        model_path = ensemble_paths(args.model, args.ensemble)
+    except ValueError as err:
+        parser.error(str(err))
     run_server(
-        args.model,
+        model_path,
         args.host,
         args.port,
         config,

@@ -35,7 +35,7 @@ from .data import (
 from .embeddings import CachedPairDataset, CachedStatesCollator, EmbeddingCache
 from .heads import LatentRewardHead
 from .integrity import NonFiniteError, check_finite_weights, load_checked
-from .losses import ATTRIBUTE_TARGETS, beta_factor, preference_loss
+from .losses import ATTRIBUTE_TARGETS, beta_factor, bootstrap_weights, preference_loss
 from .modelcard import check_train_options, write_training_outputs
 from .modeling import VRMForSequenceClassification
 
@@ -86,6 +86,10 @@ class VRMTrainer(Trainer):
             "eval": defaultdict(list),
         }
         self._last_eval_metrics: dict[str, float] = {}
+        self._bootstrap_position = (
+            -1,
+            0,
+        )  # (optimizer step, micro-batch within it) of the last bootstrap draw
 
     def _get_train_sampler(self, train_dataset=None):
         """`--train_sampling_strategy group_by_length` groups pairs of similar length (less padding)."""
@@ -131,6 +135,21 @@ class VRMTrainer(Trainer):
         )
         return args.beta_w * factor, args.beta_z * factor
 
+    def ensemble_pair_weights(self, samples, training: bool) -> torch.Tensor | None:
+        """Bootstrap weights [N, B] of an ensemble's members (`vrm.losses`), or None (one head, evaluation,
+        `--ensemble_bootstrap false`). Seeded by (seed, step, micro-batch, process): a rerun draws the same."""
+        if samples.members is None or not training or not self.args.ensemble_bootstrap:
+            return None
+        import numpy as np
+
+        step, micro = self._bootstrap_position
+        micro = micro + 1 if step == self.state.global_step else 0
+        self._bootstrap_position = (self.state.global_step, micro)
+        entropy = [self.args.seed, self.state.global_step, micro, self.args.process_index]
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+        weights = bootstrap_weights(len(samples.members), samples.reward_chosen.shape[-1], generator)
+        return weights.to(samples.reward_chosen.device)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         margin = inputs.pop("margin", None)
@@ -139,7 +158,9 @@ class VRMTrainer(Trainer):
         rating_differences = inputs.pop("rating_differences", None)
         try:
             samples = model(**inputs)  # pair mode of VRMForSequenceClassification.forward
-        except ValueError as err:  # torch.distributions refuses NaN parameters: the last update broke the weights
+        except (
+            ValueError
+        ) as err:  # torch.distributions refuses NaN parameters: the last update broke the weights
             if "found invalid values" not in str(err) or not model.training:
                 raise
             raise NonFiniteError(
@@ -160,10 +181,12 @@ class VRMTrainer(Trainer):
             attribute_target=self.args.attribute_target,
             rating_weight_coef=self.args.rating_weight_coef,
             rating_temperature=self.args.rating_temperature,
+            pair_weights=self.ensemble_pair_weights(samples, model.training),
         )
         loss = out.loss
-        if self.args.center_rewards_coefficient:
-            centre = (samples.reward_chosen + samples.reward_rejected).pow(2).mean()
+        if self.args.center_rewards_coefficient:  # an ensemble centres each member's rewards
+            parts = samples.members or (samples,)
+            centre = torch.stack([(p.reward_chosen + p.reward_rejected).pow(2).mean() for p in parts]).mean()
             loss = loss + self.args.center_rewards_coefficient * centre
 
         mode = "train" if model.training else "eval"
@@ -209,7 +232,9 @@ class VRMTrainer(Trainer):
         # Checked once per optimizer step (on the accumulated, synchronized gradients), not on every micro-batch.
         check = self.accelerator.sync_gradients and not self.args.fp16
         grads = [p.grad for p in model.parameters() if p.grad is not None] if check else []
-        bad_grads = ~torch.stack(torch._foreach_norm(grads)).isfinite().all() if grads else bad_loss.new_zeros(())
+        bad_grads = (
+            ~torch.stack(torch._foreach_norm(grads)).isfinite().all() if grads else bad_loss.new_zeros(())
+        )
         bad = torch.stack([bad_loss, bad_grads.to(bad_loss.device)]).float()
         if self.accelerator.num_processes > 1:  # every process stops together
             bad = self.accelerator.reduce(bad, reduction="sum")
@@ -313,6 +338,7 @@ def build_model(model_args: ModelArguments) -> VRMForSequenceClassification:
         "num_samples": model_args.num_samples,
         "pooling": model_args.pooling,
         "prompt_state_gradient": model_args.prompt_state_gradient,
+        "ensemble_members": model_args.ensemble_members,
     }
     for key in ("weight_posterior", "feature_posterior"):  # ablations: override the head preset
         if getattr(model_args, key) is not None:

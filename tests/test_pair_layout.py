@@ -74,15 +74,17 @@ def test_tree_mask_rule():
     assert encoder[2].tolist() == [True, True, True, False]
 
 
-@pytest.mark.parametrize("head", ["bt", "vrm"])
-def test_causal_shared_layout_equals_separate_rewards_and_gradients(head):
+@pytest.mark.parametrize(
+    ("head", "attn"), [("bt", "sdpa"), ("ib", "sdpa"), ("moe", "sdpa"), ("vrm", "sdpa"), ("vrm", "eager")]
+)
+def test_causal_shared_layout_equals_separate_rewards_and_gradients(head, attn):
     tokenizer, pairs = _tokenized("llama", causal=True)
     separate_batch = PreferenceCollator(tokenizer.pad_token_id)(pairs)
     shared_batch = SharedPromptCollator(tokenizer.pad_token_id, row_length=128)(pairs)
     assert shared_batch["packed_input_ids"].shape[0] < len(pairs)  # pairs were packed several per row
     results = []
     for batch in (separate_batch, shared_batch):
-        model = _model("llama", head)
+        model = _model("llama", head, attn)
         model.train()
         inputs = {k: v for k, v in batch.items() if k != "layout_tokens"}
         torch.manual_seed(1)

@@ -103,7 +103,11 @@ def worker(args: argparse.Namespace) -> None:
 
     from vrm.modeling import backbone_is_causal
 
-    settings = SETTINGS[args.backbone]
+    settings = {**SETTINGS[args.backbone]}
+    if args.max_length:  # the layout part's cells (benchmarks/layout_throughput.py)
+        settings["max_length"] = args.max_length
+    if args.batch_size:
+        settings["batch_size"] = args.batch_size
     path = backbone_path(args.backbone)
     is_causal = backbone_is_causal(AutoConfig.from_pretrained(path))
     batch = settings["batch_size"]
@@ -156,15 +160,19 @@ def worker(args: argparse.Namespace) -> None:
         from vrm.config import VRMTrainingArguments
         from vrm.data import PreferenceCollator
         from vrm.modeling import VRMForSequenceClassification
+        from vrm.pair_layout import layout_collator
         from vrm.trainer import PairDataset, VRMTrainer
 
         model = VRMForSequenceClassification.from_backbone(path, head_type=args.trainer)
         model.config.response_marker_ids = template.response_marker_ids
+        collator = PreferenceCollator(tokenizer.pad_token_id)
+        if args.pair_layout:
+            collator = layout_collator(args.pair_layout, model, tokenizer.pad_token_id).collator
         trainer = VRMTrainer(
             model=model,
             args=VRMTrainingArguments(**common),
             train_dataset=PairDataset(pairs),
-            data_collator=PreferenceCollator(tokenizer.pad_token_id),
+            data_collator=collator,
             processing_class=tokenizer,
             callbacks=[StepClock()],
         )
@@ -294,6 +302,9 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backbone", help=argparse.SUPPRESS)
     parser.add_argument("--trainer", help=argparse.SUPPRESS)
+    parser.add_argument("--pair_layout", help=argparse.SUPPRESS)
+    parser.add_argument("--max_length", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batch_size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)

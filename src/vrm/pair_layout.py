@@ -87,9 +87,12 @@ class SharedPromptCollator:
 
     pad_token_id: int
     row_length: int | None = None
+    attention_scale: float = 2304.0  # ≈ 6 × the backbone's hidden size (vrm.shared_prompt.pack_trees)
 
     def __call__(self, pairs: Sequence[TokenizedPair]) -> dict[str, torch.Tensor]:
-        packed = pack_trees([pair_tree(p) for p in pairs], self.pad_token_id, self.row_length)
+        packed = pack_trees(
+            [pair_tree(p) for p in pairs], self.pad_token_id, self.row_length, self.attention_scale
+        )
         tokens = LayoutTokens(packed.input_ids.numel(), packed.real_tokens, _unique_tokens(pairs))
         batch = {
             "packed_input_ids": packed.input_ids,
@@ -151,7 +154,7 @@ def layout_collator(
 
     config = model.config
     if embedding_cache and requested != "separate":
-        name, reason = "separate", "the embedding cache holds separate-layout states"
+        name, reason = "separate", "cached backbone states are read per sequence"
         if requested == "auto" and not config.is_causal:
             reason = "encoder backbone"
     else:
@@ -159,7 +162,8 @@ def layout_collator(
             requested, config, model.backbone.config, model._backbone_takes_position_ids
         )
     if name == "shared_prompt":
-        return PairLayoutChoice(name, reason, SharedPromptCollator(pad_token_id))
+        scale = 6.0 * config.text_config.hidden_size
+        return PairLayoutChoice(name, reason, SharedPromptCollator(pad_token_id, attention_scale=scale))
     prompt_pass = not config.is_causal and config.weight_posterior != "none"
     separate = PreferenceCollator(pad_token_id=pad_token_id, padding_side="right")
     return PairLayoutChoice(name, reason, SeparateLayoutStats(separate, prompt_pass))

@@ -58,23 +58,50 @@ class PackedTrees:
         return int((self.block_ids >= 0).sum())
 
 
-def pack_trees(trees: Sequence[PromptTree], pad_token_id: int, row_length: int | None = None) -> PackedTrees:
-    """Pack trees into as few rows as first-fit decreasing finds, each row at most `max(row_length, longest
-    tree)` tokens; the rows are right-padded to the longest row."""
-    if not trees:
-        raise ValueError("pack_trees: no trees to pack")
-    capacity = max(row_length or 0, max(len(tree) for tree in trees))
+def _first_fit_decreasing(sizes: Sequence[int], capacity: int) -> tuple[list[list[int]], list[int]]:
     rows: list[list[int]] = []
     used: list[int] = []
-    for index in sorted(range(len(trees)), key=lambda i: -len(trees[i])):
-        size = len(trees[index])
-        slot = next((r for r, filled in enumerate(used) if filled + size <= capacity), None)
+    for index in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        slot = next((r for r, filled in enumerate(used) if filled + sizes[index] <= capacity), None)
         if slot is None:
             rows.append([])
             used.append(0)
             slot = len(rows) - 1
         rows[slot].append(index)
-        used[slot] += size
+        used[slot] += sizes[index]
+    return rows, used
+
+
+def pack_trees(
+    trees: Sequence[PromptTree],
+    pad_token_id: int,
+    row_length: int | None = None,
+    attention_scale: float = 2304.0,
+) -> PackedTrees:
+    """Pack trees into rows by first-fit decreasing; the rows are right-padded to the longest row.
+
+    With `row_length`, rows hold at most `max(row_length, longest tree)` tokens. Without, the row width W is
+    chosen among multiples of the longest tree to minimize the step's cost R·W·(1 + W / attention_scale):
+    R·W processed positions, each paying its matmuls (∝ 6H² per layer for hidden size H) plus dense masked
+    attention over the row (∝ W·H), so `attention_scale` ≈ 6H. Fewer, longer rows waste less padding but pay
+    quadratic attention."""
+    if not trees:
+        raise ValueError("pack_trees: no trees to pack")
+    sizes = [len(tree) for tree in trees]
+    longest, total = max(sizes), sum(sizes)
+    if row_length is not None:
+        rows, used = _first_fit_decreasing(sizes, max(row_length, longest))
+    else:
+        best = None
+        for factor in (1.0, 1.05, 1.1, 1.2, 1.35, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0):
+            rows, used = _first_fit_decreasing(sizes, int(longest * factor))
+            width = max(used)
+            cost = len(rows) * width * (1.0 + width / attention_scale)
+            if best is None or cost < best[0]:
+                best = (cost, rows, used)
+            if int(longest * factor) >= total:
+                break
+        _, rows, used = best
     width = max(used)
     shape = (len(rows), width)
     input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
@@ -256,13 +283,17 @@ def score_prompt_trees(
     device = next(model.parameters()).device
     longest = max(len(s) for s in sequences)
     budget = batch_size * longest
-    groups = sorted(shared_prompt_groups(sequences, prompt_lengths, 2 * longest), key=lambda g: len(g[0]))
+    scale = 6.0 * model.config.text_config.hidden_size
+    # a tree's dense attention costs ∝ W²: trees stop growing where it passes half their matmuls' cost
+    row_tokens = max(2 * longest, int(scale / 2))
+    groups = list(shared_prompt_groups(sequences, prompt_lengths, row_tokens))
+    groups.sort(key=lambda g: len(g[1]) + sum(len(r) for r in g[2]))
     batch: list[tuple[list[int], list[int], list[list[int]]]] = []
     size = 0
 
     def run(batch):
         trees = [PromptTree(prompt, responses) for _, prompt, responses in batch]
-        packed = pack_trees(trees, pad_token_id, row_length=2 * longest)
+        packed = pack_trees(trees, pad_token_id, attention_scale=scale)
         tensors = [
             t.to(device) for t in (packed.input_ids, packed.position_ids, packed.block_ids, packed.part_ids)
         ]
@@ -294,7 +325,7 @@ def encode_rows_as_trees(
         ids = input_ids[row][attention_mask[row].bool()].tolist()
         cut = int(prompt_end[row] - first[row]) + 1
         trees.append(PromptTree(ids[:cut], [ids[cut:]]))
-    packed = pack_trees(trees, 0)
+    packed = pack_trees(trees, 0, attention_scale=6.0 * model.config.text_config.hidden_size)
     tensors = [
         t.to(input_ids.device)
         for t in (packed.input_ids, packed.position_ids, packed.block_ids, packed.part_ids)

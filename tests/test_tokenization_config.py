@@ -17,7 +17,7 @@ from vrm.modeling import VRMForSequenceClassification
 from vrm.pipeline import RewardPipeline
 from vrm.trainer import apply_lora, build_model, load_tokenizer, save_sharded_final_model
 
-KEYS = {"max_length", "max_prompt_length", "truncation", "input_format", "response_marker_ids"}
+KEYS = {"max_length", "max_prompt_length", "truncation", "input_format", "response_marker_ids", "pair_layout"}
 
 
 def saved_block(directory) -> dict:

@@ -93,7 +93,14 @@ HEAD_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-TOKENIZATION_KEYS = ("max_length", "max_prompt_length", "truncation", "input_format", "response_marker_ids")
+TOKENIZATION_KEYS = (
+    "max_length",
+    "max_prompt_length",
+    "truncation",
+    "input_format",
+    "response_marker_ids",
+    "pair_layout",  # how training laid out pairs (vrm.pair_layout); encoders are scored in the same layout
+)
 LEGACY_TOKENIZATION_FIELDS = ("max_length", "input_format", "response_marker_ids")
 
 
@@ -360,6 +367,15 @@ class DataArguments:
     )
     input_format: str = field(
         default="auto", metadata={"help": "How texts become tokens (see vrm.data).", "choices": INPUT_FORMATS}
+    )
+    pair_layout: str = field(
+        default="auto",
+        metadata={
+            "help": "shared_prompt: one row [prompt | chosen | rejected] per pair, pairs packed without padding "
+            "(exact on causal backbones; on encoders the prompt stops seeing the response, a changed model); "
+            "separate: two sequences per pair; auto: shared_prompt on causal backbones, separate on encoders.",
+            "choices": ("auto", "shared_prompt", "separate"),
+        },
     )
     attribute_names: list[str] | None = field(
         default=None,

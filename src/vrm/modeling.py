@@ -28,6 +28,7 @@ from .config import VRMConfig
 from .ensemble import EnsembleHead
 from .heads import HeadOutput, LatentRewardHead, PairSamples
 from .integrity import check_finite_weights
+from .shared_prompt import encode_rows_as_trees, encode_tree_pairs, score_layout
 
 
 class PromptBoundaryError(ValueError):
@@ -305,6 +306,10 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         return_dict: bool | None = None,
         token_type_ids: Tensor | None = None,
         labels: Tensor | None = None,
+        packed_input_ids: Tensor | None = None,
+        packed_position_ids: Tensor | None = None,
+        packed_block_ids: Tensor | None = None,
+        packed_part_ids: Tensor | None = None,
         **kwargs: Any,
     ) -> RewardModelOutput | PairwiseRewardOutput | tuple:
         """Score sequences (`input_ids`) into a `RewardModelOutput`, or, given `chosen_*` and `rejected_*`,
@@ -316,6 +321,7 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         `token_type_ids` is accepted (a tokenizer's output can be passed as `**batch`) and ignored: vrm trains
         every token as type 0. `labels` are refused (a `ValueError`): the loss comes from pairs, in
         `VRMTrainer.compute_loss`. Any other keyword argument is a `TypeError`, never silently dropped.
+        `packed_*` (`vrm.pair_layout.SharedPromptCollator`): pairs as packed prompt trees, one pass per token.
         """
         if kwargs:
             raise TypeError(
@@ -331,6 +337,9 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
             out = self._forward_states(
                 prompt_states, response_states, chosen_states, rejected_states, num_samples
             )
+        elif packed_input_ids is not None:
+            packed = (packed_input_ids, packed_position_ids, packed_block_ids, packed_part_ids)
+            out = self._sample_pairs(*encode_tree_pairs(self, *packed), num_samples)
         elif chosen_input_ids is not None:
             out = self.forward_pairs(
                 chosen_input_ids,
@@ -342,6 +351,10 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
             )
         elif input_ids is None:
             raise ValueError("forward needs input_ids (or chosen_input_ids and rejected_input_ids)")
+        elif not self.config.is_causal and score_layout(self) == "shared_prompt":  # as it was trained
+            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            end = find_prompt_end(input_ids, mask, prompt_lengths, self.config.response_marker_ids)
+            out = self._score_states(*encode_rows_as_trees(self, input_ids, mask, end))
         else:
             out = self._score_states(*self.encode(input_ids, attention_mask, prompt_lengths))
         return out if return_dict else out.to_tuple()

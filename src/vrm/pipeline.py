@@ -38,6 +38,7 @@ from .fileio import write_json
 from .integrity import NonFiniteError, load_checked
 from .manifest import check_manifest, score_manifest
 from .modeling import PromptBoundaryError, VRMForSequenceClassification, find_prompt_end
+from .shared_prompt import has_shared_prompts, score_layout, score_prompt_trees
 
 
 @dataclass
@@ -113,6 +114,12 @@ def score_sequences(
                     response_states=response_states[part].to(device),
                 ),
             )
+        return out
+    if score_layout(model) == "shared_prompt" and (
+        not model.config.is_causal or has_shared_prompts(sequences, prompt_lengths)
+    ):  # a prompt shared by several sequences is computed once (vrm.shared_prompt)
+        for index, result in score_prompt_trees(model, sequences, prompt_lengths, pad_token_id, batch_size):
+            store(index, result)
         return out
     batches = length_sorted_batches(sequences, batch_size, pad_token_id)
     total = -(-count // batch_size)

@@ -25,7 +25,6 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .config import DataArguments, ModelArguments, VRMTrainingArguments, record_tokenization
 from .data import (
-    PreferenceCollator,
     PreferenceTokenizer,
     TokenizedPair,
     TruncationStats,
@@ -38,6 +37,7 @@ from .integrity import NonFiniteError, check_finite_weights, load_checked
 from .losses import ATTRIBUTE_TARGETS, beta_factor, bootstrap_weights, preference_loss
 from .modelcard import check_train_options, write_training_outputs
 from .modeling import VRMForSequenceClassification
+from .pair_layout import LayoutTokens, layout_collator
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ class VRMTrainer(Trainer):
         attribute_targets = inputs.pop("attribute_targets", None)
         objective_labels = inputs.pop("objective_labels", None)
         rating_differences = inputs.pop("rating_differences", None)
+        layout_tokens = inputs.pop("layout_tokens", None)
         try:
             samples = model(**inputs)  # pair mode of VRMForSequenceClassification.forward
         except (
@@ -190,6 +191,9 @@ class VRMTrainer(Trainer):
             loss = loss + self.args.center_rewards_coefficient * centre
 
         mode = "train" if model.training else "eval"
+        if layout_tokens is not None:  # tokens processed / unique, padding share (vrm.pair_layout)
+            for name, value in LayoutTokens.metrics(layout_tokens).items():
+                self._metrics[mode][name].append(value)
         rewards = torch.cat([samples.chosen.reward, samples.rejected.reward]).detach().float()
         values = {
             "accuracy": out.accuracy,
@@ -517,7 +521,11 @@ def run_training(
         input_format=data_args.input_format,
         is_causal=bool(model.config.is_causal),
     )
-    tokenization = pref_tokenizer.settings()  # recorded now (checkpoints) and again by every final save
+    layout = layout_collator(data_args.pair_layout, model, tokenizer.pad_token_id, data_args.embedding_cache)
+    if training_args.process_index == 0:
+        print(f"[vrm] pair layout: {layout.name} ({layout.reason})", flush=True)
+    # recorded now (checkpoints) and again by every final save
+    tokenization = {**pref_tokenizer.settings(), "pair_layout": layout.name}
     record_tokenization(model.config, tokenization)
 
     def tokenize(examples, name: str) -> tuple[PairDataset, TruncationStats]:
@@ -531,7 +539,7 @@ def run_training(
     train_dataset, train_stats = tokenize(train_examples, "train")
     eval_dataset, eval_stats = tokenize(eval_examples, "eval") if eval_examples else (None, None)
 
-    collator = PreferenceCollator(pad_token_id=tokenizer.pad_token_id, padding_side="right")
+    collator = layout.collator
     if model_args.freeze_backbone:
         model.backbone.requires_grad_(False)
         if data_args.embedding_cache:

@@ -228,7 +228,9 @@ def encode_tree_pairs(
 def score_layout(model: Any) -> str:
     """How a model's sequences are scored: `shared_prompt` where it equals the separate path (causal backbones
     whose attention takes a 4D mask) or where the model was trained on it (the checkpoint's `pair_layout`),
-    else `separate`."""
+    else `separate`. A deep ensemble (`vrm.deep_ensemble`, no backbone of its own) scores `separate`."""
+    if not hasattr(model, "backbone"):
+        return "separate"
     trained = (getattr(model.config, "tokenization", None) or {}).get("pair_layout")
     if trained == "separate" and not model.config.is_causal:
         return "separate"

@@ -31,6 +31,8 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig, TrainingArguments
 from transformers.configuration_utils import SubConfigSpec
 
+from .trl_args import MODEL_DTYPES, TRLDataArguments, TRLModelArguments
+
 HEAD_TYPES = ("bt", "ib", "moe", "vrm", "vrm-paper")
 WEIGHT_POSTERIORS = ("none", "softmax", "dirichlet", "logistic_normal")
 FEATURE_POSTERIORS = ("identity", "deterministic", "gaussian")
@@ -257,8 +259,9 @@ class VRMConfig(PretrainedConfig):
 
 
 @dataclass
-class ModelArguments:
-    """The backbone and the head of a new reward model (or a vrm checkpoint to continue from)."""
+class ModelArguments(TRLModelArguments):
+    """The backbone and the head of a new reward model (or a vrm checkpoint to continue from); TRL's model
+    options in `vrm.trl_args`."""
 
     model_name_or_path: str = field(metadata={"help": "Backbone: a hub name or a local directory."})
     head_type: str = field(default="vrm", metadata={"help": "The reward head.", "choices": HEAD_TYPES})
@@ -272,7 +275,10 @@ class ModelArguments:
     )
     feature_posterior: str | None = field(
         default=None,
-        metadata={"help": "Override the head's semantic features (ablations).", "choices": FEATURE_POSTERIORS},
+        metadata={
+            "help": "Override the head's semantic features (ablations).",
+            "choices": FEATURE_POSTERIORS,
+        },
     )
     feature_dim: int | None = field(
         default=None,
@@ -284,7 +290,7 @@ class ModelArguments:
     pooling: str = field(default="auto", metadata={"help": "Response-state pooling.", "choices": POOLINGS})
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside model_name_or_path."})
     dtype: str = field(
-        default="float32", metadata={"help": "Backbone weights dtype.", "choices": DTYPES}
+        default="float32", metadata={"help": "Backbone weights dtype.", "choices": MODEL_DTYPES}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code of the backbone."})
     prompt_state_gradient: bool = field(
@@ -308,10 +314,14 @@ class ModelArguments:
         default=None, metadata={"help": "Modules to adapt (default: peft's choice for the architecture)."}
     )
 
+    def __post_init__(self) -> None:
+        if self.torch_dtype is not None:  # TRL's (and transformers 4's) name of dtype
+            self.dtype, self.torch_dtype = self.torch_dtype, None
+
 
 @dataclass
-class DataArguments:
-    """Where the preference pairs come from and how they become tokens."""
+class DataArguments(TRLDataArguments):
+    """Where the preference pairs come from and how they become tokens (TRL's data options: `vrm.trl_args`)."""
 
     dataset_name: list[str] = field(
         default_factory=list,
@@ -333,7 +343,10 @@ class DataArguments:
     )
     truncation: str = field(
         default="prompt_left",
-        metadata={"help": "Over-long pairs: truncate the prompt from the left, or drop.", "choices": TRUNCATIONS},
+        metadata={
+            "help": "Over-long pairs: truncate the prompt from the left, or drop.",
+            "choices": TRUNCATIONS,
+        },
     )
     input_format: str = field(
         default="auto", metadata={"help": "How texts become tokens (see vrm.data).", "choices": INPUT_FORMATS}
@@ -405,7 +418,7 @@ class VRMTrainingArguments(TrainingArguments):
         metadata={
             "choices": ATTRIBUTE_TARGETS,
             "help": "Targets of the score term from ratings: 'sign' (1/0 by which response is rated higher, ties "
-            "dropped) or 'graded' ((1 + delta) / 2 with delta the rating difference over the rating range)."
+            "dropped) or 'graded' ((1 + delta) / 2 with delta the rating difference over the rating range).",
         },
     )
     rating_weight_coef: float = field(

@@ -49,9 +49,10 @@ class PreferenceExample:
 
 # ----- reading files ------------------------------------------------------------------------------------------
 def read_source(
-    source: str, split: str, invalid: list[tuple[str, str]] | None = None
+    source: str, split: str, invalid: list[tuple[str, str]] | None = None, name: str | None = None
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (location, row) from a file or, for anything else, a `datasets` name's split.
+    """Yield (location, row) from a file or, for anything else, a `datasets` name's split (of its
+    configuration `name`, as `datasets.load_dataset(source, name, split=split)`).
 
     With an `invalid` list, unreadable rows are appended to it as (location, reason) and skipped."""
     if os.path.isfile(source) or source.endswith(FILE_SUFFIXES):
@@ -60,7 +61,7 @@ def read_source(
     import datasets  # a hub name, or a local folder of data files, as `datasets.load_dataset` reads them
 
     try:
-        dataset = datasets.load_dataset(source, split=split)
+        dataset = datasets.load_dataset(source, name=name, split=split)
     except Exception as err:  # noqa: BLE001 - re-raised with the source named
         raise DataFormatError(
             f"{source}: not a file, and loading it as a `datasets` name failed: {err}"
@@ -214,6 +215,7 @@ def load_preferences(
     max_rows: int | None = None,
     rating_scale: Sequence[float] | None = None,
     invalid: list[tuple[str, str]] | None = None,
+    dataset_config: str | None = None,
 ) -> list[PreferenceExample]:
     """Read preference pairs from files (jsonl/json/parquet/csv, optionally .gz) or `datasets` names.
 
@@ -224,13 +226,14 @@ def load_preferences(
     with `range_k` the spread of objective k's ratings in these rows, or `rating_scale` when given (pass the
     training data's `rating_ranges` when reading evaluation data, so both are on one scale).
     With an `invalid` list, rows that cannot be used are appended to it as (location, reason) and skipped
-    instead of raising (`vrm train --skip_invalid_rows`).
+    instead of raising (`vrm train --skip_invalid_rows`). `dataset_config` is the configuration of `datasets`
+    names (`--dataset_config`).
     """
     if isinstance(sources, str):
         sources = [sources]
     examples: list[PreferenceExample] = []
     for source in sources:
-        for location, row in read_source(source, split, invalid):
+        for location, row in read_source(source, split, invalid, dataset_config):
             try:
                 example = parse_row(
                     row, location, attribute_names=attribute_names, objective_column=objective_column

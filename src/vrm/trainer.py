@@ -24,6 +24,7 @@ from .backbone import (  # noqa: F401 - re-exported: `from vrm.trainer import bu
     backbone_load_kwargs,
     build_model,
     check_model_source,
+    check_quantization,
     load_tokenizer,
 )
 from .checkpoints import (  # noqa: F401 - re-exported
@@ -46,6 +47,7 @@ from .heads import LatentRewardHead
 from .integrity import NonFiniteError
 from .losses import ATTRIBUTE_TARGETS, beta_factor, preference_loss
 from .modelcard import check_train_options, write_training_outputs
+from .tokenization_cache import tokenize_pairs_cached
 
 logger = logging.getLogger(__name__)
 
@@ -308,6 +310,7 @@ def run_training(
             max_rows=limit,
             rating_scale=rating_scale,
             invalid=invalid,
+            dataset_config=data_args.dataset_config,
         )
         if invalid:  # --skip_invalid_rows: skipped, and said so
             shown = "; ".join(f"{location}: {reason}" for location, reason in invalid[:5])
@@ -316,6 +319,7 @@ def run_training(
         return examples
 
     check_rating_arguments(training_args, attribute_names)
+    check_quantization(model_args)  # --load_in_4bit without CUDA / bitsandbytes / LoRA: before any loading
     check_train_options(data_args, training_args)  # --push_to_hub, --report_to without its package, ...
 
     if training_args.objective_label_weight > 0 and not (data_args.objective_column and attribute_names):
@@ -363,7 +367,15 @@ def run_training(
     record_tokenization(model.config, tokenization)
 
     def tokenize(examples, name: str) -> tuple[PairDataset, TruncationStats]:
-        pairs, stats = pref_tokenizer.tokenize_pairs(examples)
+        # datasets.map, cached on disk: the first process of each machine tokenizes, the others read its file
+        with training_args.main_process_first(local=True, desc=f"tokenizing the {name} data"):
+            pairs, stats, _ = tokenize_pairs_cached(
+                pref_tokenizer,
+                examples,
+                cache_dir=data_args.tokenization_cache,
+                num_proc=data_args.dataset_num_proc,
+                desc=f"Tokenizing {name} pairs",
+            )
         if training_args.process_index == 0:
             print(f"[vrm] {name} data: {stats.summary()}", flush=True)
         if not pairs:

@@ -44,14 +44,20 @@ def test_a_trl_reward_yaml_trains_with_lora_dora_and_its_task_type(
         "save_strategy": "no",
         "report_to": "none",
         "output_dir": str(tmp_path / "out"),
+        "tokenization_cache": str(tmp_path / "tokenized"),  # vrm's own: where datasets.map writes the pairs
     }
     path = tmp_path / "trl.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["train", "--config", str(path), "--num_objectives", "2", "--feature_dim", "4"]) == 0
     assert "train data: 6 pairs -> 6 kept" in capsys.readouterr().out
+    _, data_args, _ = parse_train_args(["--config", str(path)])
+    assert (
+        data_args.dataset_name == [pairs_file] and data_args.dataset_num_proc == 1
+    )  # TRL's one name: a list
     adapter = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
     assert adapter["task_type"] == "SEQ_CLS" and adapter["use_dora"] is True and adapter["r"] == 4
     assert os.path.exists(tmp_path / "out" / "config.json")
+    assert [name for name in os.listdir(tmp_path / "tokenized") if name.startswith("pairs-")]
 
 
 def test_attn_implementation_and_dtype_reach_the_backbone(llama_backbone_dir):

@@ -30,6 +30,11 @@ CACHE_FORMAT = "vrm-tokenized-pairs-1"  # bump when the stored columns change
 COUNTED = tuple(f.name for f in dataclasses.fields(TruncationStats) if f.name not in ("pairs", "kept"))
 
 
+def _fields(instance) -> dict[str, Any]:
+    """A dataclass's fields, shallow (`dataclasses.asdict` would copy every token id, one call each)."""
+    return {f.name: getattr(instance, f.name) for f in dataclasses.fields(instance)}
+
+
 def default_cache_dir() -> str:
     """`datasets`' cache directory (`HF_DATASETS_CACHE`), subfolder `vrm_tokenized`."""
     import datasets
@@ -74,7 +79,7 @@ class _TokenizeRows:
         for row in batch["example"]:
             example = PreferenceExample(**json.loads(row))
             pairs, stats = self.pref_tokenizer.tokenize_pairs([example])
-            out["pair"].append(json.dumps(dataclasses.asdict(pairs[0])) if pairs else "")
+            out["pair"].append(json.dumps(_fields(pairs[0])) if pairs else "")
             for name in COUNTED:
                 out[name].append(getattr(stats, name))
         return out
@@ -95,7 +100,7 @@ def tokenize_pairs_cached(
     bar (`desc`)."""
     import datasets
 
-    rows = [json.dumps(dataclasses.asdict(example)) for example in examples]
+    rows = [json.dumps(_fields(example)) for example in examples]
     dataset = datasets.Dataset.from_dict({"example": rows})
     key, path = f"pairs-{cache_key(pref_tokenizer, rows)}", None
     if (cache_dir or "").lower() != "none":

@@ -69,3 +69,8 @@ class TRLDataArguments:
             " 'none': no cache)."
         },
     )
+
+    def __post_init__(self) -> None:
+        for name in ("dataset_name", "eval_dataset_name"):  # TRL names one dataset: a YAML string
+            if isinstance(getattr(self, name, None), str):
+                setattr(self, name, [getattr(self, name)])

@@ -90,3 +90,12 @@ def test_second_run_reads_the_cache_without_tokenizing(tmp_path, monkeypatch):
             )
     with pytest.raises(AssertionError, match="tokenized again"):
         tokenize_pairs_cached(tokenizer, examples(), cache_dir="none")
+
+
+def test_a_batch_with_every_pair_dropped_is_counted(tmp_path):
+    tokenizer = PreferenceTokenizer(
+        make_llama_tokenizer(), max_length=12, max_prompt_length=4, truncation="drop"
+    )
+    direct_pairs, direct_stats = tokenizer.tokenize_pairs(examples()[-4:])
+    pairs, stats, _ = tokenize_pairs_cached(tokenizer, examples()[-4:], cache_dir=str(tmp_path))
+    assert direct_pairs == pairs == [] and stats == direct_stats and stats.dropped_too_long == 4

@@ -2,7 +2,8 @@
 
 `tokenize_pairs_cached` gives exactly what `PreferenceTokenizer.tokenize_pairs` gives (the same pairs, the same
 `TruncationStats`): every row goes through `tokenize_pairs([example])`, and the map stores, per row, the pair
-(JSON, empty when the pair was dropped) and what truncation did to it; the counts are the column sums.
+(its token ids as Arrow integer lists, its other fields as JSON; empty when the pair was dropped) and what
+truncation did to it; the counts are the column sums.
 
 The result is an Arrow file named by a key that hashes everything the token ids depend on: the rows, the
 tokenizer's files, the tokenization settings and the source of `vrm.tokenization`. A second run on the same
@@ -26,8 +27,9 @@ from . import tokenization
 from .rows import PreferenceExample
 from .tokenization import PreferenceTokenizer, TokenizedPair, TruncationStats
 
-CACHE_FORMAT = "vrm-tokenized-pairs-1"  # bump when the stored columns change
+CACHE_FORMAT = "vrm-tokenized-pairs-2"  # bump when the stored columns change
 COUNTED = tuple(f.name for f in dataclasses.fields(TruncationStats) if f.name not in ("pairs", "kept"))
+ID_FIELDS = tuple(f.name for f in dataclasses.fields(TokenizedPair) if f.name.endswith("_ids"))  # Arrow lists
 
 
 def _fields(instance) -> dict[str, Any]:
@@ -75,14 +77,29 @@ class _TokenizeRows:
         self.pref_tokenizer = pref_tokenizer
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"pair": [], **{name: [] for name in COUNTED}}
+        out: dict[str, list[Any]] = {name: [] for name in (*ID_FIELDS, "pair", *COUNTED)}
         for row in batch["example"]:
             example = PreferenceExample(**json.loads(row))
             pairs, stats = self.pref_tokenizer.tokenize_pairs([example])
-            out["pair"].append(json.dumps(_fields(pairs[0])) if pairs else "")
+            fields = _fields(pairs[0]) if pairs else {}
+            for name in ID_FIELDS:
+                out[name].append(fields.pop(name, []))
+            out["pair"].append(json.dumps(fields) if pairs else "")
             for name in COUNTED:
                 out[name].append(getattr(stats, name))
         return out
+
+
+def _features():
+    import datasets
+
+    return datasets.Features(
+        {
+            **{name: datasets.List(datasets.Value("int32")) for name in ID_FIELDS},
+            "pair": datasets.Value("string"),
+            **{name: datasets.Value("int64") for name in COUNTED},
+        }
+    )
 
 
 def tokenize_pairs_cached(
@@ -113,14 +130,21 @@ def tokenize_pairs_cached(
         batch_size=256,
         num_proc=num_proc if num_proc and num_proc > 1 else None,
         remove_columns=["example"],
+        features=_features(),
         cache_file_name=path,
         keep_in_memory=path is None,
         new_fingerprint=key,
         desc=desc,
     )
+    table = tokenized.data  # whole columns from Arrow (`tokenized[name]` would format row by row)
     stats = TruncationStats(pairs=len(examples))
     for name in COUNTED:
-        setattr(stats, name, int(sum(tokenized[name])))
-    pairs = [TokenizedPair(**json.loads(pair)) for pair in tokenized["pair"] if pair]
+        setattr(stats, name, int(sum(table.column(name).to_pylist())))
+    ids = {name: table.column(name).to_pylist() for name in ID_FIELDS}
+    pairs = [
+        TokenizedPair(**json.loads(pair), **{name: ids[name][row] for name in ID_FIELDS})
+        for row, pair in enumerate(table.column("pair").to_pylist())
+        if pair
+    ]
     stats.kept = len(pairs)
     return pairs, stats, path

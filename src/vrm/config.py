@@ -275,10 +275,7 @@ class ModelArguments(TRLModelArguments):
     )
     feature_posterior: str | None = field(
         default=None,
-        metadata={
-            "help": "Override the head's semantic features (ablations).",
-            "choices": FEATURE_POSTERIORS,
-        },
+        metadata={"help": "Override the head's semantic features (ablations).", "choices": FEATURE_POSTERIORS},
     )
     feature_dim: int | None = field(
         default=None,
@@ -343,10 +340,7 @@ class DataArguments(TRLDataArguments):
     )
     truncation: str = field(
         default="prompt_left",
-        metadata={
-            "help": "Over-long pairs: truncate the prompt from the left, or drop.",
-            "choices": TRUNCATIONS,
-        },
+        metadata={"help": "Over-long pairs: truncate the prompt from the left, or drop.", "choices": TRUNCATIONS},
     )
     input_format: str = field(
         default="auto", metadata={"help": "How texts become tokens (see vrm.data).", "choices": INPUT_FORMATS}
@@ -418,7 +412,7 @@ class VRMTrainingArguments(TrainingArguments):
         metadata={
             "choices": ATTRIBUTE_TARGETS,
             "help": "Targets of the score term from ratings: 'sign' (1/0 by which response is rated higher, ties "
-            "dropped) or 'graded' ((1 + delta) / 2 with delta the rating difference over the rating range).",
+            "dropped) or 'graded' ((1 + delta) / 2 with delta the rating difference over the rating range)."
         },
     )
     rating_weight_coef: float = field(

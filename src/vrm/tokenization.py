@@ -144,9 +144,7 @@ class PreferenceTokenizer:
             "is_causal": bool(config.is_causal),
         }
         kwargs.update(overrides)
-        if (
-            "max_length" in overrides and "max_prompt_length" not in overrides
-        ):  # keep it inside the new budget
+        if "max_length" in overrides and "max_prompt_length" not in overrides:  # keep it inside the new budget
             recorded = kwargs["max_prompt_length"]
             if recorded is not None and not 0 < recorded < kwargs["max_length"]:
                 kwargs["max_prompt_length"] = None

@@ -149,9 +149,7 @@ class VRMTrainer(Trainer):
         rating_differences = inputs.pop("rating_differences", None)
         try:
             samples = model(**inputs)  # pair mode of VRMForSequenceClassification.forward
-        except (
-            ValueError
-        ) as err:  # torch.distributions refuses NaN parameters: the last update broke the weights
+        except ValueError as err:  # torch.distributions refuses NaN parameters: the last update broke the weights
             if "found invalid values" not in str(err) or not model.training:
                 raise
             raise NonFiniteError(
@@ -221,9 +219,7 @@ class VRMTrainer(Trainer):
         # Checked once per optimizer step (on the accumulated, synchronized gradients), not on every micro-batch.
         check = self.accelerator.sync_gradients and not self.args.fp16
         grads = [p.grad for p in model.parameters() if p.grad is not None] if check else []
-        bad_grads = (
-            ~torch.stack(torch._foreach_norm(grads)).isfinite().all() if grads else bad_loss.new_zeros(())
-        )
+        bad_grads = ~torch.stack(torch._foreach_norm(grads)).isfinite().all() if grads else bad_loss.new_zeros(())
         bad = torch.stack([bad_loss, bad_grads.to(bad_loss.device)]).float()
         if self.accelerator.num_processes > 1:  # every process stops together
             bad = self.accelerator.reduce(bad, reduction="sum")
@@ -279,9 +275,7 @@ def check_rating_arguments(training_args: VRMTrainingArguments, attribute_names:
             "/ {name}_rejected): with one, the renormalised weight is 1 and the term cannot teach the weights"
         )
     if not 0 < training_args.rating_temperature < math.inf:
-        raise ValueError(
-            f"--rating_temperature must be a positive number, got {training_args.rating_temperature}"
-        )
+        raise ValueError(f"--rating_temperature must be a positive number, got {training_args.rating_temperature}")
 
 
 @dataclass

@@ -124,9 +124,10 @@ def build_model(model_args: ModelArguments) -> VRMForSequenceClassification:
 def apply_lora(model: VRMForSequenceClassification, model_args: ModelArguments):
     """Wrap the model in LoRA adapters on the backbone; the head is trained fully and saved with the adapter.
 
-    `lora_task_type` is recorded in the adapter config; the wrapper is peft's task-agnostic `PeftModel` whatever
-    it says, since vrm's pair forward is none of the signatures peft's task classes call."""
-    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+    The adapter has no peft task type (`--lora_task_type SEQ_CLS`, TRL's reward-model value, is accepted): peft's
+    task classes call `forward` with arguments a vrm model does not take, its task-agnostic `PeftModel` does not.
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
     targets = model_args.lora_target_modules
@@ -136,9 +137,11 @@ def apply_lora(model: VRMForSequenceClassification, model_args: ModelArguments):
         raise ValueError(
             f"no default LoRA target modules for {model.config.text_config.model_type!r}; pass --lora_target_modules"
         )
-    task_types = [task.value for task in TaskType]
-    if model_args.lora_task_type not in task_types:
-        raise ValueError(f"--lora_task_type must be one of {task_types}, got {model_args.lora_task_type!r}")
+    if model_args.lora_task_type not in ("SEQ_CLS", None, ""):
+        raise ValueError(
+            f"--lora_task_type {model_args.lora_task_type}: a reward model's adapter is SEQ_CLS (the only value vrm "
+            "takes; TRL's default CAUSAL_LM is for language models)"
+        )
     if getattr(model.backbone, "is_loaded_in_4bit", False) or getattr(
         model.backbone, "is_loaded_in_8bit", False
     ):
@@ -152,6 +155,4 @@ def apply_lora(model: VRMForSequenceClassification, model_args: ModelArguments):
         use_dora=model_args.use_dora,
         use_rslora=model_args.use_rslora,
     )
-    peft_model = get_peft_model(model, lora_config)
-    peft_model.peft_config["default"].task_type = model_args.lora_task_type
-    return peft_model
+    return get_peft_model(model, lora_config)

@@ -18,8 +18,10 @@ MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")  # vrm.config.DTYPES a
 
 @dataclass(kw_only=True)
 class TRLModelArguments:
-    """TRL `ModelConfig` fields (same names, defaults and meaning; `lora_task_type` defaults to `SEQ_CLS`,
-    the reward-model task)."""
+    """TRL `ModelConfig` fields (same names, defaults and meaning). `lora_task_type` accepts `SEQ_CLS`, the value
+    TRL documents for reward models, and is its default here; the adapter is saved without a task type, so that
+    `PeftModel.from_pretrained` wraps it in peft's task-agnostic `PeftModel` (its `SEQ_CLS` class would call
+    vrm's forward with arguments it does not take)."""
 
     torch_dtype: str | None = field(
         default=None, metadata={"help": "Old name of --dtype (TRL configs).", "choices": MODEL_DTYPES}
@@ -44,7 +46,8 @@ class TRLModelArguments:
         default=None, metadata={"help": "Modules trained fully and saved with the adapter, beside the head."}
     )
     lora_task_type: str = field(
-        default="SEQ_CLS", metadata={"help": "peft task type, recorded in the adapter config (as in TRL)."}
+        default="SEQ_CLS",
+        metadata={"help": "SEQ_CLS (TRL's reward-model value) only: vrm saves a task-agnostic adapter."},
     )
     use_rslora: bool = field(
         default=False, metadata={"help": "Rank-stabilized LoRA (scale alpha / sqrt(r))."}

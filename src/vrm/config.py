@@ -31,6 +31,8 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig, TrainingArguments
 from transformers.configuration_utils import SubConfigSpec
 
+from .trl_args import MODEL_DTYPES, TRLDataArguments, TRLModelArguments
+
 HEAD_TYPES = ("bt", "ib", "moe", "vrm", "vrm-paper")
 WEIGHT_POSTERIORS = ("none", "softmax", "dirichlet", "logistic_normal")
 FEATURE_POSTERIORS = ("identity", "deterministic", "gaussian")
@@ -280,8 +282,9 @@ class VRMConfig(PretrainedConfig):
 
 
 @dataclass
-class ModelArguments:
-    """The backbone and the head of a new reward model (or a vrm checkpoint to continue from)."""
+class ModelArguments(TRLModelArguments):
+    """The backbone and the head of a new reward model (or a vrm checkpoint to continue from); TRL's model
+    options in `vrm.trl_args`."""
 
     model_name_or_path: str = field(metadata={"help": "Backbone: a hub name or a local directory."})
     head_type: str = field(default="vrm", metadata={"help": "The reward head.", "choices": HEAD_TYPES})
@@ -314,7 +317,7 @@ class ModelArguments:
     )
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside model_name_or_path."})
     dtype: str = field(
-        default="float32", metadata={"help": "Backbone weights dtype.", "choices": DTYPES}
+        default="float32", metadata={"help": "Backbone weights dtype.", "choices": MODEL_DTYPES}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code of the backbone."})
     prompt_state_gradient: bool = field(
@@ -338,10 +341,14 @@ class ModelArguments:
         default=None, metadata={"help": "Modules to adapt (default: peft's choice for the architecture)."}
     )
 
+    def __post_init__(self) -> None:
+        if self.torch_dtype is not None:  # TRL's (and transformers 4's) name of dtype
+            self.dtype, self.torch_dtype = self.torch_dtype, None
+
 
 @dataclass
-class DataArguments:
-    """Where the preference pairs come from and how they become tokens."""
+class DataArguments(TRLDataArguments):
+    """Where the preference pairs come from and how they become tokens (TRL's data options: `vrm.trl_args`)."""
 
     dataset_name: list[str] = field(
         default_factory=list,

@@ -7,12 +7,8 @@ and write a final `save_pretrained` directory that `VRMForSequenceClassification
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import re
-import shutil
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,9 +16,23 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from transformers import AutoConfig, AutoTokenizer, Trainer, set_seed
+from transformers import Trainer, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from .backbone import (  # noqa: F401 - re-exported: `from vrm.trainer import build_model` keeps working
+    apply_lora,
+    backbone_load_kwargs,
+    build_model,
+    check_model_source,
+    check_quantization,
+    load_tokenizer,
+)
+from .checkpoints import (  # noqa: F401 - re-exported
+    checkpoint_is_complete,
+    resolve_resume,
+    save_final_model,
+    save_sharded_final_model,
+)
 from .config import DataArguments, ModelArguments, VRMTrainingArguments, record_tokenization
 from .data import (
     PreferenceTokenizer,
@@ -33,11 +43,11 @@ from .data import (
 )
 from .embeddings import CachedPairDataset, CachedStatesCollator, EmbeddingCache
 from .heads import LatentRewardHead
-from .integrity import NonFiniteError, check_finite_weights, load_checked
+from .integrity import NonFiniteError
 from .losses import ATTRIBUTE_TARGETS, beta_factor, bootstrap_weights, preference_loss
 from .modelcard import check_train_options, write_training_outputs
-from .modeling import VRMForSequenceClassification
 from .pair_layout import LayoutTokens, layout_collator
+from .tokenization_cache import tokenize_pairs_cached
 
 logger = logging.getLogger(__name__)
 
@@ -306,153 +316,6 @@ class TrainingResult:
     is_main_process: bool = True
 
 
-def check_model_source(name_or_path: str) -> None:
-    """A path-like `--model_name_or_path` that does not exist is a clear error, not a hub lookup failure."""
-    looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1  # hub ids: org/name
-    if looks_local and not os.path.exists(os.path.expanduser(name_or_path)):
-        raise FileNotFoundError(f"--model_name_or_path {name_or_path}: no such directory")
-
-
-def backbone_load_kwargs(model_args: ModelArguments) -> dict[str, Any]:
-    """What both the tokenizer and the backbone are loaded with."""
-    kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code}
-    if model_args.gguf_file:
-        kwargs["gguf_file"] = model_args.gguf_file
-    return kwargs
-
-
-def load_tokenizer(model_args: ModelArguments):
-    check_model_source(model_args.model_name_or_path)
-    return AutoTokenizer.from_pretrained(model_args.model_name_or_path, **backbone_load_kwargs(model_args))
-
-
-def build_model(model_args: ModelArguments) -> VRMForSequenceClassification:
-    """A new reward model on the backbone, or a vrm checkpoint to continue training."""
-    backbone_kwargs = backbone_load_kwargs(model_args)
-    dtype = getattr(torch, model_args.dtype)
-    config = AutoConfig.from_pretrained(model_args.model_name_or_path, **backbone_kwargs)
-    if config.model_type == "vrm":
-        return load_checked(VRMForSequenceClassification, model_args.model_name_or_path, dtype=dtype)
-    head_kwargs: dict[str, Any] = {
-        "num_objectives": model_args.num_objectives,
-        "objective_names": model_args.objective_names,
-        "feature_dim": model_args.feature_dim,
-        "decoder_hidden_size": model_args.decoder_hidden_size,
-        "prior_concentration": model_args.prior_concentration,
-        "num_samples": model_args.num_samples,
-        "pooling": model_args.pooling,
-        "prompt_state_gradient": model_args.prompt_state_gradient,
-        "ensemble_members": model_args.ensemble_members,
-    }
-    for key in ("weight_posterior", "feature_posterior"):  # ablations: override the head preset
-        if getattr(model_args, key) is not None:
-            head_kwargs[key] = getattr(model_args, key)
-    if model_args.objective_names and model_args.num_objectives is None:
-        head_kwargs["num_objectives"] = len(model_args.objective_names)
-    return VRMForSequenceClassification.from_backbone(
-        model_args.model_name_or_path,
-        head_type=model_args.head_type,
-        dtype=dtype,
-        backbone_kwargs=backbone_kwargs,
-        **head_kwargs,
-    )
-
-
-def apply_lora(model: VRMForSequenceClassification, model_args: ModelArguments):
-    """Wrap the model in LoRA adapters on the backbone; the head is trained fully and saved with the adapter."""
-    from peft import LoraConfig, get_peft_model
-    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-
-    targets = model_args.lora_target_modules
-    if targets is None:
-        targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model.config.text_config.model_type)
-    if targets is None:
-        raise ValueError(
-            f"no default LoRA target modules for {model.config.text_config.model_type!r}; pass --lora_target_modules"
-        )
-    lora_config = LoraConfig(
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        target_modules=list(targets),
-        modules_to_save=["head"],
-    )
-    return get_peft_model(model, lora_config)
-
-
-def save_final_model(
-    model, tokenizer, output_dir: str, merge_lora: bool = True, tokenization: dict | None = None
-) -> VRMForSequenceClassification:
-    """Write the final model into `output_dir` (beside the `checkpoint-*` directories), crash-safe.
-
-    Everything is written to a staging directory first, then moved in, `config.json` last: a crash leaves the
-    previous final model or none, never a loadable half. With LoRA the adapter and head also go to `adapter/`,
-    and the saved model is the merged one (or the base model plus head, if not `merge_lora`). `tokenization`
-    (`PreferenceTokenizer.settings()`) is recorded in the saved config (`vrm.config.record_tokenization`).
-    """
-    check_finite_weights(model.named_parameters(), f"{output_dir}: final model not saved")
-    staging = os.path.join(output_dir, ".final-staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    plain = model
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(os.path.join(staging, "adapter"))
-        plain = model.merge_and_unload() if merge_lora else model.get_base_model()
-    if tokenization is not None:
-        record_tokenization(plain.config, tokenization)
-    plain.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    names = sorted(os.listdir(staging), key=lambda name: name == "config.json")
-    for name in names:
-        target = os.path.join(output_dir, name)
-        if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target)
-        os.replace(os.path.join(staging, name), target)
-    os.rmdir(staging)
-    return plain
-
-
-def checkpoint_is_complete(path: str) -> bool:
-    """`Trainer` writes `trainer_state.json` after the weights, optimizer and RNG states: a checkpoint without a
-    readable one was cut off while it was written."""
-    try:
-        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as handle:
-            json.load(handle)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def resolve_resume(training_args: VRMTrainingArguments) -> str | bool | None:
-    """`--resume_from_checkpoint true|auto` resumes from the newest complete checkpoint in output_dir, if any
-    (one a crash cut off mid-write is skipped, with a warning)."""
-    value = training_args.resume_from_checkpoint
-    if value is None or str(value).lower() in ("false", "no", ""):
-        return None
-    if str(value).lower() in ("true", "auto", "yes"):
-        output_dir = training_args.output_dir
-        found = []
-        if os.path.isdir(output_dir):
-            for name in os.listdir(output_dir):
-                match = re.fullmatch(r"checkpoint-(\d+)", name)
-                if match and os.path.isdir(os.path.join(output_dir, name)):
-                    found.append((int(match.group(1)), os.path.join(output_dir, name)))
-        for _, path in sorted(found, reverse=True):
-            if checkpoint_is_complete(path):
-                return path
-            logger.warning("skipping %s: incomplete (no readable trainer_state.json)", path)
-            print(f"[vrm] skipping {path}: incomplete (cut off while it was written)", flush=True)
-        logger.warning("no complete checkpoint in %s to resume from; starting fresh", output_dir)
-        return None
-    if not os.path.isdir(value):
-        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint directory")
-    if not checkpoint_is_complete(value):
-        raise ValueError(
-            f"--resume_from_checkpoint {value}: incomplete checkpoint (no readable trainer_state.json)"
-        )
-    return value
-
-
 def run_training(
     model_args: ModelArguments, data_args: DataArguments, training_args: VRMTrainingArguments
 ) -> TrainingResult:
@@ -470,6 +333,7 @@ def run_training(
             max_rows=limit,
             rating_scale=rating_scale,
             invalid=invalid,
+            dataset_config=data_args.dataset_config,
         )
         if invalid:  # --skip_invalid_rows: skipped, and said so
             shown = "; ".join(f"{location}: {reason}" for location, reason in invalid[:5])
@@ -478,6 +342,7 @@ def run_training(
         return examples
 
     check_rating_arguments(training_args, attribute_names)
+    check_quantization(model_args)  # --load_in_4bit without CUDA / bitsandbytes / LoRA: before any loading
     check_train_options(data_args, training_args)  # --push_to_hub, --report_to without its package, ...
 
     if training_args.objective_label_weight > 0 and not (data_args.objective_column and attribute_names):
@@ -529,7 +394,15 @@ def run_training(
     record_tokenization(model.config, tokenization)
 
     def tokenize(examples, name: str) -> tuple[PairDataset, TruncationStats]:
-        pairs, stats = pref_tokenizer.tokenize_pairs(examples)
+        # datasets.map, cached on disk: the first process of each machine tokenizes, the others read its file
+        with training_args.main_process_first(local=True, desc=f"tokenizing the {name} data"):
+            pairs, stats, _ = tokenize_pairs_cached(
+                pref_tokenizer,
+                examples,
+                cache_dir=data_args.tokenization_cache,
+                num_proc=data_args.dataset_num_proc,
+                desc=f"Tokenizing {name} pairs",
+            )
         if training_args.process_index == 0:
             print(f"[vrm] {name} data: {stats.summary()}", flush=True)
         if not pairs:
@@ -584,24 +457,3 @@ def run_training(
     return TrainingResult(
         training_args.output_dir, train_stats, eval_stats, metrics, trainer.is_world_process_zero()
     )
-
-
-def save_sharded_final_model(
-    trainer: VRMTrainer, tokenizer, model_args: ModelArguments, training_args, tokenization=None
-) -> None:
-    """The final model of an FSDP / DeepSpeed run: every process takes part in gathering the full state dict
-    (`Trainer.save_model`); process 0 then writes the plain model crash-safe, as `save_final_model` does (with
-    LoRA: the gathered adapter is merged into a freshly loaded base model, whose config gets `tokenization`
-    back)."""
-    gathered = os.path.join(training_args.output_dir, ".final-gathered")
-    trainer.save_model(gathered)
-    if trainer.is_world_process_zero():
-        from peft import PeftModel
-
-        if model_args.use_peft:
-            model = PeftModel.from_pretrained(build_model(model_args), gathered)
-        else:
-            model = VRMForSequenceClassification.from_pretrained(gathered)
-        args = (training_args.output_dir, training_args.merge_lora_on_save, tokenization)
-        save_final_model(model, tokenizer, *args)
-        shutil.rmtree(gathered, ignore_errors=True)

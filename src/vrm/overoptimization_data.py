@@ -5,7 +5,8 @@
 
 `alpacaeval` (~56 generators' answers per instruction): the instructions are split once (`split_seed`) into
 `pool_prompts` pool instructions with at least `pool_candidates` distinct answers (that many drawn per
-instruction) and the rest, whose judged pairs are shuffled into `gold_pairs` training pairs of the gold model
+instruction; the pool keeps the first `pool_keep_prompts` of them with their first `pool_keep_candidates`
+answers, a smaller pool on the same split) and the rest, whose judged pairs are shuffled into `gold_pairs` training pairs of the gold model
 and `test_pairs` test pairs. No pool instruction is in any training pair. The gold reward model (`gold` flags
 of the study, seed 0) is trained on the gold pairs; it scores the pool (the gold scores), and relabels the
 first `proxy_pairs` of its training pairs (the proxies' training set, as in Gao et al., 2022: proxies learn the
@@ -78,6 +79,11 @@ def split_alpacaeval(spec: dict[str, Any]) -> tuple[list[dict], list[dict], list
     if len(pool_prompts) < spec["pool_prompts"]:
         raise ValueError(f"{spec['source']}: only {len(pool_prompts)} prompts have {size} distinct answers")
     pool = [{"prompt": p, "responses": rng.sample(answers[p], size)} for p in pool_prompts]
+    keep_prompts, keep_candidates = (
+        spec.get("pool_keep_prompts", len(pool)),
+        spec.get("pool_keep_candidates", size),
+    )
+    pool = [{**row, "responses": row["responses"][:keep_candidates]} for row in pool[:keep_prompts]]
     held = set(pool_prompts)
     pairs = [row for p in prompts if p not in held for row in rows_by_prompt[p]]
     rng.shuffle(pairs)
@@ -138,15 +144,18 @@ def prepare_alpacaeval(config: StudyConfig, directory: str, work_dir: str) -> St
     write_jsonl(gold_pairs, raw["gold_train"])
     pool_rows = [{**row, "gold_scores": [0.0] * len(row["responses"])} for row in pool]
     write_jsonl(pool_rows, raw["pool"])
-    cache = os.path.join(work_dir, "embeddings")
     gold_dir = os.path.join(work_dir, "models", config.name, "gold")
-    flags = train_flags(config, config.gold, 0, raw["gold_train"], gold_dir, cache)
+    flags = train_flags(
+        config, config.gold, 0, raw["gold_train"], gold_dir, os.path.join(work_dir, "embeddings")
+    )
     if not os.path.exists(os.path.join(gold_dir, "config.json")):
         train_model(flags)
     proxy_rows = tokenizable(gold_dir, gold_pairs[: spec["proxy_pairs"]], raw["proxy"])
     test_pairs = tokenizable(gold_dir, test_pairs, raw["test"])
-    assemble_cached_states(flags, raw["gold_train"], raw["proxy"], cache)
-    assemble_cached_states(flags, raw["test"].removesuffix(".jsonl") + "_all.jsonl", raw["test"], cache)
+    cache = flags.get("embedding_cache")  # None: a fine-tuned gold, no states to reuse
+    if cache:
+        assemble_cached_states(flags, raw["gold_train"], raw["proxy"], cache)
+        assemble_cached_states(flags, raw["test"].removesuffix(".jsonl") + "_all.jsonl", raw["test"], cache)
     # the gold scores the proxies' training pairs as test pairs: one call scores the pool and those pairs
     proxy_scores = score_model(gold_dir, pool_rows, raw["proxy"], cache)
     test_scores = score_model(gold_dir, pool_rows, raw["test"], cache)
@@ -157,7 +166,8 @@ def prepare_alpacaeval(config: StudyConfig, directory: str, work_dir: str) -> St
     test, test_flipped = relabel(test_pairs, test_scores["test_chosen"], test_scores["test_rejected"])
     write_jsonl(proxy, paths["train"])
     write_jsonl(test, paths["test"])
-    assemble_cached_states(flags, raw["gold_train"], paths["train"], cache)
+    if cache:
+        assemble_cached_states(flags, raw["gold_train"], paths["train"], cache)
     summary = {
         "gold_pairs": len(gold_pairs),
         "gold_accuracy_on_judge_labels_of_test_pairs": 1 - test_flipped / len(test_pairs),

@@ -122,8 +122,9 @@ def backbone_path(name: str) -> str:
 
 def train_flags(
     config: StudyConfig, variant_flags: dict[str, Any], seed: int, train: str, out: str, cache: str
-):
-    return {
+) -> dict[str, Any]:
+    """The `vrm train` flags of one run; `--embedding_cache` only where the backbone is frozen."""
+    flags = {
         "model_name_or_path": backbone_path(config.backbone),
         "dataset_name": train,
         "output_dir": out,
@@ -131,10 +132,12 @@ def train_flags(
         "save_strategy": "no",
         "report_to": "none",
         "disable_tqdm": True,
-        "embedding_cache": cache,
         **config.common,
         **variant_flags,
     }
+    if flags.get("freeze_backbone"):
+        flags["embedding_cache"] = cache
+    return flags
 
 
 def train_model(flags: dict[str, Any]) -> str:
@@ -153,7 +156,9 @@ def read_pool_rows(path: str) -> list[dict[str, Any]]:
     return read_pool(path, "gold_scores")
 
 
-def score_model(model_dir: str, pool: list[dict[str, Any]], test_path: str, cache: str) -> dict[str, Any]:
+def score_model(
+    model_dir: str, pool: list[dict[str, Any]], test_path: str, cache: str | None
+) -> dict[str, Any]:
     """Rewards and reward_std of every pool candidate and of both sides of every test pair."""
     from .data import load_preferences
     from .evaluate import score_pairs
@@ -280,10 +285,12 @@ def execute(spec: RunSpec, config: StudyConfig, data: StudyData, work_dir: str) 
     model_dir = os.path.join(work_dir, "models", config.name, spec.name)
     train = data.train
     flags = train_flags(config, config.proxies[spec.proxy], spec.seed, train, model_dir, cache)
+    cache = flags.get("embedding_cache")  # None: a fine-tuned backbone, no states to reuse
     if spec.bootstrap:
         train = os.path.join(work_dir, "data", config.name, "bootstrap", f"seed{spec.seed}.jsonl")
         bootstrap_file(data.train, train, spec.seed)
-        assemble_cached_states(flags, data.train, train, cache)
+        if cache:
+            assemble_cached_states(flags, data.train, train, cache)
         flags["dataset_name"] = train
     train_model(flags)
     scores = score_model(model_dir, read_pool_rows(data.pool), data.test, cache)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import auroc, best_of_n, error_detection, kl_bon
+from .metrics import auroc, best_of_n, error_detection, kl_bon, spearman
 
 
 @dataclass
@@ -147,7 +147,8 @@ def std_spread(pairs: PairScores) -> dict[str, float] | None:
 
     `cv`: std / mean of sigma over the responses (0: a constant that cannot rank anything);
     `corr_abs_margin`: Pearson correlation of the pair std with |r+ - r-| (an uncertainty that only restates
-    the margin adds nothing to it)."""
+    the margin adds nothing to it); `spearman_abs_reward`: rank correlation of sigma with |r| per response (a
+    sigma that scales with the reward's size describes its spread, not what the model does not know)."""
     if pairs.std_chosen is None or pairs.std_rejected is None:
         return None
     sigma = np.concatenate([pairs.std_chosen, pairs.std_rejected]).astype(np.float64)
@@ -161,6 +162,7 @@ def std_spread(pairs: PairScores) -> dict[str, float] | None:
         "p10": float(np.quantile(sigma, 0.1)),
         "p90": float(np.quantile(sigma, 0.9)),
         "corr_abs_margin": math.nan if constant else float(np.corrcoef(pair_std, margin)[0, 1]),
+        "spearman_abs_reward": spearman(sigma, np.abs(np.concatenate([pairs.chosen, pairs.rejected]))),
     }
 
 

@@ -181,11 +181,12 @@ def report_markdown(report: dict[str, Any]) -> str:
     ]
     if spread:
         lines += ["", "How σ varies over responses (test pairs): mean, coefficient of variation std/mean, and the "
-                  "correlation of the pair σ with the margin |Δr|:", "",
-                  "| proxy | mean σ | cv of σ | σ p10 – p90 | corr(σ, \\|Δr\\|) |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+                  "correlation of the pair σ with the margin |Δr|, rank correlation of σ with |r|:", "",
+                  "| proxy | mean σ | cv of σ | σ p10 – p90 | corr(σ, \\|Δr\\|) | Spearman(σ, \\|r\\|) |",
+                  "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
         for name, s in spread:
             lines.append(f"| {name} | {fmt(s['mean'])} | {fmt(s['cv'])} | {s['p10']['mean']:.3f} – "
-                         f"{s['p90']['mean']:.3f} | {fmt(s['corr_abs_margin'])} |")  # fmt: skip
+                         f"{s['p90']['mean']:.3f} | {fmt(s['corr_abs_margin'])} | {fmt(s['spearman_abs_reward'])} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

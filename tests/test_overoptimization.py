@@ -246,8 +246,8 @@ def test_study_end_to_end_on_a_tiny_backbone(tmp_path, llama_backbone_dir, capsy
             "pool_seed": 1,
         },
         "common": {"freeze_backbone": True, "max_steps": 2, "per_device_train_batch_size": 8},
-        "proxies": {"bt": {"head_type": "bt"}, "vrm": {"head_type": "vrm", "num_objectives": 2}},
-        "ensembles": {"bt-ensemble": "bt"},
+        "proxies": {"vrm": {"head_type": "vrm", "num_objectives": 2}},
+        "ensembles": {"vrm-ensemble": "vrm"},
         "ensemble_members": 2,
         "seeds": [0],
         "ns": [1, 2, 4],
@@ -257,12 +257,13 @@ def test_study_end_to_end_on_a_tiny_backbone(tmp_path, llama_backbone_dir, capsy
     results = str(tmp_path / "results")
     assert main([str(path), "--results_dir", results, "--work_dir", str(tmp_path / "work")]) == 0
     printed = capsys.readouterr().out
-    assert "bt-boot-s0-m1" in printed
+    assert "vrm-boot-s0-m1" in printed
     assert printed.count("embedding 48 of 48") == 1  # the bootstrap members read assembled states
     with open(os.path.join(results, "report.json")) as handle:
         report = json.load(handle)
-    assert set(report["proxies"]) == {"bt", "vrm", "bt-ensemble"}
+    assert set(report["proxies"]) == {"vrm", "vrm-ensemble"}
     assert report["proxies"]["vrm"]["summary"]["has_std"]
-    assert len(report["proxies"]["bt"]["summary"]["plain"]) == 3
+    assert "member_margin_std" in report["proxies"]["vrm-ensemble"]["summary"]["auroc"]
+    assert len(report["proxies"]["vrm"]["summary"]["plain"]) == 3
     assert os.path.exists(os.path.join(results, "gold_vs_kl.png"))
     assert not os.listdir(os.path.join(tmp_path, "work", "models", "tiny"))  # models deleted once scored

@@ -60,6 +60,20 @@ def proxy_scores(
     return ensemble_pool([run_pool(m) for m in members]), ensemble_pairs([run_pairs(m) for m in members])
 
 
+def pool_sigma_ranks(scores: PoolScores, gold: list[np.ndarray], lengths: list[np.ndarray]) -> dict | None:
+    """What sigma follows among the pool's candidates: Spearman correlation of sigma with the gold score, with
+    the response length (characters) and with the reward r, within each prompt, averaged over prompts."""
+    from .metrics import spearman
+
+    if scores.std is None:
+        return None
+    out = {}
+    for name, other in (("gold", gold), ("length", lengths), ("reward", scores.reward)):
+        values = [spearman(s, o) for s, o in zip(scores.std, other, strict=True)]
+        out[name] = float(np.nanmean(values)) if not np.all(np.isnan(values)) else math.nan
+    return out
+
+
 def mean_std(values: Sequence[float]) -> dict[str, float]:
     values = [v for v in values if not math.isnan(v)]
     if not values:
@@ -74,6 +88,7 @@ def build_report(
     gold = [np.asarray(row["gold_scores"], dtype=np.float64) for row in pool]
     validation, test = split_prompts(len(gold), config.validation_fraction, seed=0)
     ns = [n for n in config.ns if n <= max(len(g) for g in gold)]
+    lengths = [np.asarray([len(str(r)) for r in row["responses"]], dtype=np.float64) for row in pool]
     oracle = gold_curve(PoolScores(gold, None), gold, ns, prompts=test)
     proxies: dict[str, Any] = {}
     for proxy in [*config.proxies, *config.ensembles]:
@@ -87,6 +102,7 @@ def build_report(
             plain = gold_curve(pool_scores, gold, ns, 0.0, test)
             careful = gold_curve(pool_scores, gold, ns, lam, test)
             margin = pairs.chosen - pairs.rejected
+            pool_sigma = pool_sigma_ranks(pool_scores, gold, lengths)
             per_seed.append({
                 "seed": seed,
                 "lambda": lam,
@@ -95,6 +111,7 @@ def build_report(
                 "accuracy": float(np.mean(np.where(margin > 0, 1.0, np.where(margin < 0, 0.0, 0.5)))),
                 "auroc": uncertainty_aurocs(pairs),
                 "std_spread": std_spread(pairs),
+                "pool_sigma": pool_sigma,
             })  # fmt: skip
         if not per_seed:
             continue
@@ -115,6 +132,9 @@ def build_report(
         if summary["has_std"]:
             summary["std_spread"] = {
                 key: mean_std([s["std_spread"][key] for s in per_seed]) for key in per_seed[0]["std_spread"]
+            }
+            summary["pool_sigma"] = {
+                key: mean_std([s["pool_sigma"][key] for s in per_seed]) for key in per_seed[0]["pool_sigma"]
             }
         proxies[proxy] = {"summary": summary, "per_seed": per_seed}
     return {
@@ -187,6 +207,15 @@ def report_markdown(report: dict[str, Any]) -> str:
         for name, s in spread:
             lines.append(f"| {name} | {fmt(s['mean'])} | {fmt(s['cv'])} | {s['p10']['mean']:.3f} – "
                          f"{s['p90']['mean']:.3f} | {fmt(s['corr_abs_margin'])} | {fmt(s['spearman_abs_reward'])} |")  # fmt: skip
+        lines += ["", "What σ follows among the candidates of a pool prompt (Spearman correlation within each prompt, "
+                  "mean over prompts; then mean ± std over seeds):", "",
+                  "| proxy | σ vs gold | σ vs response length | σ vs reward r |", "|---|---:|---:|---:|"]  # fmt: skip
+        for name, entry in proxies.items():
+            ranks = entry["summary"].get("pool_sigma")
+            if ranks:
+                lines.append(
+                    f"| {name} | {fmt(ranks['gold'])} | {fmt(ranks['length'])} | {fmt(ranks['reward'])} |"
+                )
     return "\n".join(lines) + "\n"
 
 

@@ -175,7 +175,7 @@ def prepare_alpacaeval(config: StudyConfig, directory: str, work_dir: str) -> St
         "proxy_pairs": len(proxy),
         "test_pairs": len(test),
         "pool_prompts": len(pool_rows),
-        "pool_candidates": spec["pool_candidates"],
+        "pool_candidates": len(pool_rows[0]["responses"]),
     }
     write_json(summary, os.path.join(directory, "gold.json"))
     write_jsonl(pool_rows, paths["pool"])  # last: its presence marks the data as prepared

@@ -230,6 +230,7 @@ def plot_report(report: dict[str, Any], path: str) -> str:
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     kl = report["kl_bon"]
+    ax.plot(kl, report["oracle_gold"], ":", color="gray", label="oracle (gold picks)")
     for name, entry in report["proxies"].items():
         color = None
         for mode, style in (("plain", "-"), ("conservative", "--")):

@@ -267,3 +267,25 @@ def test_study_end_to_end_on_a_tiny_backbone(tmp_path, llama_backbone_dir, capsy
     assert len(report["proxies"]["vrm"]["summary"]["plain"]) == 3
     assert os.path.exists(os.path.join(results, "gold_vs_kl.png"))
     assert not os.listdir(os.path.join(tmp_path, "work", "models", "tiny"))  # models deleted once scored
+
+
+def test_committed_studies_are_valid_train_arguments():
+    """Every run (and the gold) of every committed study config parses as `vrm train` arguments."""
+    from pathlib import Path
+
+    from vrm.cli import parse_train_args
+    from vrm.experiment import to_argv
+    from vrm.overoptimization_study import train_flags
+
+    configs = sorted(
+        (Path(__file__).parents[1] / "benchmarks" / "experiments" / "overoptimization").glob("*.yaml")
+    )
+    assert len(configs) == 4
+    for path in configs:
+        config = load_study(str(path))
+        variants = [config.proxies[spec.proxy] for spec in run_specs(config)] + [config.gold]
+        for variant in variants:
+            flags = train_flags(config, variant, 0, "unused.jsonl", "out", "cache")
+            if not torch.cuda.is_available():  # transformers refuses --bf16 without the hardware for it
+                flags.pop("bf16", None)
+            parse_train_args(to_argv(flags))

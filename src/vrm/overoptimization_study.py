@@ -1,6 +1,6 @@
 """The over-optimization study, declared in a YAML file: proxies x seeds, best-of-n against a gold reward.
 
-    python -m vrm.overoptimization_study benchmarks/experiments/overoptimization_synthetic.yaml
+    python -m vrm.overoptimization_study benchmarks/experiments/overoptimization/synthetic.yaml
 
     name: overoptimization_synthetic
     backbone: minilm                       # `minilm` (the pip-installed MiniLM) or a local directory

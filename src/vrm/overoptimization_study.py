@@ -373,6 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gpu_command": config.gpu_command,
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__},
     }
+    gold_summary = os.path.join(os.path.dirname(data.pool), "gold.json")  # AlpacaEval: how the gold was made
+    if os.path.exists(gold_summary):
+        with open(gold_summary, encoding="utf-8") as handle:
+            meta["gold_summary"] = json.load(handle)
     report = build_report(config, runs, read_pool_rows(data.pool), meta)
     write_json(report, os.path.join(results_dir, "report.json"))
     markdown = report_markdown(report)

@@ -214,6 +214,7 @@ def main() -> None:
         help="Count FLOPs at 1 and 2 layers, extrapolate (linear).",
     )
     parser.add_argument("--output", default=os.path.join(HERE, "results", "train_throughput.json"))
+    parser.add_argument("--machine_note", default="", help="What else ran on the machine (recorded in the JSON).")
     args = parser.parse_args()
     for backbone in args.backbones:
         backbone_path(backbone)  # convert once, outside the timed processes (cached under CACHE)
@@ -235,7 +236,7 @@ def main() -> None:
     report["layout"] = {
         "commands": [*previous.get("commands", []), "python benchmarks/layout_throughput.py " + shlex.join(sys.argv[1:])],
         "data": {name: os.path.relpath(path, os.path.join(HERE, "..")) for name, path in DATASETS.items()},
-        "machine": {**machine(), "shared": "2 CPU cores shared with five other engineers' jobs"},
+        "machine": {**machine(), **({"shared": args.machine_note} if args.machine_note else {})},
         "settings": {**previous.get("settings", {}), **({} if args.no_timing else {
             backbone: {"max_length": args.max_length, "steps": args.steps, "warmup": args.warmup,
                        "repeats": args.repeats, "seed": args.seed, "batch_size": BATCH[backbone]}

@@ -21,18 +21,15 @@ from typing import Any
 import torch
 from torch import Tensor
 from transformers import AutoConfig, AutoModel, PreTrainedModel
-from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import ModelOutput
 
 from .config import VRMConfig
 from .ensemble import EnsembleHead
 from .heads import HeadOutput, LatentRewardHead, PairSamples
 from .integrity import check_finite_weights
+from .pooling import PromptBoundaryError as PromptBoundaryError
+from .pooling import backbone_is_causal, find_prompt_end, first_token_index, last_token_index
 from .shared_prompt import encode_rows_as_trees, encode_tree_pairs, score_layout
-
-
-class PromptBoundaryError(ValueError):
-    """The prompt/response boundary could not be found in a row."""
 
 
 @dataclass
@@ -60,58 +57,6 @@ class RewardModelOutput(ModelOutput):
 class PairwiseRewardOutput(PairSamples):
     """Output of the pair path of `VRMForSequenceClassification.forward` (`chosen_*` and `rejected_*`, or
     `chosen_states` and `rejected_states`): the samples and KL terms the negative ELBO of `vrm.losses` needs."""
-
-
-def backbone_is_causal(text_config) -> bool:
-    """Infer whether an architecture attends causally: encoders are those with a masked-LM head."""
-    return text_config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-
-def first_token_index(attention_mask: Tensor) -> Tensor:
-    """Index of the first real token of each row [B] (works for left and right padding)."""
-    return attention_mask.long().argmax(dim=1)
-
-
-def last_token_index(attention_mask: Tensor) -> Tensor:
-    """Index of the last real token of each row [B] (works for left and right padding)."""
-    return attention_mask.shape[1] - 1 - attention_mask.long().flip(1).argmax(dim=1)
-
-
-def find_prompt_end(
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    prompt_lengths: Tensor | None = None,
-    marker_ids: list[int] | None = None,
-) -> Tensor:
-    """Index of the last prompt token of each row [B].
-
-    With `prompt_lengths` (real prompt tokens per row) it is `first_real + prompt_length - 1`. Otherwise the
-    last occurrence of `marker_ids` that ends before the row's last real token marks the end of the prompt.
-    """
-    first = first_token_index(attention_mask)
-    if prompt_lengths is not None:
-        return first + prompt_lengths.to(first.device).long() - 1
-    if not marker_ids:
-        raise PromptBoundaryError(
-            "no prompt_lengths were given and the config has no response_marker_ids to find the prompt end; "
-            "pass prompt_lengths or tokenize with vrm.data.PreferenceTokenizer"
-        )
-    marker = torch.tensor(marker_ids, device=input_ids.device)
-    width = marker.numel()
-    if input_ids.shape[1] < width:
-        raise PromptBoundaryError("sequences are shorter than the response marker")
-    windows = input_ids.unfold(1, width, 1)  # [B, L - m + 1, m]
-    ends = torch.arange(width - 1, input_ids.shape[1], device=input_ids.device)  # window end positions
-    matches = (windows == marker).all(-1) & attention_mask[:, width - 1 :].bool()
-    matches &= ends.unsqueeze(0) < last_token_index(attention_mask).unsqueeze(1)
-    if not bool(matches.any(1).all()):
-        missing = (~matches.any(1)).nonzero().flatten().tolist()
-        raise PromptBoundaryError(
-            f"response marker {marker_ids} not found before the last token in rows {missing}; "
-            "pass prompt_lengths or format inputs with the template used at training time"
-        )
-    last_match = matches.shape[1] - 1 - matches.long().flip(1).argmax(1)
-    return ends[last_match]
 
 
 class VRMPreTrainedModel(PreTrainedModel):
@@ -484,8 +429,8 @@ def _stack_padded(*parts: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
 def _register_auto_classes() -> None:
     """Let `AutoConfig` / `AutoModelForSequenceClassification` load vrm checkpoints: once vrm is imported, and,
     where vrm is not installed, with `trust_remote_code=True` — `save_pretrained` copies this file and those
-    it imports (`config.py`, `heads.py`, `ensemble.py`, `integrity.py`, which import only torch and transformers)
-    next to the weights."""
+    it imports (`config.py`, `heads.py`, `ensemble.py`, `integrity.py`, `pooling.py`, `shared_prompt.py`, which
+    import only torch and transformers) next to the weights."""
     from transformers import AutoModelForSequenceClassification
 
     VRMConfig.register_for_auto_class()

@@ -36,12 +36,14 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from .experiment_report import build_report, paired_p_value, report_markdown, weight_error  # noqa: F401
 from .fileio import write_json
+
+Config = TypeVar("Config")
 
 EXPERIMENT_KEYS = {"name", "backbone", "data_dir", "train", "validation", "test", "common", "grid", "seeds",
                    "baseline", "variants", "comparisons", "eval_subsets", "true_weights", "notes"}  # fmt: skip
@@ -75,21 +77,26 @@ class ExperimentConfig:
         return points
 
 
-def load_experiment(path: str) -> ExperimentConfig:
-    """Read and check an experiment YAML; errors name the file and the field."""
+def read_yaml_config(path: str, kind: type[Config], known: set[str], what: str) -> Config:
+    """The dataclass `kind` from a YAML mapping; unknown or missing fields are errors naming the file."""
     import yaml
 
     with open(path, encoding="utf-8") as handle:
         values = yaml.safe_load(handle)
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of experiment fields")
-    unknown = sorted(set(values) - EXPERIMENT_KEYS)
+        raise ValueError(f"{path}: expected a mapping of {what} fields")
+    unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown fields {unknown} (known: {sorted(EXPERIMENT_KEYS)})")
+        raise ValueError(f"{path}: unknown fields {unknown} (known: {sorted(known)})")
     try:
-        config = ExperimentConfig(**values)
+        return kind(**values)
     except TypeError as err:
         raise ValueError(f"{path}: {err}") from None
+
+
+def load_experiment(path: str) -> ExperimentConfig:
+    """Read and check an experiment YAML; errors name the file and the field."""
+    config = read_yaml_config(path, ExperimentConfig, EXPERIMENT_KEYS, "experiment")
     if config.baseline not in config.variants:
         raise ValueError(
             f"{path}: baseline {config.baseline!r} is not one of the variants {list(config.variants)}"

@@ -60,19 +60,9 @@ class StudyConfig:
 
 def load_study(path: str) -> StudyConfig:
     """Read and check a study YAML; errors name the file and the field."""
-    import yaml
+    from .experiment import read_yaml_config
 
-    with open(path, encoding="utf-8") as handle:
-        values = yaml.safe_load(handle)
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of study fields")
-    unknown = sorted(set(values) - STUDY_KEYS)
-    if unknown:
-        raise ValueError(f"{path}: unknown fields {unknown} (known: {sorted(STUDY_KEYS)})")
-    try:
-        config = StudyConfig(**values)
-    except TypeError as err:
-        raise ValueError(f"{path}: {err}") from None
+    config = read_yaml_config(path, StudyConfig, STUDY_KEYS, "study")
     for name, base in config.ensembles.items():
         if base not in config.proxies:
             raise ValueError(

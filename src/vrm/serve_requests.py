@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from fastapi import HTTPException
@@ -108,6 +108,18 @@ class ChatMessage(BaseModel):
 Text = str | list[ChatMessage]
 
 
+# a request's lambda of the conservative reward (`vrm.conservative`), checked by pydantic: a bad one is a 422
+ConservativeLambda = Annotated[
+    float | None,
+    Field(
+        ge=0,
+        allow_inf_nan=False,
+        description="This request's lambda of `reward - lambda * reward_std` (a number >= 0; "
+        "default: the server's --conservative_lambda).",
+    ),
+]
+
+
 class GetRewardRequest(BaseModel):
     """OpenRLHF's remote reward model request."""
 
@@ -117,13 +129,7 @@ class GetRewardRequest(BaseModel):
         description="The templated prompt of each query (optional): marks where responses start.",
     )
     labels: list[Any] | None = Field(default=None, description="Accepted for compatibility; ignored.")
-    conservative_lambda: float | None = Field(
-        default=None,
-        ge=0,
-        allow_inf_nan=False,
-        description="This request's lambda of `reward - lambda * reward_std` (a number >= 0; "
-        "default: the server's --conservative_lambda).",
-    )
+    conservative_lambda: ConservativeLambda = None
 
 
 class GetRewardResponse(BaseModel):
@@ -139,13 +145,7 @@ class ScoreRequest(BaseModel):
 
     prompts: list[Text]
     responses: list[Text]
-    conservative_lambda: float | None = Field(
-        default=None,
-        ge=0,
-        allow_inf_nan=False,
-        description="This request's lambda of `reward - lambda * reward_std` (a number >= 0; "
-        "default: the server's --conservative_lambda).",
-    )
+    conservative_lambda: ConservativeLambda = None
 
 
 class ScoreResult(BaseModel):

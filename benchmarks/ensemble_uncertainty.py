@@ -110,14 +110,13 @@ def train(variant: str, seed: int, paths: dict[str, str], backbone: str, max_len
 def score(model_dir: str, path: str):
     """(chosen, rejected) `SequenceScores` of the pairs in `path`."""
     from vrm.data import load_preferences
-    from vrm.evaluate import score_pairs
+    from vrm.evaluate import score_examples
     from vrm.pipeline import load_scorer
 
     scorer = load_scorer(
         model_dir, device="cpu", dtype="float32", embedding_cache=os.path.join(WORK, "states")
     )
-    pairs, _ = scorer.template.tokenize_pairs(load_preferences([path]))
-    return score_pairs(scorer.model, pairs, scorer.tokenizer.pad_token_id, 64, False, scorer.embedding_cache)
+    return score_examples(scorer, load_preferences([path]), batch_size=64)
 
 
 def combine(members: list):

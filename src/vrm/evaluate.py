@@ -76,6 +76,19 @@ def score_pairs(
     return both.select(slice(0, n)), both.select(slice(n, 2 * n))
 
 
+def score_examples(
+    scorer: RewardPipeline,
+    examples: Sequence[PreferenceExample],
+    batch_size: int = 32,
+    progress: bool = False,
+) -> tuple[SequenceScores, SequenceScores]:
+    """`score_pairs` of preference examples, tokenized and scored as `scorer` (a vrm `RewardPipeline`) reads
+    them, its embedding cache included."""
+    pairs, _ = scorer.template.tokenize_pairs(examples)
+    pad, cache = scorer.tokenizer.pad_token_id, scorer.embedding_cache
+    return score_pairs(scorer.model, pairs, pad, batch_size, progress, embedding_cache=cache)
+
+
 def pairwise_metrics(
     chosen: SequenceScores,
     rejected: SequenceScores,

@@ -151,7 +151,7 @@ def score_model(
 ) -> dict[str, Any]:
     """Rewards and reward_std of every pool candidate and of both sides of every test pair."""
     from .data import load_preferences
-    from .evaluate import score_pairs
+    from .evaluate import score_examples
     from .pipeline import load_scorer
 
     scorer = load_scorer(model_dir, embedding_cache=cache)
@@ -165,14 +165,7 @@ def score_model(
         pool_reward.append(reward[start:end].round(6).tolist())
         pool_std.append(std[start:end].round(6).tolist())
         start = end
-    pairs, _ = scorer.template.tokenize_pairs(load_preferences(test_path, split="test"))
-    chosen, rejected = score_pairs(
-        scorer.model,
-        pairs,
-        scorer.tokenizer.pad_token_id,
-        progress=False,
-        embedding_cache=scorer.embedding_cache,
-    )
+    chosen, rejected = score_examples(scorer, load_preferences(test_path, split="test"))
     return {
         "pool_reward": pool_reward,
         "pool_std": pool_std,
@@ -194,14 +187,7 @@ def training_tokens(flags: dict[str, Any], path: str):
     model_args, data_args, _ = parse_train_args(to_argv({**flags, "dataset_name": path}))
     tokenizer = load_tokenizer(model_args)
     model = build_model(model_args)
-    template = PreferenceTokenizer(
-        tokenizer,
-        max_length=data_args.max_length,
-        truncation=data_args.truncation,
-        max_prompt_length=data_args.max_prompt_length,
-        input_format=data_args.input_format,
-        is_causal=bool(model.config.is_causal),
-    )
+    template = PreferenceTokenizer.from_data_args(tokenizer, data_args, bool(model.config.is_causal))
     pairs, _ = template.tokenize_pairs(load_preferences(path, split="train"))
     sequences = [p.chosen_input_ids for p in pairs] + [p.rejected_input_ids for p in pairs]
     return model, sequences, [p.prompt_length for p in pairs] * 2, template.tokenizer.pad_token_id

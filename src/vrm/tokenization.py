@@ -93,6 +93,18 @@ class PreferenceTokenizer:
             separator, else `plain`), or one of `chat`, `pair`, `plain`.
     """
 
+    @classmethod
+    def from_data_args(cls, tokenizer, data_args, is_causal: bool) -> PreferenceTokenizer:
+        """The tokenizer `vrm train` builds from its data arguments (`vrm.arguments.DataArguments`)."""
+        return cls(
+            tokenizer,
+            max_length=data_args.max_length,
+            truncation=data_args.truncation,
+            max_prompt_length=data_args.max_prompt_length,
+            input_format=data_args.input_format,
+            is_causal=is_causal,
+        )
+
     def __init__(
         self,
         tokenizer,

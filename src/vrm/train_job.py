@@ -123,14 +123,7 @@ def run_training(
         raise ValueError(
             f"{len(attribute_names)} attribute_names but only {model.config.num_objectives} objectives"
         )
-    pref_tokenizer = PreferenceTokenizer(
-        tokenizer,
-        max_length=data_args.max_length,
-        truncation=data_args.truncation,
-        max_prompt_length=data_args.max_prompt_length,
-        input_format=data_args.input_format,
-        is_causal=bool(model.config.is_causal),
-    )
+    pref_tokenizer = PreferenceTokenizer.from_data_args(tokenizer, data_args, bool(model.config.is_causal))
     layout = layout_collator(data_args.pair_layout, model, tokenizer.pad_token_id, data_args.embedding_cache)
     if training_args.process_index == 0:
         print(f"[vrm] pair layout: {layout.name} ({layout.reason})", flush=True)

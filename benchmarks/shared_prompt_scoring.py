@@ -32,7 +32,7 @@ from train_throughput import HERE, backbone_path, machine
 
 
 def pools(count: int, candidates: int) -> list[dict]:
-    from vrm.synthetic import WorldConfig, write_world
+    from vrm.data.synthetic import WorldConfig, write_world
 
     folder = tempfile.mkdtemp(prefix="vrm-bon-")
     paths = write_world(folder, WorldConfig(seed=0))
@@ -42,9 +42,10 @@ def pools(count: int, candidates: int) -> list[dict]:
 
 
 def measure(backbone: str, rows: list[dict], repeats: int, batch_size: int) -> dict:
-    import vrm.pipeline as pipeline
-    from vrm.data import PreferenceTokenizer
-    from vrm.modeling import VRMForSequenceClassification
+    import vrm.scoring.pipeline as pipeline
+
+    from vrm.data.tokenization import PreferenceTokenizer
+    from vrm.models.modeling import VRMForSequenceClassification
 
     path = backbone_path(backbone)
     torch.manual_seed(0)
@@ -126,13 +127,13 @@ def main() -> None:
     started = time.time()
     report = {
         "command": "python benchmarks/shared_prompt_scoring.py " + shlex.join(sys.argv[1:]),
-        "data": "vrm.synthetic Best-of-N pool (WorldConfig(seed=0)), first pools, first candidates",
+        "data": "vrm.data.synthetic Best-of-N pool (WorldConfig(seed=0)), first pools, first candidates",
         "machine": {**machine(), "shared": "2 CPU cores shared with five other engineers' jobs"},
         "settings": vars(args),
         "backbones": {name: measure(name, rows, args.repeats, args.batch_size) for name in args.backbones},
     }
     report["wall_seconds"] = time.time() - started
-    from vrm.fileio import write_json
+    from vrm.data.files import write_json
 
     write_json(report, args.output)
     print(json.dumps(report["backbones"], indent=1))

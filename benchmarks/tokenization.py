@@ -45,9 +45,10 @@ def main() -> None:
     import transformers
     from transformers import AutoTokenizer
 
-    from vrm.data import PreferenceTokenizer, load_preferences
-    from vrm.fileio import write_json
-    from vrm.tokenization_cache import tokenize_pairs_cached
+    from vrm.data.files import write_json
+    from vrm.data.rows import load_preferences
+    from vrm.data.tokenization import PreferenceTokenizer
+    from vrm.data.tokenization_cache import tokenize_pairs_cached
 
     start = time.perf_counter()
     examples = load_preferences(args.data, max_rows=args.max_rows)

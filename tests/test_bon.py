@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from test_modeling import build
 
-from vrm.bon import bon_curve, build_pool, read_pool, score_pool
-from vrm.cli import main
-from vrm.data import DataFormatError
-from vrm.metrics import kl_bon
-from vrm.pipeline import RewardPipeline
+from vrm.cli.main import main
+from vrm.data.files import DataFormatError
+from vrm.evaluation.best_of_n import bon_curve, build_pool, read_pool, score_pool
+from vrm.evaluation.metrics import kl_bon
+from vrm.scoring.pipeline import RewardPipeline
 
 POOL = [
     {
@@ -92,7 +92,7 @@ def test_plot_curves_leaves_the_matplotlib_backend_alone(tmp_path, monkeypatch):
     """Library code never switches the application's backend (issue 19): no `matplotlib.use`, no pyplot."""
     import matplotlib
 
-    from vrm.bon import plot_curves
+    from vrm.evaluation.best_of_n import plot_curves
 
     def refuse(*args, **kwargs):
         raise AssertionError("library code called matplotlib.use")

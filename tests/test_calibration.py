@@ -12,19 +12,19 @@ from conftest import PAIRS, write_pairs
 from scipy import special
 from test_modeling import build
 
-from vrm.calibrate import calibrate_model
-from vrm.calibration import (
+from vrm.cli.main import main
+from vrm.evaluation.checkpoint_calibration import calibrate_model
+from vrm.evaluation.calibration import (
     fit_temperature,
     monte_carlo_probability,
     predictive_calibration,
     predictive_probability,
 )
-from vrm.cli import main
-from vrm.config import VRMConfig
-from vrm.evaltable import format_report
-from vrm.evaluate import evaluate_model
-from vrm.metrics import error_detection
-from vrm.pipeline import RewardPipeline
+from vrm.evaluation.metrics import error_detection
+from vrm.evaluation.pairwise import evaluate_model
+from vrm.evaluation.table import format_report
+from vrm.models.config import VRMConfig
+from vrm.scoring.pipeline import RewardPipeline
 
 
 def test_probit_approximation_matches_monte_carlo_on_a_known_gaussian():
@@ -166,9 +166,9 @@ def test_error_detection_scores_extra_signals_by_name():
 
 
 def test_head_samples_of_pair_rewards_match_the_posterior_moments():
-    from vrm.calibrate import sample_pair_rewards
-    from vrm.data import PreferenceExample
-    from vrm.evaluate import score_pairs
+    from vrm.data.examples import PreferenceExample
+    from vrm.evaluation.calibration import sample_pair_rewards
+    from vrm.evaluation.pairwise import score_pairs
 
     model, tokenizer, pref = build("llama_chat")
     model.config.reward_mean, model.config.reward_scale = 0.3, 2.0  # samples come back on the output scale

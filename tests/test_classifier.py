@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+import vrm.scoring.classifier
 from conftest import PAIRS, bert_config, llama_config, make_bert_tokenizer, make_llama_tokenizer
 from transformers import BertForSequenceClassification, LlamaForSequenceClassification
 
-import vrm.classifier
-from vrm.classifier import SequenceClassifierPipeline
-from vrm.pipeline import load_scorer
+from vrm.scoring.classifier import SequenceClassifierPipeline
+from vrm.scoring.loading import load_scorer
 
 
 def save_classifier(directory, kind: str, **config_overrides) -> str:
@@ -69,13 +69,13 @@ def test_a_bert_classifier_gets_text_pairs_within_its_positions(tmp_path):
 def test_trust_remote_code_reaches_the_loaders(tmp_path, monkeypatch):
     path = save_classifier(tmp_path, "bert")
     seen = {}
-    real = vrm.classifier.load_checked
+    real = vrm.scoring.classifier.load_checked
 
     def spy(model_class, model_path, **kwargs):
         seen.update(kwargs)
         return real(model_class, model_path, **kwargs)
 
-    monkeypatch.setattr(vrm.classifier, "load_checked", spy)
+    monkeypatch.setattr(vrm.scoring.classifier, "load_checked", spy)
     load_scorer(path, trust_remote_code=True)
     assert seen.get("trust_remote_code") is True
     with pytest.raises(ValueError, match="input_format"):

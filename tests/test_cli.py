@@ -9,9 +9,11 @@ import torch
 import yaml
 from conftest import write_pairs
 
-from vrm.cli import main, parse_train_args
-from vrm.data import PreferenceTokenizer, pad_sequences
-from vrm.modeling import VRMForSequenceClassification
+from vrm.cli.main import main
+from vrm.cli.train import parse_train_args
+from vrm.data.collate import pad_sequences
+from vrm.data.tokenization import PreferenceTokenizer
+from vrm.models.modeling import VRMForSequenceClassification
 
 
 def train_argv(backbone: str, data: str, output: str, **overrides) -> list[str]:
@@ -211,8 +213,8 @@ def test_eval_report_has_calibration_uncertainty_and_length_bias(tmp_path, pairs
 
 def test_head_posterior_overrides_reach_the_model(llama_backbone_dir):
     """`--weight_posterior softmax` on a vrm head: deterministic gate, Gaussian features kept (an ablation)."""
-    from vrm.config import ModelArguments
-    from vrm.trainer import build_model
+    from vrm.training.arguments import ModelArguments
+    from vrm.training.backbone import build_model
 
     model = build_model(
         ModelArguments(model_name_or_path=llama_backbone_dir, head_type="vrm", weight_posterior="softmax")

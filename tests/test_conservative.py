@@ -11,12 +11,13 @@ from conftest import PAIRS
 from fastapi.testclient import TestClient
 from test_modeling import build
 
-from vrm.bon import score_pool
-from vrm.cli import main
-from vrm.conservative import check_conservative_lambda, conservative_reward
-from vrm.integrations import VRMRewardFunction
-from vrm.pipeline import RewardPipeline
-from vrm.serve import ServerConfig, build_app
+from vrm.cli.main import main
+from vrm.evaluation.best_of_n import score_pool
+from vrm.scoring.conservative import check_conservative_lambda, conservative_reward
+from vrm.scoring.pipeline import RewardPipeline
+from vrm.scoring.reward_function import VRMRewardFunction
+from vrm.serving.app import build_app
+from vrm.serving.requests import ServerConfig
 
 PROMPTS = [p for p, _, _ in PAIRS]
 RESPONSES = [c for _, c, _ in PAIRS]

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from test_modeling import build
 
-from vrm.conventions import detect_format, rewardbench_sections, rm_bench_scores
-from vrm.evaluate import evaluate_rm_bench, format_report
-from vrm.pipeline import RewardPipeline
+from vrm.evaluation.benchmark_rules import detect_format, rewardbench_sections, rm_bench_scores
+from vrm.evaluation.pairwise import evaluate_rm_bench
+from vrm.evaluation.table import format_report
+from vrm.scoring.pipeline import RewardPipeline
 
 
 def test_detect_format():
@@ -78,7 +79,7 @@ def test_eval_scores_a_plain_sequence_classifier_and_refuses_nan(tmp_path, pairs
     from conftest import llama_config, make_llama_tokenizer
     from transformers import LlamaForSequenceClassification, PreTrainedModel
 
-    from vrm.cli import main
+    from vrm.cli.main import main
 
     tokenizer = make_llama_tokenizer()
     config = llama_config(len(tokenizer))
@@ -110,7 +111,7 @@ def test_eval_scores_a_plain_sequence_classifier_and_refuses_nan(tmp_path, pairs
 
 
 def test_rewardbench2_ties_margin_terms_skip_single_answer_and_zero_spread_prompts():
-    from vrm.conventions import rewardbench2_ties_score
+    from vrm.evaluation.benchmark_rules import rewardbench2_ties_score
 
     ties = rewardbench2_ties_score(
         [

@@ -1,6 +1,6 @@
 """Empty CSV cells are missing values, not text (issue 19, D)."""
 
-from vrm.data import load_preferences
+from vrm.data.rows import load_preferences
 
 
 def test_empty_csv_cells_are_missing_values(tmp_path):

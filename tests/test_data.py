@@ -8,15 +8,12 @@ import pytest
 import torch
 from conftest import make_bert_tokenizer, make_llama_tokenizer
 
-from vrm.data import (
-    DataFormatError,
-    PreferenceCollator,
-    PreferenceExample,
-    PreferenceTokenizer,
-    load_preferences,
-    parse_row,
-    rating_ranges,
-)
+from vrm.data.collate import PreferenceCollator
+from vrm.data.examples import PreferenceExample
+from vrm.data.files import DataFormatError
+from vrm.data.ratings import rating_ranges
+from vrm.data.rows import load_preferences, parse_row
+from vrm.data.tokenization import PreferenceTokenizer
 
 PROMPT, CHOSEN, REJECTED = "What is the capital of France?", "Paris is the capital.", "No idea, sorry."
 

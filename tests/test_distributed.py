@@ -14,8 +14,8 @@ from conftest import PAIRS, write_pairs
 from safetensors.torch import load_file
 from test_cli import train_argv
 
-from vrm.cli import main
-from vrm.trainer import save_sharded_final_model
+from vrm.cli.main import main
+from vrm.training.checkpoints import save_sharded_final_model
 
 
 def _launch_two_processes(argv: list[str], cwd: str) -> subprocess.CompletedProcess:
@@ -90,9 +90,9 @@ class _ShardedTrainerStub:
 def test_sharded_final_save_writes_a_loadable_merged_model(tmp_path, llama_backbone_dir, use_peft):
     from transformers import AutoTokenizer
 
-    from vrm.config import ModelArguments, VRMTrainingArguments
-    from vrm.modeling import VRMForSequenceClassification
-    from vrm.trainer import apply_lora, build_model
+    from vrm.models.modeling import VRMForSequenceClassification
+    from vrm.training.arguments import ModelArguments, VRMTrainingArguments
+    from vrm.training.backbone import apply_lora, build_model
 
     model_args = ModelArguments(
         model_name_or_path=llama_backbone_dir, num_objectives=2, feature_dim=4, use_peft=use_peft
@@ -131,12 +131,12 @@ def test_example_accelerate_configs_load():
 
 
 def test_accelerate_config_flag_relaunches_through_accelerate(tmp_path, monkeypatch, capsys):
-    import vrm.cli
+    import vrm.cli.train
 
     config = tmp_path / "ddp.yaml"
     config.write_text("distributed_type: MULTI_GPU\n")
     calls = []
-    monkeypatch.setattr(vrm.cli.subprocess, "call", lambda command: calls.append(command) or 0)
+    monkeypatch.setattr(vrm.cli.train.subprocess, "call", lambda command: calls.append(command) or 0)
     assert (
         main(["train", "--accelerate_config", str(config), "--model_name_or_path", "m", "--max_steps", "2"])
         == 0

@@ -10,11 +10,12 @@ from safetensors.torch import load_file
 from test_cli import train_argv
 from test_modeling import build, single_inputs
 
-from vrm.cli import main
-from vrm.data import PreferenceCollator, PreferenceTokenizer, pad_sequences
-from vrm.embeddings import CachedPairDataset, CachedStatesCollator, EmbeddingCache, compute_states
-from vrm.modeling import VRMForSequenceClassification
-from vrm.pipeline import score_sequences
+from vrm.cli.main import main
+from vrm.data.collate import PreferenceCollator, pad_sequences
+from vrm.data.state_cache import CachedPairDataset, CachedStatesCollator, EmbeddingCache, compute_states
+from vrm.data.tokenization import PreferenceTokenizer
+from vrm.models.modeling import VRMForSequenceClassification
+from vrm.scoring.scores import score_sequences
 
 
 @pytest.mark.parametrize("setup", ["llama_chat", "bert_pair"])
@@ -96,7 +97,7 @@ def test_cached_pair_batches_match_pair_forward(tmp_path):
     model, tokenizer, pref = build("bert_pair", head_type="moe")
     from conftest import PAIRS
 
-    from vrm.data import PreferenceExample
+    from vrm.data.examples import PreferenceExample
 
     examples = [PreferenceExample(prompt=p, chosen=c, rejected=r, margin=0.5) for p, c, r in PAIRS]
     pairs, _ = pref.tokenize_pairs(examples)

@@ -16,14 +16,14 @@ from test_integrations import BLOCK_VRM
 from test_modeling import build, single_inputs
 from transformers import AutoModelForSequenceClassification
 
-from vrm.data import pad_sequences
-from vrm.deep_ensemble import ensemble_paths
-from vrm.ensemble import EnsembleHead, combine_members
-from vrm.losses import bootstrap_weights, preference_loss
-from vrm.metrics import error_detection
-from vrm.modeling import VRMForSequenceClassification
-from vrm.pipeline import RewardPipeline
-from vrm.trainer import VRMTrainer
+from vrm.data.collate import pad_sequences
+from vrm.evaluation.metrics import error_detection
+from vrm.models.head_ensemble import EnsembleHead, combine_members
+from vrm.models.modeling import VRMForSequenceClassification
+from vrm.scoring.deep_ensemble import ensemble_paths
+from vrm.scoring.pipeline import RewardPipeline
+from vrm.training.losses import bootstrap_weights, preference_loss
+from vrm.training.trainer import VRMTrainer
 
 PROMPTS = [p for p, _, _ in PAIRS]
 CHOSEN = [c for _, c, _ in PAIRS]

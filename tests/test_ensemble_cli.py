@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from test_cli import train_argv
 from test_serve import templated
 
+from vrm.cli.main import main
 from vrm.cli import main
-from vrm.pipeline import RewardPipeline
-from vrm.serve import serve_main
+from vrm.scoring.pipeline import RewardPipeline
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
@@ -147,7 +147,7 @@ def test_serve_loads_a_deep_ensemble_and_answers_get_reward(multi_head, second_m
 
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(app=app))
-    assert serve_main(["--model", multi_head, "--model", second_model, "--ensemble", "--device", "cpu"]) == 0
+    assert main(["serve", "--model", multi_head, "--model", second_model, "--ensemble", "--device", "cpu"]) == 0
     pipeline = RewardPipeline.from_pretrained([multi_head, second_model], device="cpu")
     pairs = [templated(pipeline.tokenizer, p, c) for p, c, _ in PAIRS]
     with TestClient(seen["app"]) as client:
@@ -158,7 +158,7 @@ def test_serve_loads_a_deep_ensemble_and_answers_get_reward(multi_head, second_m
     expected = pipeline.score_texts([full for full, _ in pairs]).reward
     assert response.json()["rewards"] == pytest.approx(expected.tolist(), abs=1e-5)
     with pytest.raises(SystemExit) as exit_info:
-        serve_main(["--model", multi_head, "--model", second_model])
+        main(["serve", "--model", multi_head, "--model", second_model])
     assert exit_info.value.code == 2 and "pass --ensemble" in capsys.readouterr().err
 
 

@@ -13,13 +13,15 @@ from conftest import PAIRS, write_pairs
 from test_cli import train_argv
 from test_modeling import build
 
-from vrm.bestofk import evaluate_best_of_k
-from vrm.cli import main
-from vrm.conventions import detect_format, rewardbench2_ties_score
-from vrm.evalrows import InvalidRows, read_eval_rows, stratified_sample
-from vrm.evaluate import format_report
-from vrm.pipeline import RewardPipeline, SequenceScores
-from vrm.report import markdown_summary, reliability_figure, weights_figure
+from vrm.cli.main import main
+from vrm.evaluation.benchmark_rules import detect_format, rewardbench2_ties_score
+from vrm.evaluation.best_of_k import evaluate_best_of_k
+from vrm.evaluation.markdown import markdown_summary
+from vrm.evaluation.plots import reliability_figure, weights_figure
+from vrm.evaluation.rows import InvalidRows, read_eval_rows, stratified_sample
+from vrm.evaluation.table import format_report
+from vrm.scoring.pipeline import RewardPipeline
+from vrm.scoring.scores import SequenceScores
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from vrm.evalreport import (
+from vrm.evaluation.report import (
     SCHEMA_VERSION,
     BestOfKMetrics,
     EvalReport,

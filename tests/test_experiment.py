@@ -7,20 +7,17 @@ import pytest
 import yaml
 from conftest import write_pairs
 
-from vrm.cli import main as cli_main
-from vrm.experiment import (
+from benchmarks.framework.experiment import (
     ExperimentConfig,
     RunResult,
     SetResult,
-    build_report,
     collect,
     load_experiment,
     main,
-    paired_p_value,
-    report_markdown,
     run_experiment,
-    weight_error,
 )
+from benchmarks.framework.experiment_report import build_report, paired_p_value, report_markdown, weight_error
+from vrm.cli.main import main as cli_main
 
 
 def test_paired_p_value_is_the_exact_sign_flip_test():
@@ -104,8 +101,8 @@ def test_a_tie_on_validation_picks_the_first_grid_point_in_every_path(tmp_path):
 def test_running_one_variant_keeps_the_others_in_the_report(tmp_path, monkeypatch):
     config = _config()
     run_experiment(config, str(tmp_path), "", runner=_fake_runner([]))
-    monkeypatch.setattr("vrm.experiment.load_experiment", lambda path: config)
-    monkeypatch.setattr("vrm.experiment.run_experiment", lambda *args, **kwargs: None)
+    monkeypatch.setattr("benchmarks.framework.experiment.load_experiment", lambda path: config)
+    monkeypatch.setattr("benchmarks.framework.experiment.run_experiment", lambda *args, **kwargs: None)
     assert main(["unused.yaml", "--results_dir", str(tmp_path), "--variants", "vrm"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report["variants"]) == {"bt", "vrm"} and "vrm - bt" in report["paired_tests"]
@@ -197,8 +194,8 @@ def test_committed_experiments_are_valid_train_arguments():
     `warmup_ratio` once failed only when the run started)."""
     from pathlib import Path
 
-    from vrm.cli import parse_train_args
-    from vrm.experiment import sweep_specs, to_argv
+    from benchmarks.framework.experiment import sweep_specs, to_argv
+    from vrm.cli.train import parse_train_args
 
     configs = sorted((Path(__file__).parents[1] / "benchmarks" / "experiments").glob("*.yaml"))
     assert configs

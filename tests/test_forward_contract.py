@@ -6,10 +6,11 @@ from conftest import PAIRS
 from test_modeling import build, single_inputs
 from transformers.utils import ModelOutput
 
-from vrm.data import PreferenceCollator, PreferenceExample, pad_sequences
-from vrm.heads import PairSamples
-from vrm.losses import preference_loss
-from vrm.modeling import PairwiseRewardOutput, RewardModelOutput
+from vrm.data.collate import PreferenceCollator, pad_sequences
+from vrm.data.examples import PreferenceExample
+from vrm.models.heads import PairSamples
+from vrm.models.modeling import PairwiseRewardOutput, RewardModelOutput
+from vrm.training.losses import preference_loss
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_every_path_returns_a_model_output_or_a_tuple(setup):
     assert isinstance(pairs_tuple, tuple) and isinstance(scored_tuple, tuple)
     assert torch.equal(pairs_tuple[0], pairs.reward_chosen) and torch.equal(scored_tuple[0], scored.logits)
     assert len(pairs_tuple) == len(pairs.to_tuple())
-    assert torch.isfinite(preference_loss(pairs, beta_w=0.1, beta_z=0.1).loss)  # vrm.losses takes it as is
+    assert torch.isfinite(preference_loss(pairs, beta_w=0.1, beta_z=0.1).loss)  # vrm.training.losses takes it as is
     # the frozen-backbone path (precomputed states) keeps the contract too
     states = model.encode_pairs(
         batch["chosen_input_ids"],

@@ -15,8 +15,8 @@ from conftest import PAIRS
 from test_modeling import build
 from tiny_models import llama_config, make_llama_tokenizer
 
-from vrm.integrations import VRMRewardFunction
-from vrm.pipeline import RewardPipeline
+from vrm.scoring.pipeline import RewardPipeline
+from vrm.scoring.reward_function import VRMRewardFunction
 
 trl = pytest.importorskip("trl", reason="the GRPO end-to-end test needs trl (the `dev` extra)")
 

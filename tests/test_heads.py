@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.distributions import Dirichlet, Normal
 
-from vrm.config import HEAD_TYPES, VRMConfig
-from vrm.heads import LatentRewardHead
-from vrm.losses import preference_loss
+from vrm.models.config import HEAD_TYPES, VRMConfig
+from vrm.models.heads import LatentRewardHead
+from vrm.training.losses import preference_loss
 
 HIDDEN = 32
 

@@ -7,8 +7,8 @@ import torch
 from conftest import PAIRS
 from test_modeling import build
 
-from vrm.integrations import VRMRewardFunction
-from vrm.pipeline import RewardPipeline
+from vrm.scoring.pipeline import RewardPipeline
+from vrm.scoring.reward_function import VRMRewardFunction
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ print(json.dumps({"module": type(model).__module__, "rewards": out.logits[:, 0].
 
 
 def test_checkpoint_loads_with_remote_code_where_vrm_is_not_installed(tmp_path, pipeline):
-    from vrm.data import pad_sequences
+    from vrm.data.collate import pad_sequences
 
     pipeline.fit_normalization([p for p, _, _ in PAIRS], [c for _, c, _ in PAIRS])
     pipeline.save_pretrained(str(tmp_path))

@@ -4,12 +4,13 @@ import pytest
 import torch
 from conftest import PAIRS, llama_config, make_llama_tokenizer
 
-from vrm.config import VRMTrainingArguments
-from vrm.data import PreferenceExample, PreferenceTokenizer
-from vrm.heads import HeadOutput, PairSamples
-from vrm.losses import attribute_loss, beta_factor, preference_loss
-from vrm.modeling import VRMForSequenceClassification
-from vrm.trainer import PairDataset, VRMTrainer
+from vrm.data.examples import PreferenceExample
+from vrm.data.tokenization import PreferenceTokenizer
+from vrm.models.heads import HeadOutput, PairSamples
+from vrm.models.modeling import VRMForSequenceClassification
+from vrm.training.arguments import VRMTrainingArguments
+from vrm.training.losses import attribute_loss, beta_factor, preference_loss
+from vrm.training.trainer import PairDataset, VRMTrainer
 
 
 def test_beta_schedules():
@@ -220,7 +221,7 @@ def test_graded_rating_targets_keep_ties_and_magnitudes():
     ],
 )
 def test_rating_flags_that_would_do_nothing_are_errors(tmp_path, flags, names, message):
-    from vrm.trainer import check_rating_arguments
+    from vrm.training.trainer import check_rating_arguments
 
     args = VRMTrainingArguments(output_dir=str(tmp_path), report_to="none", **flags)
     with pytest.raises(ValueError, match=message):

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from vrm.metrics import (
+from vrm.evaluation.metrics import (
     auroc,
     best_of_n,
     calibration,

@@ -5,10 +5,14 @@ import torch
 from conftest import PAIRS, bert_config, llama_config, make_bert_tokenizer, make_llama_tokenizer
 from transformers import AutoModelForSequenceClassification
 
-from vrm.config import ModelArguments
-from vrm.data import PreferenceCollator, PreferenceExample, PreferenceTokenizer, pad_sequences
-from vrm.modeling import PromptBoundaryError, VRMForSequenceClassification, find_prompt_end
-from vrm.trainer import apply_lora, save_final_model
+from vrm.data.collate import PreferenceCollator, pad_sequences
+from vrm.data.examples import PreferenceExample
+from vrm.data.tokenization import PreferenceTokenizer
+from vrm.models.modeling import VRMForSequenceClassification
+from vrm.models.pooling import PromptBoundaryError, find_prompt_end
+from vrm.training.arguments import ModelArguments
+from vrm.training.backbone import apply_lora
+from vrm.training.checkpoints import save_final_model
 
 SETUPS = {
     "llama_chat": (lambda: make_llama_tokenizer(chat=True), llama_config),
@@ -183,8 +187,8 @@ def test_bfloat16_backbone_keeps_a_float32_head(tmp_path):
 def test_trainer_disables_dropout_by_default(tmp_path, disable):
     from transformers import BertConfig
 
-    from vrm.config import VRMTrainingArguments
-    from vrm.trainer import VRMTrainer
+    from vrm.training.arguments import VRMTrainingArguments
+    from vrm.training.trainer import VRMTrainer
 
     config = BertConfig(
         vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -207,7 +211,7 @@ def test_detached_prompt_state_changes_gradients_not_outputs(setup):
     the prompt-state path, and an encoder's prompt-only pass runs without backward (fewer FLOPs)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vrm.losses import preference_loss
+    from vrm.training.losses import preference_loss
 
     model, tokenizer, pref = build(setup)
     detached = copy.deepcopy(model)

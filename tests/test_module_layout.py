@@ -6,25 +6,24 @@ import sys
 from pathlib import Path
 
 import pytest
+import vrm.models.modeling
+import vrm.scoring.pipeline
+import vrm.models.pooling
+import vrm.scoring.score_file
 from transformers.dynamic_module_utils import get_imports, get_relative_import_files
 
-import vrm.modeling
-import vrm.pipeline
-import vrm.pooling
-import vrm.scorefile
-
-SRC = Path(vrm.modeling.__file__).parent
+SRC = Path(vrm.models.modeling.__file__).parent
 
 
 def test_moved_names_keep_their_old_import_paths():
     for name in ("PromptBoundaryError", "backbone_is_causal", "find_prompt_end", "first_token_index"):
-        assert getattr(vrm.modeling, name) is getattr(vrm.pooling, name), name
-    assert vrm.modeling.last_token_index is vrm.pooling.last_token_index
-    assert vrm.pipeline.score_file is vrm.scorefile.score_file
-    from vrm.modeling import PromptBoundaryError
-    from vrm.pipeline import score_file
+        assert getattr(vrm.models.modeling, name) is getattr(vrm.models.pooling, name), name
+    assert vrm.models.modeling.last_token_index is vrm.models.pooling.last_token_index
+    assert vrm.scoring.score_file is vrm.scoring.score_file.score_file
+    from vrm.models.pooling import PromptBoundaryError
+    from vrm.scoring.score_file import score_file
 
-    assert issubclass(PromptBoundaryError, ValueError) and score_file is vrm.scorefile.score_file
+    assert issubclass(PromptBoundaryError, ValueError) and score_file is vrm.scoring.score_file.score_file
 
 
 def test_checkpoint_code_imports_nothing_transformers_does_not_need():
@@ -49,15 +48,16 @@ def test_pipeline_does_not_import_scorefile_at_module_level():
 
 def test_split_modules_keep_the_old_import_paths():
     """Issue 19's second split: the argument dataclasses, `vrm train`'s parser and the `vrm train` job moved."""
-    import vrm
     import vrm.arguments
-    import vrm.cli
     import vrm.cli_args
-    import vrm.config
+    import vrm.models.config
     import vrm.train_job
-    import vrm.trainer
-    from vrm.config import DataArguments, ModelArguments, VRMTrainingArguments
-    from vrm.trainer import TrainingResult, check_rating_arguments, run_training
+    import vrm.training.trainer
+
+    import vrm
+    import vrm.cli.train
+    from vrm.training.arguments import DataArguments, ModelArguments, VRMTrainingArguments
+    from vrm.training.trainer import TrainingResult, check_rating_arguments, run_training
 
     assert ModelArguments is vrm.arguments.ModelArguments is vrm.ModelArguments
     assert (
@@ -67,8 +67,8 @@ def test_split_modules_keep_the_old_import_paths():
     assert run_training is vrm.train_job.run_training and TrainingResult is vrm.train_job.TrainingResult
     assert check_rating_arguments is vrm.train_job.check_rating_arguments
     for name in ("parse_train_args", "build_train_parser", "check_choices", "pop_option"):
-        assert getattr(vrm.cli, name) is getattr(vrm.cli_args, name), name
-    for module in (vrm.config, vrm.trainer):  # the lazy re-exports still refuse unknown names
+        assert getattr(vrm.cli.train, name) is getattr(vrm.cli_args, name), name
+    for module in (vrm.models.config, vrm.training.trainer):  # the lazy re-exports still refuse unknown names
         with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
             module.no_such_name  # noqa: B018
 

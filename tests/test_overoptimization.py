@@ -13,8 +13,7 @@ import pytest
 import torch
 import yaml
 
-from vrm.metrics import kl_bon
-from vrm.overoptimization import (
+from benchmarks.framework.overoptimization import (
     PairScores,
     PoolScores,
     ensemble_pairs,
@@ -25,8 +24,8 @@ from vrm.overoptimization import (
     std_spread,
     uncertainty_aurocs,
 )
-from vrm.overoptimization_report import build_report, plot_report, report_markdown
-from vrm.overoptimization_study import (
+from benchmarks.framework.overoptimization_report import build_report, plot_report, report_markdown
+from benchmarks.framework.overoptimization_study import (
     RunScores,
     StudyConfig,
     StudyData,
@@ -37,6 +36,7 @@ from vrm.overoptimization_study import (
     run_study,
     training_tokens,
 )
+from vrm.evaluation.metrics import kl_bon
 
 
 def brute_force_best_of_n(score, gold, n):
@@ -203,7 +203,7 @@ def test_load_study_names_the_bad_field(tmp_path):
 def test_bootstrap_resample_reuses_the_cached_states(tmp_path, llama_backbone_dir):
     from conftest import write_pairs
 
-    from vrm.embeddings import EmbeddingCache
+    from vrm.data.state_cache import EmbeddingCache
 
     source = write_pairs(str(tmp_path / "pairs.jsonl"))
     resample = str(tmp_path / "boot.jsonl")
@@ -222,7 +222,7 @@ def test_bootstrap_resample_reuses_the_cached_states(tmp_path, llama_backbone_di
     cache = EmbeddingCache(cache_dir, progress=False)
     prompt, response = cache.states(model, sequences, lengths, pad)
     assert cache.computed == 0  # read from the assembled entry
-    from vrm.embeddings import compute_states
+    from vrm.data.state_cache import compute_states
 
     expected_prompt, expected_response = compute_states(model, sequences, lengths, pad)
     assert torch.allclose(response, expected_response, atol=1e-5)
@@ -230,8 +230,8 @@ def test_bootstrap_resample_reuses_the_cached_states(tmp_path, llama_backbone_di
 
 
 def test_study_end_to_end_on_a_tiny_backbone(tmp_path, llama_backbone_dir, capsys):
-    from vrm.overoptimization_study import main
-    from vrm.synthetic import WorldConfig, write_world
+    from benchmarks.framework.overoptimization_study import main
+    from vrm.data.synthetic import WorldConfig, write_world
 
     world = str(tmp_path / "world")
     write_world(world, WorldConfig(train_pairs=24, test_pairs=12, pool_prompts=4, pool_candidates=4))
@@ -273,14 +273,14 @@ def test_committed_studies_are_valid_train_arguments(monkeypatch):
     """Every run (and the gold) of every committed study config parses as `vrm train` arguments."""
     from pathlib import Path
 
-    import vrm.experiment
+    import benchmarks.framework.experiment
 
     # the backbone is only named here: no need for the MiniLM package the studies run on (not a dev extra)
-    monkeypatch.setattr(vrm.experiment, "backbone_path", lambda name: f"/backbones/{name}")
+    monkeypatch.setattr(benchmarks.framework.experiment, "backbone_path", lambda name: f"/backbones/{name}")
 
-    from vrm.cli import parse_train_args
-    from vrm.experiment import to_argv
-    from vrm.overoptimization_study import train_flags
+    from benchmarks.framework.experiment import to_argv
+    from benchmarks.framework.overoptimization_study import train_flags
+    from vrm.cli.train import parse_train_args
 
     configs = sorted(
         (Path(__file__).parents[1] / "benchmarks" / "experiments" / "overoptimization").glob("*.yaml")

@@ -1,4 +1,4 @@
-"""Shared-prompt layout, packing and shared-prompt scoring (vrm.pair_layout, vrm.shared_prompt)."""
+"""Shared-prompt layout, packing and shared-prompt scoring (vrm.data.pair_layout, vrm.models.shared_prompt)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import pytest
 import torch
 from conftest import PAIRS, bert_config, llama_config, make_bert_tokenizer, make_llama_tokenizer, write_pairs
 
-from vrm.data import PreferenceCollator, PreferenceTokenizer
-from vrm.losses import preference_loss
-from vrm.modeling import VRMForSequenceClassification
-from vrm.pair_layout import (
+from vrm.data.collate import PreferenceCollator
+from vrm.data.pair_layout import (
     LayoutTokens,
     SharedPromptCollator,
     layout_collator,
@@ -20,8 +18,11 @@ from vrm.pair_layout import (
     resolve_pair_layout,
     separate_layout_tokens,
 )
-from vrm.pipeline import score_sequences
-from vrm.shared_prompt import PromptTree, pack_trees, tree_attention_mask
+from vrm.data.tokenization import PreferenceTokenizer
+from vrm.models.modeling import VRMForSequenceClassification
+from vrm.models.shared_prompt import PromptTree, pack_trees, tree_attention_mask
+from vrm.scoring.scores import score_sequences
+from vrm.training.losses import preference_loss
 
 
 def _model(kind: str, head: str, attn: str = "sdpa", **kwargs) -> VRMForSequenceClassification:
@@ -35,7 +36,7 @@ def _model(kind: str, head: str, attn: str = "sdpa", **kwargs) -> VRMForSequence
 
 def _pairs(kind: str):
     tokenizer = make_llama_tokenizer() if kind == "llama" else make_bert_tokenizer()
-    from vrm.data import load_preferences
+    from vrm.data.rows import load_preferences
 
     return tokenizer, load_preferences(write_pairs(f"/tmp/_layout_pairs_{os.getpid()}.jsonl"))
 
@@ -104,7 +105,7 @@ def test_causal_shared_layout_equals_separate_rewards_and_gradients(head, attn):
 def test_encoder_shared_layout_prompt_state_is_the_prompt_only_pass():
     tokenizer, pairs = _tokenized("bert", causal=False)
     model = _model("bert", "vrm").eval()
-    from vrm.shared_prompt import encode_tree_pairs
+    from vrm.models.shared_prompt import encode_tree_pairs
 
     batch = SharedPromptCollator(tokenizer.pad_token_id)(pairs)
     packed = [
@@ -200,7 +201,7 @@ def test_encoder_trained_shared_is_scored_in_its_layout():
 
 @pytest.mark.parametrize("layout", ["shared_prompt", "separate"])
 def test_vrm_train_records_the_layout_and_logs_tokens(tmp_path, llama_backbone_dir, pairs_file, layout):
-    from vrm.cli import main
+    from vrm.cli.main import main
 
     out = tmp_path / "run"
     main(

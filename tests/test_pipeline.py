@@ -3,7 +3,7 @@ import torch
 from conftest import PAIRS
 from test_modeling import build
 
-from vrm.pipeline import RewardPipeline
+from vrm.scoring.pipeline import RewardPipeline
 
 
 @pytest.fixture

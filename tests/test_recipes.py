@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from vrm.cli import main
-from vrm.data import DataFormatError, load_preferences
-from vrm.recipes import (
+from vrm.cli.main import main
+from vrm.data.files import DataFormatError
+from vrm.data.recipes import (
     ASPECTS,
     CORRECTION_SUBSET,
     aspect_ratings,
@@ -15,6 +15,7 @@ from vrm.recipes import (
     question_key,
     split_questions,
 )
+from vrm.data.rows import load_preferences
 
 PRED1 = "AAAA BBBB CCCC DDDD"  # 19 characters
 

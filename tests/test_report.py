@@ -9,13 +9,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from vrm.report import (  # noqa: E402
-    markdown_summary,
-    objective_weights_heatmap,
-    reliability_diagram,
-    write_markdown,
-    write_plots,
-)
+from vrm.evaluation.markdown import markdown_summary, write_markdown
+from vrm.evaluation.plots import objective_weights_heatmap, reliability_diagram, write_plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

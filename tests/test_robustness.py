@@ -15,14 +15,15 @@ from test_cli import train_argv
 from test_modeling import build
 from transformers import PreTrainedModel
 
-from vrm.bon import read_pool
-from vrm.cli import main
-from vrm.conventions import detect_format
-from vrm.data import DataFormatError, load_preferences, parse_row
-from vrm.fileio import finite_number
-from vrm.integrity import ModelLoadError, NonFiniteError
-from vrm.pipeline import RewardPipeline, score_file
-from vrm.trainer import resolve_resume, save_final_model
+from vrm.cli.main import main
+from vrm.data.files import DataFormatError, finite_number
+from vrm.data.rows import load_preferences, parse_row
+from vrm.evaluation.benchmark_rules import detect_format
+from vrm.evaluation.best_of_n import read_pool
+from vrm.models.integrity import ModelLoadError, NonFiniteError
+from vrm.scoring.pipeline import RewardPipeline
+from vrm.scoring.score_file import score_file
+from vrm.training.checkpoints import resolve_resume, save_final_model
 
 ROW = {"prompt": "p", "chosen": "a good answer", "rejected": "a bad answer"}
 
@@ -85,9 +86,9 @@ def test_train_with_a_nan_margin_exits_with_one_line(tmp_path, capsys, llama_bac
 def test_a_non_finite_training_loss_stops_the_run_and_keeps_the_last_checkpoint(
     tmp_path, pairs_file, llama_backbone_dir, capsys, monkeypatch
 ):
-    import vrm.trainer
+    import vrm.training.trainer
 
-    original, calls = vrm.trainer.preference_loss, []
+    original, calls = vrm.training.trainer.preference_loss, []
 
     def diverging(*args, **kwargs):
         out = original(*args, **kwargs)
@@ -96,7 +97,7 @@ def test_a_non_finite_training_loss_stops_the_run_and_keeps_the_last_checkpoint(
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(vrm.trainer, "preference_loss", diverging)
+    monkeypatch.setattr(vrm.training.trainer, "preference_loss", diverging)
     output = tmp_path / "run"
     argv = train_argv(
         llama_backbone_dir,
@@ -119,7 +120,7 @@ def test_non_finite_gradients_stop_the_run_with_a_clear_error(
     """A finite loss whose gradients are not (as `--learning_rate 1e30` gives from the second step) stops before
     the optimizer writes NaN into the weights; before, the next step failed inside the Dirichlet with
     "Expected parameter concentration ... nan"."""
-    import vrm.trainer
+    import vrm.training.trainer
 
     class InfiniteGradient(torch.autograd.Function):
         @staticmethod
@@ -130,7 +131,7 @@ def test_non_finite_gradients_stop_the_run_with_a_clear_error(
         def backward(ctx, grad):
             return grad * float("inf")
 
-    original = vrm.trainer.preference_loss
+    original = vrm.training.trainer.preference_loss
 
     def exploding(*args, **kwargs):
         out = original(*args, **kwargs)
@@ -140,7 +141,7 @@ def test_non_finite_gradients_stop_the_run_with_a_clear_error(
     output = tmp_path / "run"
     argv = train_argv(llama_backbone_dir, pairs_file, str(output))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(vrm.trainer, "preference_loss", exploding)
+        patch.setattr(vrm.training.trainer, "preference_loss", exploding)
         assert main(["train", *argv]) == 1
     assert "the gradients became NaN or infinite at step 1" in one_line_error(capsys, "train")
     assert not (output / "model.safetensors").exists()

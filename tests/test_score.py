@@ -6,9 +6,10 @@ import pytest
 from conftest import PAIRS
 from test_modeling import build
 
-from vrm.cli import main
-from vrm.data import DataFormatError
-from vrm.pipeline import RewardPipeline, score_file
+from vrm.cli.main import main
+from vrm.data.files import DataFormatError
+from vrm.scoring.pipeline import RewardPipeline
+from vrm.scoring.score_file import score_file
 
 
 @pytest.fixture

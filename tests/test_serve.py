@@ -13,8 +13,10 @@ from conftest import PAIRS
 from fastapi.testclient import TestClient
 from test_modeling import build
 
-from vrm.pipeline import RewardPipeline
-from vrm.serve import ServerConfig, build_app, serve_main
+from vrm.cli import main
+from vrm.scoring.pipeline import RewardPipeline
+from vrm.serving.app import build_app
+from vrm.serving.requests import ServerConfig
 
 PROMPTS = [p for p, _, _ in PAIRS] + [p for p, _, _ in PAIRS]
 RESPONSES = [c for _, c, _ in PAIRS] + [r for _, _, r in PAIRS]
@@ -303,7 +305,7 @@ def test_openapi_lists_the_endpoints(client):
 
 def test_serve_main_rejects_bad_settings(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        serve_main(["--model", "somewhere", "--max_batch_size", "0"])
+        main(["serve", "--model", "somewhere", "--max_batch_size", "0"])
     assert exit_info.value.code == 2
     assert "max_batch_size must be >= 1" in capsys.readouterr().err
 
@@ -322,7 +324,7 @@ def test_serve_main_loads_the_model_and_runs_uvicorn(tmp_path, monkeypatch, mode
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
     argv = ["--model", str(model_dir), "--port", "8123", "--max_batch_size", "8", "--limit_concurrency", "7"]
-    assert serve_main(argv + (["--model_id", model_id] if model_id else [])) == 0
+    assert main(["serve", *argv, *(["--model_id", model_id] if model_id else [])]) == 0
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
     assert (seen["timeout_keep_alive"], seen["limit_concurrency"]) == (ServerConfig().timeout_keep_alive, 7)
     with TestClient(seen["app"]) as test_client:

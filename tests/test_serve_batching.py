@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 
-from vrm.pipeline import SequenceScores
-from vrm.serve_batching import BatcherStoppedError, DynamicBatcher
+from vrm.scoring.scores import SequenceScores
+from vrm.serving.batching import BatcherStoppedError, DynamicBatcher
 
 
 def test_stop_fails_requests_whose_items_are_all_in_the_batch_being_computed():

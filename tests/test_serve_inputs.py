@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 from test_modeling import build
 from test_serve import make_pipeline, templated
 
-from vrm.data import DataFormatError
-from vrm.pipeline import RewardPipeline, score_file
-from vrm.serve import ServerConfig, build_app
+from vrm.data.files import DataFormatError
+from vrm.scoring.pipeline import RewardPipeline
+from vrm.scoring.score_file import score_file
+from vrm.serving.app import build_app
+from vrm.serving.requests import ServerConfig
 
 JSON = {"Content-Type": "application/json"}
 

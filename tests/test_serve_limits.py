@@ -13,8 +13,10 @@ from asgi_lifespan import LifespanManager
 from fastapi.testclient import TestClient
 from test_serve import PROMPTS, RESPONSES, make_pipeline
 
-from vrm.pipeline import SequenceScores
-from vrm.serve import ServerConfig, build_app, serve_main
+from vrm.cli import main
+from vrm.scoring.scores import SequenceScores
+from vrm.serving.app import build_app
+from vrm.serving.requests import ServerConfig
 
 JSON = {"Content-Type": "application/json"}
 
@@ -181,7 +183,7 @@ def test_a_request_past_its_timeout_gets_503_and_its_work_is_dropped(pipeline):
 )
 def test_serve_main_rejects_bad_limits(capsys, flag, value, message):
     with pytest.raises(SystemExit) as exit_info:
-        serve_main(["--model", "somewhere", flag, value])
+        main(["serve", "--model", "somewhere", flag, value])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -209,6 +211,6 @@ def test_server_config_rejects_non_finite_numbers_and_a_queue_smaller_than_a_req
 
 def test_serve_main_rejects_a_nan_lambda(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        serve_main(["--model", "somewhere", "--conservative_lambda", "nan"])
+        main(["serve", "--model", "somewhere", "--conservative_lambda", "nan"])
     assert exit_info.value.code == 2
     assert "conservative_lambda must be a finite number" in capsys.readouterr().err

@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.framework.experiment_report import paired_p_value
 from benchmarks.study import report as study_report
 from benchmarks.study import runner, settings, stats
 from benchmarks.study.config import RUNS, StudyConfig, pair_set_names
 from benchmarks.study.runner import RunResult, execute, load_results
 from benchmarks.study.specs import FROZEN_MAIN_VARIANTS, RunSpec, Variant, sweep_grid
 from benchmarks.study.stats import mean_std, members, select, significance, summarize
-from vrm.evalreport import DatasetReport
-from vrm.evaluate import metrics_by_subset
-from vrm.experiment_report import paired_p_value
-from vrm.pipeline import SequenceScores
+from vrm.evaluation.pairwise import metrics_by_subset
+from vrm.evaluation.report import DatasetReport
+from vrm.scoring.scores import SequenceScores
 
 PAIRS = 40
 SUBSETS = ["rmb/helpfulness/a"] * 20 + ["rmb/harmlessness/b"] * 20

@@ -7,9 +7,10 @@ import os
 import pytest
 from conftest import PAIRS, make_bert_tokenizer, make_llama_tokenizer
 
-from vrm.data import PreferenceExample, PreferenceTokenizer
-from vrm.tokenization import PreferenceTokenizer as TokenizerClass
-from vrm.tokenization_cache import tokenize_pairs_cached
+from vrm.data.examples import PreferenceExample
+from vrm.data.tokenization import PreferenceTokenizer
+from vrm.data.tokenization import PreferenceTokenizer as TokenizerClass
+from vrm.data.tokenization_cache import tokenize_pairs_cached
 
 
 def examples() -> list[PreferenceExample]:

@@ -9,13 +9,15 @@ import torch
 from test_cli import train_argv
 from test_modeling import build
 
-from vrm.cli import main
-from vrm.config import ModelArguments, record_tokenization
-from vrm.data import PreferenceTokenizer
-from vrm.evaluate import evaluate_model
-from vrm.modeling import VRMForSequenceClassification
-from vrm.pipeline import RewardPipeline
-from vrm.trainer import apply_lora, build_model, load_tokenizer, save_sharded_final_model
+from vrm.cli.main import main
+from vrm.data.tokenization import PreferenceTokenizer
+from vrm.evaluation.pairwise import evaluate_model
+from vrm.models.config import record_tokenization
+from vrm.models.modeling import VRMForSequenceClassification
+from vrm.scoring.pipeline import RewardPipeline
+from vrm.training.arguments import ModelArguments
+from vrm.training.backbone import apply_lora, build_model, load_tokenizer
+from vrm.training.checkpoints import save_sharded_final_model
 
 KEYS = {"max_length", "max_prompt_length", "truncation", "input_format", "response_marker_ids", "pair_layout"}
 

@@ -7,14 +7,14 @@ import os
 
 import pytest
 import torch
+import vrm.scoring.classifier
 from test_classifier import save_classifier
 from test_cli import train_argv
 
-import vrm.classifier
-from vrm.cli import main
-from vrm.integrations import VRMRewardFunction
-from vrm.pipeline import RewardPipeline
-from vrm.runtime import resolve
+from vrm.cli.main import main
+from vrm.scoring.device import resolve
+from vrm.scoring.pipeline import RewardPipeline
+from vrm.scoring.reward_function import VRMRewardFunction
 
 
 @pytest.fixture(scope="module")
@@ -148,13 +148,13 @@ def test_reward_function_takes_device_and_dtype(trained):
 def test_trust_remote_code_reaches_non_vrm_models(tmp_path, pairs_file, monkeypatch):
     path = save_classifier(tmp_path / "classifier", "bert")
     seen = []
-    original = vrm.classifier.SequenceClassifierPipeline.from_pretrained.__func__
+    original = vrm.scoring.classifier.SequenceClassifierPipeline.from_pretrained.__func__
 
     def recording(cls, model_path, **kwargs):
         seen.append((kwargs["trust_remote_code"], kwargs["device"], kwargs["dtype"]))
         return original(cls, model_path, **kwargs)
 
-    monkeypatch.setattr(vrm.classifier.SequenceClassifierPipeline, "from_pretrained", classmethod(recording))
+    monkeypatch.setattr(vrm.scoring.classifier.SequenceClassifierPipeline, "from_pretrained", classmethod(recording))
     argv = ["eval", "--model", path, "--dataset", pairs_file, "--no_progress", "--device", "cpu"]
     assert main([*argv, "--trust_remote_code"]) == 0
     assert main(argv) == 0

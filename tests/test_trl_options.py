@@ -6,15 +6,16 @@ import os
 
 import pytest
 import torch
+import vrm.training.backbone
+import vrm.models.modeling
 import yaml
 from test_cli import train_argv
 
-import vrm.backbone
-import vrm.modeling
-from vrm.backbone import apply_lora, build_model, load_tokenizer
-from vrm.cli import main, parse_train_args
-from vrm.config import ModelArguments
-from vrm.data import load_preferences
+from vrm.cli.main import main
+from vrm.cli.train import parse_train_args
+from vrm.data.rows import load_preferences
+from vrm.training.arguments import ModelArguments
+from vrm.training.backbone import apply_lora, build_model, load_tokenizer
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "configs")
 
@@ -89,9 +90,9 @@ def test_model_revision_reaches_every_from_pretrained(llama_backbone_dir, monkey
 
         monkeypatch.setattr(owner, name, classmethod(recording))
 
-    spy(vrm.backbone.AutoTokenizer, "from_pretrained")
-    spy(vrm.backbone.AutoConfig, "from_pretrained")
-    spy(vrm.modeling.AutoModel, "from_pretrained")
+    spy(vrm.training.backbone.AutoTokenizer, "from_pretrained")
+    spy(vrm.training.backbone.AutoConfig, "from_pretrained")
+    spy(vrm.models.modeling.AutoModel, "from_pretrained")
     model_args = ModelArguments(
         model_name_or_path=llama_backbone_dir, num_objectives=2, model_revision="v1.0"
     )

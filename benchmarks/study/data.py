@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import asdict
 from typing import Any
 
-from vrm.fileio import read_records, write_json, write_jsonl
+from vrm.data.files import read_records, write_json, write_jsonl
 
 from .config import (
     ALL_LABELLED,

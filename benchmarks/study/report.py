@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from vrm.fileio import atomic_output, write_json
-from vrm.reporttext import markdown_table
+from vrm.data.files import atomic_output, write_json
+from vrm.evaluation.text import markdown_table
 
 from .config import RESULTS, RUNS, SETTING_ORDER, pair_set_names
 from .runner import RunResult, load_results, runs_directory

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vrm.evalreport import DatasetReport
-from vrm.fileio import atomic_output, write_json
+from vrm.data.files import atomic_output, write_json
+from vrm.evaluation.report import DatasetReport
 
 from .config import (
     BON_NS,
@@ -125,8 +125,8 @@ def load_results(setting: str, backbone: str, root: str = RUNS) -> list[RunResul
 
 def train_run(spec: RunSpec, cfg: StudyConfig, model_dir: str) -> None:
     """Train with `vrm.trainer.run_training` (= `vrm train`)."""
-    from vrm.config import DataArguments, ModelArguments, VRMTrainingArguments
-    from vrm.trainer import run_training
+    from vrm.training.arguments import DataArguments, ModelArguments, VRMTrainingArguments
+    from vrm.training.trainer import run_training
 
     frozen = spec.setting in FROZEN_SETTINGS
     model_args = ModelArguments(
@@ -174,11 +174,11 @@ def train_run(spec: RunSpec, cfg: StudyConfig, model_dir: str) -> None:
 
 def evaluate_run(model_dir: str, spec: RunSpec, eval_sets: dict[str, str], tokenized: dict) -> tuple:
     """Metrics per evaluation set (JSON-ready), the per-pair arrays behind them, and posterior diagnostics."""
-    from vrm.bon import bon_curve, read_pool, score_pool
-    from vrm.data import load_preferences
-    from vrm.evaluate import evaluate_rm_bench, metrics_by_subset, score_pairs
-    from vrm.fileio import read_records
-    from vrm.pipeline import load_scorer
+    from vrm.data.files import read_records
+    from vrm.data.rows import load_preferences
+    from vrm.evaluation.best_of_n import bon_curve, read_pool, score_pool
+    from vrm.evaluation.pairwise import evaluate_rm_bench, metrics_by_subset, score_pairs
+    from vrm.scoring.loading import load_scorer
 
     cache = os.path.join(WORK, "embeddings") if spec.setting in FROZEN_SETTINGS else None
     scorer = load_scorer(model_dir, batch_size=64, embedding_cache=cache)

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from vrm.experiment_report import paired_p_value
-from vrm.metrics import error_detection
+from benchmarks.framework.experiment_report import paired_p_value
+from vrm.evaluation.metrics import error_detection
 
 from .config import DIAGNOSTIC_SET, OBJECTIVES
 from .runner import RunResult

@@ -1,69 +1,55 @@
-"""vrm — Variational Reward Models: prompt-aware objective weights, response features, calibrated uncertainty."""
+"""vrm — Variational Reward Models: prompt-aware objective weights, response features, calibrated uncertainty.
+
+The package is one subpackage per stage of the data flow, each importing only the ones before it:
+`models` -> `data` -> `training` -> `scoring` -> `evaluation` -> `serving` -> `cli`. The names below are the
+public API, imported on first use so that `vrm --help` does not wait for torch and transformers.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-# imported on first use: `vrm --help` and `vrm --version` must not wait for torch and transformers
 _EXPORTS = {
-    "HEAD_TYPES": "config",
-    "DataArguments": "arguments",
-    "ModelArguments": "arguments",
-    "VRMConfig": "config",
-    "VRMTrainingArguments": "arguments",
-    "DataFormatError": "data",
-    "PreferenceCollator": "data",
-    "PreferenceTokenizer": "data",
-    "load_preferences": "data",
-    "DeepEnsembleRewardModel": "deep_ensemble",
-    "EnsembleHead": "ensemble",
-    "HeadOutput": "heads",
-    "LatentRewardHead": "heads",
-    "PairSamples": "heads",
-    "RewardModelOutput": "modeling",
-    "VRMForSequenceClassification": "modeling",
-    "RewardPipeline": "pipeline",
+    "HEAD_TYPES": "vrm.models",
+    "HeadConfig": "vrm.models",
+    "VRMConfig": "vrm.models",
+    "VRMForSequenceClassification": "vrm.models",
+    "RewardModelOutput": "vrm.models",
+    "PairwiseRewardOutput": "vrm.models",
+    "LatentRewardHead": "vrm.models",
+    "EnsembleHead": "vrm.models",
+    "HeadOutput": "vrm.models",
+    "PairSamples": "vrm.models",
+    "DataFormatError": "vrm.data",
+    "PreferenceExample": "vrm.data",
+    "PreferenceTokenizer": "vrm.data",
+    "PreferenceCollator": "vrm.data",
+    "load_preferences": "vrm.data",
+    "VRMTrainer": "vrm.training",
+    "VRMTrainingArguments": "vrm.training",
+    "ModelArguments": "vrm.training",
+    "DataArguments": "vrm.training",
+    "RewardPipeline": "vrm.scoring",
+    "DeepEnsembleRewardModel": "vrm.scoring",
+    "VRMRewardFunction": "vrm.scoring",
+    "load_scorer": "vrm.scoring",
+    "evaluate_model": "vrm.evaluation",
 }
-
-if TYPE_CHECKING:
-    from .arguments import DataArguments, ModelArguments, VRMTrainingArguments
-    from .config import HEAD_TYPES, VRMConfig
-    from .data import DataFormatError, PreferenceCollator, PreferenceTokenizer, load_preferences
-    from .deep_ensemble import DeepEnsembleRewardModel
-    from .ensemble import EnsembleHead
-    from .heads import HeadOutput, LatentRewardHead, PairSamples
-    from .modeling import PairwiseRewardOutput, RewardModelOutput, VRMForSequenceClassification
-    from .pipeline import RewardPipeline
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'vrm' has no attribute {name!r}")
 
 
-__all__ = [
-    "HEAD_TYPES",
-    "DataArguments",
-    "DataFormatError",
-    "DeepEnsembleRewardModel",
-    "EnsembleHead",
-    "HeadOutput",
-    "LatentRewardHead",
-    "ModelArguments",
-    "PairSamples",
-    "PairwiseRewardOutput",
-    "PreferenceCollator",
-    "PreferenceTokenizer",
-    "RewardModelOutput",
-    "RewardPipeline",
-    "VRMConfig",
-    "VRMForSequenceClassification",
-    "VRMTrainingArguments",
-    "load_preferences",
-]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,0 +1,82 @@
+"""`vrm eval`: evaluate reward models on pairwise files, RewardBench (v1, 2), RM-Bench and best-of-k files."""
+
+from __future__ import annotations
+
+import argparse
+
+from vrm.cli.options import add_device_arguments, check_device
+
+HELP = "evaluate trained reward models on preference data"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", action="append", required=True, help="Model directory (repeatable).")
+    parser.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="Evaluate the --model directories as one deep ensemble (mean reward, std across models) "
+        "instead of side by side.",
+    )
+    parser.add_argument("--dataset", nargs="+", required=True, help="Preference files or datasets names.")
+    parser.add_argument("--split", default="test", help="Split of a datasets name.")
+    parser.add_argument("--output", default=None, help="Write the JSON report here.")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument(
+        "--max_rows", type=int, default=None, help="Evaluate the first rows only, at most this many per dataset."
+    )
+    parser.add_argument(
+        "--sample", type=int, default=None, help="Evaluate a random sample of this many rows, stratified by subset."
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Seed of --sample (the same seed, the same rows).")
+    parser.add_argument("--max_length", type=int, default=None, help="Override the training max_length.")
+    parser.add_argument("--plots", default=None, help="Write a reliability diagram and weight heatmaps here.")
+    parser.add_argument("--markdown", default=None, help="Write a side-by-side markdown summary here.")
+    parser.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
+    parser.add_argument(
+        "--embedding_cache",
+        default=None,
+        help="For models trained with --freeze_backbone: read (and store) backbone states here.",
+    )
+    add_device_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_device(args)
+    if args.ensemble and len(args.model) < 2:
+        args.parser.error("--ensemble needs at least two --model (the models of the deep ensemble)")
+    from vrm.evaluation.pairwise import evaluate_model
+    from vrm.evaluation.report import write_reports
+    from vrm.evaluation.table import format_report
+
+    reports = []
+    for model_path in [args.model] if args.ensemble else args.model:
+        report = evaluate_model(
+            model_path,
+            args.dataset,
+            split=args.split,
+            batch_size=args.batch_size,
+            max_rows=args.max_rows,
+            max_length=args.max_length,
+            progress=not args.no_progress,
+            embedding_cache=args.embedding_cache,
+            sample=args.sample,
+            seed=args.seed,
+            device=args.device,
+            dtype=args.dtype,
+            trust_remote_code=args.trust_remote_code,
+        )
+        print(format_report(report))
+        reports.append(report)
+    if args.output:
+        write_reports(reports, args.output)
+        print(f"[vrm] report written to {args.output}")
+    if args.plots or args.markdown:
+        from vrm.evaluation.markdown import write_markdown
+        from vrm.evaluation.plots import write_plots
+
+        if args.plots:
+            for path in write_plots(reports, args.plots):
+                print(f"[vrm] plot written to {path}")
+        if args.markdown:
+            print(f"[vrm] summary written to {write_markdown(reports, args.markdown)}")
+    return 0

@@ -1,0 +1,359 @@
+"""An HTTP reward server with dynamic batching: `vrm serve --model DIR --port 8000`.
+
+Start it (needs the `serve` extra: `pip install 'vrm[serve]'`, i.e. fastapi and uvicorn):
+
+    vrm serve --model runs/my-rm --port 8000                  # or: python -m vrm.serve --model runs/my-rm
+    vrm serve --model runs/my-rm --host 0.0.0.0 --max_batch_size 64 --max_wait_ms 10 --conservative_lambda 0.5
+
+Endpoints (the OpenAPI schema is at `/openapi.json`, interactive docs at `/docs`):
+
+* `GET /health` — model id (the directory's base name, or `--model_id`), head type and objective names.
+* `GET /stats` — forward batches run, items scored, items queued (shows how well requests are coalesced).
+* `POST /get_reward` — OpenRLHF's remote reward model protocol. Each query is the full templated text (prompt
+  and response, with the model's chat template applied) as an RL framework sends it; `prompts` (optional) are
+  the templated prompts, used to find where each response starts (else the response marker stored in the
+  model config is searched for). Padding tokens around the texts are stripped. The answer holds the same list
+  as `rewards` and `scores`; it is the conservative reward `reward - lambda * reward_std` when the server runs
+  with `--conservative_lambda lambda > 0`, else the plain reward. A request may set its own lambda with an
+  optional `"conservative_lambda": 0.5` field (a number >= 0, else 422; OpenRLHF never sends it).
+
+      curl -s localhost:8000/get_reward -H 'Content-Type: application/json' \\
+        -d '{"query": ["<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nHello!<|im_end|>\\n"]}'
+      # {"rewards": [0.53], "scores": [0.53]}
+
+* `POST /score` — the full output for (prompt, response) pairs; each is a string or a list of
+  `{"role", "content"}` messages, templated by the server exactly as `vrm score` and training do:
+
+      curl -s localhost:8000/score -H 'Content-Type: application/json' \\
+        -d '{"prompts": ["How do I sort a list?"], "responses": ["Use sorted(xs)."]}'
+      # {"results": [{"reward": 0.53, "reward_std": 0.21, "objective_weights": [...],
+      #               "objective_scores": [...]}]}      (+ "conservative_reward" with --conservative_lambda
+      #                                                    or the request's "conservative_lambda" > 0)
+
+Use it from OpenRLHF as a remote reward model:
+
+    python -m openrlhf.cli.train_ppo_ray ... --remote_rm_url http://HOST:8000/get_reward
+
+A request is checked, then templated and tokenized item by item in one tokenizing thread (items of concurrent
+requests take turns), then queued. A single worker builds forward batches from the queued items round-robin
+over the requests, under `max_batch_size` rows and `max_batch_tokens` padded tokens, waiting up to
+`max_wait_ms` for others to join, and scores each in a worker thread (the event loop stays responsive).
+Limits (`ServerConfig`): body size (413 before parsing), items, characters and tokens per request (413), queue
+length (503 with `Retry-After`), time per request (503 with `Retry-After`), and uvicorn's keep-alive timeout and
+concurrency limit. Bad requests get a 4xx answer `{"detail": "..."}` that names the field and index at fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any
+
+try:
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"vrm serve needs fastapi and uvicorn ({err}); install them with: pip install 'vrm[serve]'"
+    ) from err
+
+from vrm.scoring.conservative import conservative_reward
+from vrm.scoring.pipeline import RewardPipeline
+from vrm.scoring.scores import SequenceScores
+from vrm.serving.batching import BatcherStoppedError, DynamicBatcher, QueueFullError, pipeline_score_fn
+from vrm.serving.requests import (
+    BodySizeLimit,
+    ErrorResponse,
+    GetRewardRequest,
+    GetRewardResponse,
+    HealthResponse,
+    ItemError,
+    PreparedItem,
+    ScoreRequest,
+    ScoreResponse,
+    ScoreResult,
+    ServerConfig,
+    StatsResponse,
+    as_text,
+    check_items,
+    prepare_pair,
+    prepare_text,
+    strip_padding,
+    text_size,
+)
+
+__all__ = ["DynamicBatcher", "ServerConfig", "build_app", "run_server"]
+
+logger = logging.getLogger("vrm.serve")
+TOKENIZE_CHUNK_CHARS = 8192  # characters tokenized per turn of the tokenizing thread (whole items)
+
+
+def _model_id(name: str) -> str:
+    """A model path's base name (an absolute path would tell clients about the server's file system)."""
+    return os.path.basename(os.path.normpath(name)) if os.sep in name or os.path.isdir(name) else name
+
+
+def build_app(
+    pipeline: RewardPipeline, config: ServerConfig | None = None, *, model_name: str | None = None
+) -> FastAPI:
+    """A FastAPI app serving `pipeline`; the batching worker and the tokenizing thread run during its lifespan.
+
+    `model_name` is what `/health` shows (default: the base name of the model's directory).
+    """
+    config = config or ServerConfig()
+    batcher = DynamicBatcher(
+        pipeline_score_fn(pipeline),
+        config.max_batch_size,
+        config.max_wait_ms,
+        config.max_queue,
+        config.max_batch_tokens,
+    )
+    model_config = pipeline.model.config
+    num_objectives = int(model_config.num_objectives)
+    objective_names = list(model_config.objective_names or [f"objective_{k}" for k in range(num_objectives)])
+    shown_name = model_name or _model_id(
+        getattr(model_config, "_name_or_path", "") or type(pipeline.model).__name__
+    )
+    tokenizer = pipeline.tokenizer
+    pad, eos = getattr(tokenizer, "pad_token", None), getattr(tokenizer, "eos_token", None)
+    lam = config.conservative_lambda
+    tokenizing: dict[str, ThreadPoolExecutor] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # one thread: a fast tokenizer must not be called from two threads at once
+        tokenizing["executor"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vrm-tokenize")
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            tokenizing.pop("executor").shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="vrm reward server",
+        description="Rewards, uncertainties and objective weights from a Variational Reward Model.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    app.state.batcher = batcher
+    app.state.config = config
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(error.get("type") == "json_invalid" for error in errors):
+            error = next(error for error in errors if error.get("type") == "json_invalid")
+            reason = (error.get("ctx") or {}).get("error") or error.get("msg", "")
+            return JSONResponse({"detail": f"malformed JSON body: {reason}"}, status_code=400)
+        parts = []
+        for error in errors:
+            location = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
+            parts.append(f"{location}: {error.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+
+    def prepare_chunk(label: str, work: Callable[[int], PreparedItem], indices: range) -> list[PreparedItem]:
+        """Runs in the tokenizing thread; anything the tokenizer raises on an item is that item's fault."""
+        items = []
+        for index in indices:
+            try:
+                items.append(work(index))
+            except ItemError:
+                raise
+            except Exception as err:
+                logger.warning("%s could not be tokenized", label.format(i=index), exc_info=True)
+                raise ItemError(
+                    f"{label.format(i=index)} cannot be tokenized: {type(err).__name__}: {err}"
+                ) from None
+        return items
+
+    async def prepare(
+        label: str, work: Callable[[int], PreparedItem], sizes: list[int]
+    ) -> list[PreparedItem]:
+        """Tokenize a request's items in the tokenizing thread, a few thousand characters at a time (requests
+        take turns), stopping as soon as the request has more than max_request_tokens."""
+        executor = tokenizing.get("executor")
+        if executor is None:
+            raise HTTPException(503, "the server is not running (start the app with its lifespan)")
+        loop = asyncio.get_running_loop()
+        items: list[PreparedItem] = []
+        tokens, start = 0, 0
+        while start < len(sizes):
+            end, chars = start + 1, sizes[start]
+            while end < len(sizes) and chars + sizes[end] <= TOKENIZE_CHUNK_CHARS:
+                chars += sizes[end]
+                end += 1
+            try:
+                chunk = await loop.run_in_executor(executor, prepare_chunk, label, work, range(start, end))
+            except ItemError as err:
+                raise HTTPException(400, str(err)) from None
+            items += chunk
+            tokens += sum(item.tokens for item in chunk)
+            if tokens > config.max_request_tokens:
+                raise HTTPException(
+                    413,
+                    f"the request has more than max_request_tokens={config.max_request_tokens} tokens "
+                    f"({tokens} in its first {end} items); split it into smaller requests",
+                )
+            start = end
+        return items
+
+    async def run(label: str, work: Callable[[int], PreparedItem], sizes: list[int]) -> SequenceScores:
+        try:
+            async with asyncio.timeout(config.request_timeout_s):
+                items = await prepare(label, work, sizes)
+                return await batcher.submit([i.ids for i in items], [i.prompt_length for i in items])
+        except TimeoutError as err:
+            batcher.stats.timed_out += 1
+            raise HTTPException(
+                503,
+                f"the request took longer than request_timeout_s={config.request_timeout_s:g} (server busy); "
+                "retry later or send fewer items",
+                headers={"Retry-After": "5"},
+            ) from err
+        except QueueFullError as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": "1"}) from err
+        except BatcherStoppedError as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": "5"}) from err
+        except HTTPException:
+            raise
+        except Exception as err:
+            raise HTTPException(500, f"scoring failed: {type(err).__name__}: {err}") from err
+
+    def request_lambda(requested: float | None) -> float:
+        """The request's conservative_lambda (validated >= 0 by the request model), else the server's."""
+        return lam if requested is None else requested
+
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorResponse} for code in (400, 413, 422, 500, 503)
+    }
+
+    @app.get("/health", response_model=HealthResponse)
+    async def health() -> HealthResponse:
+        """Liveness and the served model's description."""
+        return HealthResponse(
+            status="ok" if batcher.running else "starting",
+            model=shown_name,
+            head_type=str(model_config.head_type),
+            num_objectives=num_objectives,
+            objective_names=objective_names,
+            conservative_lambda=lam,
+        )
+
+    @app.get("/stats", response_model=StatsResponse)
+    async def stats() -> StatsResponse:
+        """Batching counters since the server started."""
+        return StatsResponse(queued=batcher.queued, **asdict(batcher.stats))
+
+    @app.post("/get_reward", response_model=GetRewardResponse, responses=errors)
+    async def get_reward(body: GetRewardRequest) -> GetRewardResponse:
+        """OpenRLHF remote reward model: one reward per full templated text."""
+        check_items("query", body.query, config)
+        texts = [strip_padding(q, pad, eos) for q in body.query]
+        prompts: list[str | None] = [None] * len(texts)
+        if body.prompts is not None:
+            if len(body.prompts) != len(texts):
+                raise HTTPException(400, f"{len(texts)} queries but {len(body.prompts)} prompts")
+            check_items("prompts", body.prompts, config)
+            prompts = [strip_padding(p, pad, eos) for p in body.prompts]
+        for field_name, values in (("query", texts), ("prompts", prompts)):
+            for index, value in enumerate(values):
+                if value is not None and not value:
+                    raise HTTPException(
+                        400, f"{field_name}[{index}] is empty (once padding tokens are removed)"
+                    )
+        sizes = [len(text) for text in texts]
+        scores = await run("query[{i}]", lambda i: prepare_text(pipeline, texts[i], prompts[i], i), sizes)
+        reward = conservative_reward(
+            scores.reward, scores.reward_std, request_lambda(body.conservative_lambda)
+        )
+        values = [float(v) for v in reward.tolist()]
+        return GetRewardResponse(rewards=values, scores=values)
+
+    @app.post("/score", response_model=ScoreResponse, response_model_exclude_none=True, responses=errors)
+    async def score(body: ScoreRequest) -> ScoreResponse:
+        """Reward, reward std, objective weights and scores for (prompt, response) pairs."""
+        if len(body.prompts) != len(body.responses):
+            raise HTTPException(400, f"{len(body.prompts)} prompts but {len(body.responses)} responses")
+        check_items("prompts", body.prompts, config)
+        check_items("responses", body.responses, config)
+        pairs = [(as_text(p), as_text(r)) for p, r in zip(body.prompts, body.responses, strict=True)]
+        sizes = [text_size(p) + text_size(r) for p, r in zip(body.prompts, body.responses, strict=True)]
+        label = "prompts[{i}] / responses[{i}]"
+        scores = await run(label, lambda i: prepare_pair(pipeline, *pairs[i], i), sizes)
+        pessimism = request_lambda(body.conservative_lambda)
+        results = []
+        for index in range(len(pairs)):
+            reward, std = float(scores.reward[index]), float(scores.reward_std[index])
+            results.append(
+                ScoreResult(
+                    reward=reward,
+                    reward_std=std,
+                    objective_weights=scores.objective_weights[index].tolist(),
+                    objective_scores=scores.objective_scores[index].tolist(),
+                    conservative_reward=conservative_reward(reward, std, pessimism) if pessimism else None,
+                )
+            )
+        return ScoreResponse(results=results)
+
+    return app
+
+
+# ----- running it ---------------------------------------------------------------------------------------------
+def _default_device() -> str | None:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def run_server(
+    model_path: str | Sequence[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    config: ServerConfig | None = None,
+    device: str | None = None,
+    log_level: str = "info",
+    torch_threads: int | None = None,
+    model_id: str | None = None,
+) -> None:
+    """Load the model at `model_path` and serve it with uvicorn until interrupted.
+
+    `device` defaults to CUDA when available, else CPU; `torch_threads` sets torch's intra-op CPU threads;
+    `model_id` is the name `/health` shows (default: the base name of `model_path`). Several paths serve
+    their deep ensemble (`vrm.deep_ensemble`).
+    """
+    import torch
+    import uvicorn
+
+    config = config or ServerConfig()
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    pipeline = RewardPipeline.from_pretrained(
+        model_path,
+        device=device or _default_device(),
+        batch_size=config.max_batch_size,
+        conservative_lambda=config.conservative_lambda,
+    )
+    paths = [model_path] if isinstance(model_path, str) else list(model_path)
+    app = build_app(pipeline, config, model_name=model_id or " + ".join(_model_id(path) for path in paths))
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_keep_alive=config.timeout_keep_alive,
+        limit_concurrency=config.limit_concurrency,
+    )
+
+
+
+
+
+
+

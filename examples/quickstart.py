@@ -29,12 +29,11 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.framework.experiment_report import match_objectives
-from vrm.cli.train import parse_train_args
 from vrm.data.files import write_json
 from vrm.data.synthetic import OBJECTIVES, WorldConfig, write_world
 from vrm.evaluation.pairwise import evaluate_model
 from vrm.evaluation.report import EvalReport
-from vrm.training.trainer import run_training
+from vrm.training import ModelArguments, VRMTrainer, VRMTrainingArguments
 
 RATINGS_TO_WEIGHTS = {"attribute_target": "graded", "rating_weight_coef": 1.0}
 
@@ -46,7 +45,7 @@ class Variant:
     head_type: str
     num_objectives: int | None = None  # None: the preset's (K = 1 for bt / ib); else weights are tracked
     ratings: bool = False  # per-objective ratings tie the first 3 objectives (attribute supervision)
-    flags: tuple[tuple[str, object], ...] = ()  # further `vrm train` flags
+    flags: tuple[tuple[str, object], ...] = ()  # further VRMTrainingArguments
 
 
 VARIANTS = {
@@ -55,7 +54,7 @@ VARIANTS = {
     "moe": Variant("moe", 3, ratings=True),
     "vrm": Variant("vrm", 3, ratings=True),
     "vrm_noratings": Variant("vrm", 3),
-    # ratings -> weights (vrm.training.losses L_rw) with graded score targets; added 2026-12-02
+    # ratings -> weights (vrm.training.losses L_rw) with graded score targets
     "moe_rw": Variant("moe", 3, ratings=True, flags=tuple(RATINGS_TO_WEIGHTS.items())),
     "vrm_graded": Variant("vrm", 3, ratings=True, flags=(("attribute_target", "graded"),)),
     "vrm_rw": Variant("vrm", 3, ratings=True, flags=tuple(RATINGS_TO_WEIGHTS.items())),
@@ -116,9 +115,13 @@ def train_and_evaluate(
     head: str, seed: int, data: dict[str, str], truth: dict, args, output_dir: str
 ) -> dict:
     variant = VARIANTS[head]
-    flags = {
-        "model_name_or_path": minilm_path(),
-        "dataset_name": data["train"],
+    head_options = {"head_type": variant.head_type}
+    if variant.num_objectives is not None:
+        head_options["num_objectives"] = variant.num_objectives
+    if variant.num_objectives == len(OBJECTIVES):
+        head_options["objective_names"] = list(OBJECTIVES)
+    training = {
+        "output_dir": output_dir,
         "max_length": 128,
         "max_steps": args.max_steps,
         "per_device_train_batch_size": args.batch_size,
@@ -128,37 +131,38 @@ def train_and_evaluate(
         "warmup_steps": 10,
         "logging_steps": 20,
         "save_strategy": "no",
+        "report_to": [],
         "seed": seed,
-        "disable_tqdm": "true",
-        "head_type": variant.head_type,
-        "output_dir": output_dir,
+        "disable_tqdm": True,
         **dict(variant.flags),
     }
-    if variant.num_objectives is not None:
-        flags["num_objectives"] = variant.num_objectives
-    argv = [item for key, value in flags.items() for item in (f"--{key}", str(value))]
-    if variant.num_objectives == len(OBJECTIVES):
-        argv += ["--objective_names", *OBJECTIVES]
     if variant.ratings:
-        argv += ["--attribute_names", *OBJECTIVES]
+        training["attribute_names"] = list(OBJECTIVES)
+    settings = {"model": head_options, "training": training, "data": data["train"]}
     result_path = os.path.join(output_dir, "result.json")
     world = {"train_pairs": args.train_pairs, "test_pairs": args.test_pairs}
-    if os.path.exists(result_path):  # a finished run (same flags, same world) is reused: a benchmark resumes
+    if os.path.exists(result_path):  # a finished run (same settings, same world) is reused: a benchmark resumes
         with open(result_path, encoding="utf-8") as handle:
             stored = json.load(handle)
-        if stored.get("argv") == argv and stored.get("world") == world:
+        if stored.get("settings") == settings and stored.get("world") == world:
             print(f"\n[quickstart] {head} (seed {seed}): reusing {result_path}", flush=True)
             # re-summarized, so the summary follows this file's code
             report = EvalReport.from_json(os.path.join(output_dir, "eval.json"))
             return summarize_run(report, variant, data, truth, stored["train_seconds"])
-    print(f"\n[quickstart] training {head} (seed {seed}):\n  vrm train {shlex.join(argv)}", flush=True)
+    print(f"\n[quickstart] training {head} (seed {seed}): {head_options}", flush=True)
     started = time.time()
-    run_training(*parse_train_args(argv))
+    trainer = VRMTrainer(
+        model=ModelArguments(model_name_or_path=minilm_path(), **head_options),
+        args=VRMTrainingArguments(**training),
+        train_dataset=data["train"],
+    )
+    trainer.train()
+    trainer.save_model()
     train_seconds = time.time() - started
     report = evaluate_model(output_dir, [data["test_iid"], data["test_shifted"]], progress=False)
     report.to_json(os.path.join(output_dir, "eval.json"))
     result = summarize_run(report, variant, data, truth, train_seconds)
-    write_json({**result, "argv": argv, "world": world}, result_path)
+    write_json({**result, "settings": settings, "world": world}, result_path)
     return result
 
 

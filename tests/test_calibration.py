@@ -13,13 +13,13 @@ from scipy import special
 from test_modeling import build
 
 from vrm.cli.main import main
-from vrm.evaluation.checkpoint_calibration import calibrate_model
 from vrm.evaluation.calibration import (
     fit_temperature,
     monte_carlo_probability,
     predictive_calibration,
     predictive_probability,
 )
+from vrm.evaluation.checkpoint_calibration import calibrate_model
 from vrm.evaluation.metrics import error_detection
 from vrm.evaluation.pairwise import evaluate_model
 from vrm.evaluation.table import format_report
@@ -167,7 +167,7 @@ def test_error_detection_scores_extra_signals_by_name():
 
 def test_head_samples_of_pair_rewards_match_the_posterior_moments():
     from vrm.data.examples import PreferenceExample
-    from vrm.evaluation.calibration import sample_pair_rewards
+    from vrm.evaluation.checkpoint_calibration import sample_pair_rewards
     from vrm.evaluation.pairwise import score_pairs
 
     model, tokenizer, pref = build("llama_chat")

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-import vrm.scoring.classifier
 from conftest import PAIRS, bert_config, llama_config, make_bert_tokenizer, make_llama_tokenizer
 from transformers import BertForSequenceClassification, LlamaForSequenceClassification
 
+import vrm.scoring.classifier
 from vrm.scoring.classifier import SequenceClassifierPipeline
 from vrm.scoring.loading import load_scorer
 

@@ -150,7 +150,9 @@ def test_cli_errors_are_clear(tmp_path, capsys, pairs_file, llama_backbone_dir):
     argv = train_argv(llama_backbone_dir, str(bad), str(tmp_path / "out"))
     assert main(["train", *argv]) == 1
     assert "bad.jsonl:1: missing field 'rejected'" in capsys.readouterr().err
-    assert main(["frobnicate"]) == 2
+    with pytest.raises(SystemExit) as usage_error:
+        main(["frobnicate"])
+    assert usage_error.value.code == 2
 
 
 @pytest.mark.parametrize(

@@ -76,10 +76,10 @@ def test_two_process_ddp_matches_one_process(tmp_path, llama_backbone_dir, capsy
 class _ShardedTrainerStub:
     """What `save_sharded_final_model` uses of a Trainer whose `save_model` gathers the full state dict."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, tokenizer, model_args, args):
+        self.model, self.processing_class, self.model_args, self.args = model, tokenizer, model_args, args
 
-    def save_model(self, path):
+    def save_model(self, path, _internal_call=False):
         self.model.save_pretrained(path)
 
     def is_world_process_zero(self):
@@ -107,7 +107,7 @@ def test_sharded_final_save_writes_a_loadable_merged_model(tmp_path, llama_backb
     args = VRMTrainingArguments(output_dir=str(tmp_path / "out"), report_to="none")
     os.makedirs(args.output_dir)
     tokenizer = AutoTokenizer.from_pretrained(llama_backbone_dir)
-    save_sharded_final_model(_ShardedTrainerStub(model), tokenizer, model_args, args)
+    save_sharded_final_model(_ShardedTrainerStub(model, tokenizer, model_args, args), args.output_dir)
     loaded = VRMForSequenceClassification.from_pretrained(args.output_dir).eval()
     ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
     reference = model.merge_and_unload() if use_peft else model

@@ -205,7 +205,7 @@ def test_ensemble_checkpoint_round_trip(tmp_path, head_type):
     model, tokenizer, pref = build("llama_chat", head_type, ensemble_members=3)
     ids, mask = inputs(model, tokenizer, pref)
     model.save_pretrained(tmp_path)
-    assert (tmp_path / "ensemble.py").exists()  # the remote code ships the ensemble head
+    assert (tmp_path / "head_ensemble.py").exists()  # the remote code ships the ensemble head
     loaded = VRMForSequenceClassification.from_pretrained(tmp_path).eval()
     auto = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     assert loaded.config.ensemble_members == 3

@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 from test_cli import train_argv
 from test_serve import templated
 
-from vrm.cli.main import main
 from vrm.cli import main
 from vrm.scoring.pipeline import RewardPipeline
 

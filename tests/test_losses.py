@@ -221,9 +221,6 @@ def test_graded_rating_targets_keep_ties_and_magnitudes():
     ],
 )
 def test_rating_flags_that_would_do_nothing_are_errors(tmp_path, flags, names, message):
-    from vrm.training.trainer import check_rating_arguments
-
-    args = VRMTrainingArguments(output_dir=str(tmp_path), report_to="none", **flags)
-    with pytest.raises(ValueError, match=message):
-        check_rating_arguments(args, names)
-    check_rating_arguments(VRMTrainingArguments(output_dir=str(tmp_path), report_to="none"), names)
+    with pytest.raises(ValueError, match=message):  # refused when the arguments are made, before anything loads
+        VRMTrainingArguments(output_dir=str(tmp_path), report_to="none", attribute_names=names or None, **flags)
+    VRMTrainingArguments(output_dir=str(tmp_path), report_to="none", attribute_names=names or None)

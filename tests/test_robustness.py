@@ -6,7 +6,6 @@ import json
 import math
 import os
 import shutil
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -424,14 +423,11 @@ def test_resume_skips_checkpoints_cut_off_mid_write(tmp_path):
     good = _checkpoint(tmp_path, 2, json.dumps({"global_step": 2}))
     _checkpoint(tmp_path, 10, '{"global_step": 1')  # killed while writing the state
     _checkpoint(tmp_path, 12, None)  # killed before it
-    args = SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint="true")
-    assert resolve_resume(args) == good
-    args.resume_from_checkpoint = str(tmp_path / "checkpoint-12")
+    assert resolve_resume(str(tmp_path), "true") == good
     with pytest.raises(ValueError, match=r"checkpoint-12: incomplete checkpoint"):
-        resolve_resume(args)
+        resolve_resume(str(tmp_path), str(tmp_path / "checkpoint-12"))
     shutil.rmtree(good)
-    args.resume_from_checkpoint = "auto"
-    assert resolve_resume(args) is None  # nothing complete: start fresh
+    assert resolve_resume(str(tmp_path), "auto") is None  # nothing complete: start fresh
 
 
 def test_resume_after_a_crash_mid_checkpoint(tmp_path, pairs_file, llama_backbone_dir, capsys):

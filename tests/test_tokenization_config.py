@@ -68,13 +68,15 @@ def test_lora_under_fsdp_or_deepspeed_keeps_the_tokenization(tmp_path, llama_bac
             if "lora_B" in name or ("head" in name and param.requires_grad):
                 param.add_(torch.randn_like(param) * 0.1)
     peft_model.eval()
-    trainer = SimpleNamespace(  # what an FSDP / DeepSpeed Trainer does: gather, then process 0 writes
-        save_model=lambda directory: peft_model.save_pretrained(directory),
-        is_world_process_zero=lambda: True,
-    )
     output = tmp_path / "out"
-    training_args = SimpleNamespace(output_dir=str(output), merge_lora_on_save=True)
-    save_sharded_final_model(trainer, tokenizer, model_args, training_args, template.settings())
+    trainer = SimpleNamespace(  # what an FSDP / DeepSpeed Trainer does: gather, then process 0 writes
+        save_model=lambda directory, _internal_call=False: peft_model.save_pretrained(directory),
+        is_world_process_zero=lambda: True,
+        processing_class=tokenizer,
+        model_args=model_args,
+        args=SimpleNamespace(output_dir=str(output), merge_lora_on_save=True),
+    )
+    save_sharded_final_model(trainer, str(output), template.settings())
     assert saved_block(output) == template.settings()
     loaded = VRMForSequenceClassification.from_pretrained(output).eval()
     ids = torch.tensor([template.tokenize_single("How do I fix a slow query?", "Add an index.")[0]])

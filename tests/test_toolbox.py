@@ -7,10 +7,10 @@ import os
 
 import pytest
 import torch
-import vrm.scoring.classifier
 from test_classifier import save_classifier
 from test_cli import train_argv
 
+import vrm.scoring.classifier
 from vrm.cli.main import main
 from vrm.scoring.device import resolve
 from vrm.scoring.pipeline import RewardPipeline

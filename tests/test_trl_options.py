@@ -6,11 +6,11 @@ import os
 
 import pytest
 import torch
-import vrm.training.backbone
-import vrm.models.modeling
 import yaml
 from test_cli import train_argv
 
+import vrm.models.modeling
+import vrm.training.backbone
 from vrm.cli.main import main
 from vrm.cli.train import parse_train_args
 from vrm.data.rows import load_preferences
@@ -51,10 +51,9 @@ def test_a_trl_reward_yaml_trains_with_lora_dora_and_its_task_type(
     path.write_text(yaml.safe_dump(config))
     assert main(["train", "--config", str(path), "--num_objectives", "2", "--feature_dim", "4"]) == 0
     assert "train data: 6 pairs -> 6 kept" in capsys.readouterr().out
-    _, data_args, _ = parse_train_args(["--config", str(path)])
-    assert (
-        data_args.dataset_name == [pairs_file] and data_args.dataset_num_proc == 1
-    )  # TRL's one name: a list
+    _, data_args, training_args = parse_train_args(["--config", str(path)])
+    assert data_args.dataset_name == [pairs_file]  # TRL's one name: a list
+    assert training_args.dataset_num_proc == 1  # a RewardConfig option, as in TRL
     adapter = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
     assert (
         adapter["task_type"] is None and adapter["use_dora"] is True and adapter["r"] == 4

@@ -188,7 +188,7 @@ def training_tokens(flags: dict[str, Any], path: str):
     model_args, data_args, _ = parse_train_args(to_argv({**flags, "dataset_name": path}))
     tokenizer = load_tokenizer(model_args)
     model = build_model(model_args)
-    template = PreferenceTokenizer.from_data_args(tokenizer, data_args, bool(model.config.is_causal))
+    template = PreferenceTokenizer.from_arguments(tokenizer, data_args, bool(model.config.is_causal))
     pairs, _ = template.tokenize_pairs(load_preferences(path, split="train"))
     sequences = [p.chosen_input_ids for p in pairs] + [p.rejected_input_ids for p in pairs]
     return model, sequences, [p.prompt_length for p in pairs] * 2, template.tokenizer.pad_token_id

@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 
+from vrm import __version__
 from vrm.cli import bench, calibrate, evaluate, recipe, score, serve, synth, train
 
 COMMANDS = {
@@ -35,13 +35,6 @@ COMMANDS = {
 }
 
 
-def _version() -> str:
-    try:
-        return version("vrm")
-    except PackageNotFoundError:  # run from a source tree
-        return "unknown"
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `vrm` parser; the options of `command` (one of `COMMANDS`) are added, the others' are not built."""
     parser = argparse.ArgumentParser(
@@ -49,7 +42,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Variational Reward Models: train, evaluate, score and serve reward models.",
         epilog="Run `vrm <command> --help` for the options of a command.",
     )
-    parser.add_argument("-V", "--version", action="version", version=f"vrm {_version()}")
+    parser.add_argument("-V", "--version", action="version", version=f"vrm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name, module in COMMANDS.items():
         own = getattr(module, "PARSES_ITS_OWN_ARGUMENTS", False)

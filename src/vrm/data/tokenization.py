@@ -94,14 +94,15 @@ class PreferenceTokenizer:
     """
 
     @classmethod
-    def from_data_args(cls, tokenizer, data_args, is_causal: bool) -> PreferenceTokenizer:
-        """The tokenizer `vrm train` builds from its data arguments (`vrm.arguments.DataArguments`)."""
+    def from_arguments(cls, tokenizer, args, is_causal: bool) -> PreferenceTokenizer:
+        """The tokenizer training builds from its arguments (`vrm.training.VRMTrainingArguments`' `max_length`,
+        `truncation`, `max_prompt_length`, `input_format`)."""
         return cls(
             tokenizer,
-            max_length=data_args.max_length,
-            truncation=data_args.truncation,
-            max_prompt_length=data_args.max_prompt_length,
-            input_format=data_args.input_format,
+            max_length=args.max_length,
+            truncation=args.truncation,
+            max_prompt_length=args.max_prompt_length,
+            input_format=args.input_format,
             is_causal=is_causal,
         )
 

@@ -113,6 +113,26 @@ class ModelArguments(HeadConfig, TRLModelArguments):
             raise ValueError("no backbone: pass --model_name_or_path (a hub name or a local directory)")
         if self.torch_dtype is not None:  # TRL's (and transformers 4's) name of dtype
             self.dtype, self.torch_dtype = self.torch_dtype, None
+        self.check_quantization()
+
+    def check_quantization(self) -> None:
+        """`--load_in_4bit` / `--load_in_8bit` need LoRA, a CUDA GPU and bitsandbytes: checked when the arguments
+        are made, before any data or model is loaded, with one line saying what is missing."""
+        if not (self.load_in_4bit or self.load_in_8bit):
+            return
+        import importlib.util
+
+        import torch
+
+        flag = "--load_in_4bit" if self.load_in_4bit else "--load_in_8bit"
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("--load_in_4bit and --load_in_8bit exclude each other")
+        if not self.use_peft:
+            raise ValueError(f"{flag} quantizes the backbone, which then trains through LoRA only: pass --use_peft")
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} needs a CUDA GPU (bitsandbytes quantization); none is available")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError(f"{flag} needs the bitsandbytes package: pip install bitsandbytes")
 
 
 @dataclass

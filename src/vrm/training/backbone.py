@@ -10,7 +10,6 @@ head trains fully; a quantized backbone is first prepared by `peft.prepare_model
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import Any
 
@@ -38,24 +37,6 @@ def backbone_load_kwargs(model_args: ModelArguments) -> dict[str, Any]:
     if model_args.gguf_file:
         kwargs["gguf_file"] = model_args.gguf_file
     return kwargs
-
-
-def check_quantization(model_args: ModelArguments) -> None:
-    """`--load_in_4bit` / `--load_in_8bit` need LoRA, a CUDA GPU and bitsandbytes: checked before any data or
-    model is loaded, with one line saying what is missing."""
-    if not (model_args.load_in_4bit or model_args.load_in_8bit):
-        return
-    flag = "--load_in_4bit" if model_args.load_in_4bit else "--load_in_8bit"
-    if model_args.load_in_4bit and model_args.load_in_8bit:
-        raise ValueError("--load_in_4bit and --load_in_8bit exclude each other")
-    if not model_args.use_peft:
-        raise ValueError(
-            f"{flag} quantizes the backbone, which then trains through LoRA only: pass --use_peft"
-        )
-    if not torch.cuda.is_available():
-        raise ValueError(f"{flag} needs a CUDA GPU (bitsandbytes quantization); none is available")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ValueError(f"{flag} needs the bitsandbytes package: pip install bitsandbytes")
 
 
 def quantization_kwargs(model_args: ModelArguments, dtype) -> dict[str, Any]:

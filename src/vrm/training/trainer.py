@@ -29,7 +29,7 @@ from vrm.models.config import record_tokenization
 from vrm.models.heads import LatentRewardHead
 from vrm.models.integrity import NonFiniteError
 from vrm.training.arguments import ModelArguments, VRMTrainingArguments
-from vrm.training.backbone import apply_lora, build_model, check_quantization, load_tokenizer
+from vrm.training.backbone import apply_lora, build_model, load_tokenizer
 from vrm.training.checkpoints import resolve_resume, save_final_model, save_sharded_final_model
 from vrm.training.losses import beta_factor, bootstrap_weights, preference_loss
 from vrm.training.model_card import check_train_options, write_training_outputs
@@ -80,15 +80,14 @@ class VRMTrainer(Trainer):
         elif isinstance(model, ModelArguments):
             model_args = model
         if model_args is not None:
-            check_quantization(model_args)  # --load_in_4bit without CUDA / bitsandbytes / LoRA
             if model_args.freeze_backbone and model_args.use_peft:
                 raise ValueError("--freeze_backbone and --use_peft exclude each other (LoRA trains the backbone)")
             if args.embedding_cache and not model_args.freeze_backbone:
                 raise ValueError("--embedding_cache holds states of a frozen backbone: pass --freeze_backbone too")
-        if train_dataset is None:
-            raise ValueError("no training data: pass train_dataset (vrm train: --dataset_name FILE_OR_NAME)")
         # the data is read and checked before the backbone loads: a bad row fails in seconds, not minutes
-        train_examples = None if is_tokenized(train_dataset) else preference_examples(train_dataset, "train", args)
+        train_examples = None
+        if train_dataset is not None and not is_tokenized(train_dataset):
+            train_examples = preference_examples(train_dataset, "train", args)
         eval_examples = None
         if eval_dataset is not None and not is_tokenized(eval_dataset):
             scale = rating_ranges(train_examples) if train_examples and args.attribute_names else None
@@ -101,7 +100,7 @@ class VRMTrainer(Trainer):
             model = build_model(model_args)
             if model_args.freeze_backbone:
                 model.backbone.requires_grad_(False)
-        if processing_class is None:
+        if processing_class is None and (train_examples or eval_examples):
             raise ValueError("processing_class: pass the backbone's tokenizer along with a model object")
         self.model_args = model_args
         base = model.get_base_model() if hasattr(model, "peft_config") else model
@@ -119,13 +118,19 @@ class VRMTrainer(Trainer):
         if len(attribute_names) > config.num_objectives:
             raise ValueError(f"{len(attribute_names)} attribute_names but only {config.num_objectives} objectives")
 
-        pref_tokenizer = PreferenceTokenizer.from_data_args(processing_class, args, bool(config.is_causal))
-        pad_token_id = pref_tokenizer.tokenizer.pad_token_id
+        pref_tokenizer = None
+        if processing_class is not None:
+            pref_tokenizer = PreferenceTokenizer.from_arguments(processing_class, args, bool(config.is_causal))
+            pad_token_id = pref_tokenizer.tokenizer.pad_token_id
+        else:  # tokenized data only: padding positions are masked, any id pads
+            pad_token_id = getattr(config.text_config, "pad_token_id", None) or 0
         layout = layout_collator(args.pair_layout, base, pad_token_id, args.embedding_cache)
         if args.process_index == 0:
             print(f"[vrm] pair layout: {layout.name} ({layout.reason})", flush=True)
         # recorded now (checkpoints) and again by every final save
-        self.tokenization = {**pref_tokenizer.settings(), "pair_layout": layout.name}
+        self.tokenization = {"pair_layout": layout.name}
+        if pref_tokenizer is not None:
+            self.tokenization = {**pref_tokenizer.settings(), **self.tokenization}
         record_tokenization(config, self.tokenization)
         self.data_sources = {
             "train": data_sources(train_examples) if train_examples else [],

@@ -141,7 +141,9 @@ def train_and_evaluate(
     settings = {"model": head_options, "training": training, "data": data["train"]}
     result_path = os.path.join(output_dir, "result.json")
     world = {"train_pairs": args.train_pairs, "test_pairs": args.test_pairs}
-    if os.path.exists(result_path):  # a finished run (same settings, same world) is reused: a benchmark resumes
+    if os.path.exists(
+        result_path
+    ):  # a finished run (same settings, same world) is reused: a benchmark resumes
         with open(result_path, encoding="utf-8") as handle:
             stored = json.load(handle)
         if stored.get("settings") == settings and stored.get("world") == world:

@@ -19,8 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry_run", action="store_true", help="Report the fit without writing it.")
     parser.add_argument("--output", default=None, help="Also write the fit as JSON here.")
     parser.add_argument("--no_progress", action="store_true")
-    parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available, else cpu), ...")
-    parser.add_argument("--dtype", default="auto", help="Weights dtype: auto (bfloat16 on CUDA, float32 on CPU), ...")
+    parser.add_argument(
+        "--device", default="auto", help="torch device: auto (cuda if available, else cpu), ..."
+    )
+    parser.add_argument(
+        "--dtype", default="auto", help="Weights dtype: auto (bfloat16 on CUDA, float32 on CPU), ..."
+    )
 
 
 def run(args: argparse.Namespace) -> int:

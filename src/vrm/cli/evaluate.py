@@ -22,12 +22,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=None, help="Write the JSON report here.")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument(
-        "--max_rows", type=int, default=None, help="Evaluate the first rows only, at most this many per dataset."
+        "--max_rows",
+        type=int,
+        default=None,
+        help="Evaluate the first rows only, at most this many per dataset.",
     )
     parser.add_argument(
-        "--sample", type=int, default=None, help="Evaluate a random sample of this many rows, stratified by subset."
+        "--sample",
+        type=int,
+        default=None,
+        help="Evaluate a random sample of this many rows, stratified by subset.",
     )
-    parser.add_argument("--seed", type=int, default=0, help="Seed of --sample (the same seed, the same rows).")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="Seed of --sample (the same seed, the same rows)."
+    )
     parser.add_argument("--max_length", type=int, default=None, help="Override the training max_length.")
     parser.add_argument("--plots", default=None, help="Write a reliability diagram and weight heatmaps here.")
     parser.add_argument("--markdown", default=None, help="Write a side-by-side markdown summary here.")

@@ -51,7 +51,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             help=module.HELP,
             description=module.__doc__,
             add_help=not own,
-            formatter_class=argparse.RawDescriptionHelpFormatter if own else argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=argparse.RawDescriptionHelpFormatter
+            if own
+            else argparse.ArgumentDefaultsHelpFormatter,
         )
         sub.set_defaults(parser=sub)
         if name == command:
@@ -86,5 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (DataFormatError, ModelLoadError and NonFiniteError are ValueErrors; a lone surrogate in a message
         # must not make printing it fail)
         message = " ".join(str(err).split()) or type(err).__name__
-        print(f"vrm {command}: error: {message}".encode("utf-8", "backslashreplace").decode(), file=sys.stderr)
+        print(
+            f"vrm {command}: error: {message}".encode("utf-8", "backslashreplace").decode(), file=sys.stderr
+        )
         return 1

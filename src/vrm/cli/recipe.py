@@ -10,7 +10,9 @@ HELP = "turn a public feedback dataset into preference files (`vrm recipe finegr
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from vrm.data.recipes import RATINGS
 
-    parser.add_argument("recipe", choices=["finegrained-qa"], help="FineGrainedRLHF QA-Feedback (jsonl[.gz]).")
+    parser.add_argument(
+        "recipe", choices=["finegrained-qa"], help="FineGrainedRLHF QA-Feedback (jsonl[.gz])."
+    )
     parser.add_argument("--input", required=True)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--seed", type=int, default=0, help="Seed of the split by question.")
@@ -19,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rating", choices=RATINGS, default="error_share")
     parser.add_argument("--no_passages", action="store_true", help="Prompt = the question only.")
-    parser.add_argument("--corrections", action="store_true", help="Add (human correction > prediction 1) pairs.")
+    parser.add_argument(
+        "--corrections", action="store_true", help="Add (human correction > prediction 1) pairs."
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,5 +40,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for name, split in summary["splits"].items():
         print(f"[vrm] {name}: {split['pairs']} pairs, {split['questions']} questions -> {split['path']}")
-    print(f"[vrm] {summary['ties_skipped']} tied comparisons skipped; summary: {args.output_dir}/summary.json")
+    print(
+        f"[vrm] {summary['ties_skipped']} tied comparisons skipped; summary: {args.output_dir}/summary.json"
+    )
     return 0

@@ -11,7 +11,9 @@ HELP = "score a file of (prompt, response) rows (resumable)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--input", required=True, help="jsonl/json/parquet/csv rows: prompt + response, or messages.")
+    parser.add_argument(
+        "--input", required=True, help="jsonl/json/parquet/csv rows: prompt + response, or messages."
+    )
     parser.add_argument("--output", required=True, help="jsonl output (resumed if it exists).")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--chunk_size", type=int, default=256, help="Rows written (and fsync'ed) at a time.")
@@ -53,5 +55,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         overwrite=args.overwrite,
     )
-    print(f"[vrm] {stats['rows']} rows: {stats['scored']} scored, {stats['skipped']} already in {args.output}")
+    print(
+        f"[vrm] {stats['rows']} rows: {stats['scored']} scored, {stats['skipped']} already in {args.output}"
+    )
     return 0

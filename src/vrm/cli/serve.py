@@ -23,7 +23,6 @@ _HELP = {
 }
 
 
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One option per `ServerConfig` field, with its default, and where to listen."""
     from dataclasses import fields

@@ -46,7 +46,11 @@ def check_config_values(values: dict[str, Any], source: str) -> None:
     """A YAML config's keys must be arguments, and its values among an argument's choices, as flags are."""
     from vrm.training.arguments import DataArguments, ModelArguments, VRMTrainingArguments
 
-    fields = {f.name: f for cls in (ModelArguments, DataArguments, VRMTrainingArguments) for f in dataclasses.fields(cls)}
+    fields = {
+        f.name: f
+        for cls in (ModelArguments, DataArguments, VRMTrainingArguments)
+        for f in dataclasses.fields(cls)
+    }
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"{source}: unknown arguments {unknown}")
@@ -98,7 +102,9 @@ def launch_with_accelerate(config_file: str, train_argv: Sequence[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     argv = args.argv
-    config_file, rest = pop_option(argv, "--accelerate_config", "an accelerate config file (see examples/accelerate/)")
+    config_file, rest = pop_option(
+        argv, "--accelerate_config", "an accelerate config file (see examples/accelerate/)"
+    )
     if config_file is not None:
         return launch_with_accelerate(config_file, rest)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -108,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
             # several processes and no GPU: without this accelerate would run each process alone, silently.
             # Set before the arguments are parsed: TrainingArguments sets up the distributed state there.
             os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-    model_args, data_args, training_args = parse_train_args(argv)  # --help and bad choices: before torch loads
+    model_args, data_args, training_args = parse_train_args(
+        argv
+    )  # --help and bad choices: before torch loads
 
     from vrm.data.ratings import rating_ranges
     from vrm.training.pair_data import preference_examples
@@ -134,7 +142,9 @@ def run(args: argparse.Namespace) -> int:
             split=data_args.dataset_test_split,
             max_rows=data_args.max_eval_samples,
             dataset_config=data_args.dataset_config,
-            rating_scale=rating_ranges(train) if training_args.attribute_names else None,  # the training scale
+            rating_scale=rating_ranges(train)
+            if training_args.attribute_names
+            else None,  # the training scale
         )
     trainer = VRMTrainer(model=model_args, args=training_args, train_dataset=train, eval_dataset=evaluation)
     trainer.train()

@@ -27,6 +27,6 @@ class PreferenceExample:
     location: str = ""
     ratings_chosen: list[float] | None = None  # raw per-objective ratings of each response (nan: not rated)
     ratings_rejected: list[float] | None = None
-    rating_differences: list[float] | None = None  # (rho+ - rho-) / range per objective, in [-1, 1]; nan unknown
-
-
+    rating_differences: list[float] | None = (
+        None  # (rho+ - rho-) / range per objective, in [-1, 1]; nan unknown
+    )

@@ -8,7 +8,7 @@ A *prompt tree* is one prompt followed by its N responses, laid out in one row: 
 
 and positions restart for each response where the prompt ends: response k's tokens have positions
 `P, P + 1, ...`, exactly those they have in the separate sequence `x ⊕ y_k`. The attention rule
-(`vrm.shared_prompt.tree_attention_mask`) is that query i sees key j iff both lie in the same tree and
+(`vrm.models.shared_prompt.tree_attention_mask`) is that query i sees key j iff both lie in the same tree and
 `part_j ∈ {0, part_i}` (plus `j ≤ i` on causal backbones): a response sees the prompt and itself, the prompt sees
 the prompt only. On a causal backbone that *is* the separate sequences (exact); on an encoder the prompt no longer
 sees the response, a different model (its prompt states are the prompt-only states `h_x`).
@@ -88,7 +88,7 @@ class SharedPromptCollator:
 
     pad_token_id: int
     row_length: int | None = None
-    attention_scale: float = 2304.0  # ≈ 6 × the backbone's hidden size (vrm.shared_prompt.pack_trees)
+    attention_scale: float = 2304.0  # ≈ 6 × the backbone's hidden size (vrm.models.shared_prompt.pack_trees)
 
     def __call__(self, pairs: Sequence[TokenizedPair]) -> dict[str, torch.Tensor]:
         packed = pack_trees(

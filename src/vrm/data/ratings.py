@@ -4,10 +4,10 @@ A row may rate each response on named objectives (`{name}_chosen` / `{name}_reje
 `vrm.data.load_preferences`). Two things are derived from a pair's ratings rho+ and rho-:
 
 * the *sign* target of the score term, 1 when y+ is rated higher on objective k, 0 when lower, NaN for a tie or
-  an unknown rating (the original behaviour of `vrm.losses.attribute_loss`);
+  an unknown rating (the original behaviour of `vrm.training.losses.attribute_loss`);
 * the *graded* difference delta_k = (rho+_k - rho-_k) / range_k, clamped to [-1, 1], where range_k is the spread
   (max - min) of objective k's ratings over the training rows. It feeds the graded score targets and the
-  ratings -> weights term (`vrm.losses`). Evaluation data is put on the training data's scale; an objective
+  ratings -> weights term (`vrm.training.losses`). Evaluation data is put on the training data's scale; an objective
   that the training rows never rate (or rate with one value) takes the evaluation rows' own spread, else 1.
 """
 

@@ -241,7 +241,9 @@ def parse_preferences(
     examples: list[PreferenceExample] = []
     for location, row in rows:
         try:
-            example = parse_row(row, location, attribute_names=attribute_names, objective_column=objective_column)
+            example = parse_row(
+                row, location, attribute_names=attribute_names, objective_column=objective_column
+            )
         except DataFormatError as err:
             if invalid is None:
                 raise

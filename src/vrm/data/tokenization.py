@@ -157,14 +157,16 @@ class PreferenceTokenizer:
             "is_causal": bool(config.is_causal),
         }
         kwargs.update(overrides)
-        if "max_length" in overrides and "max_prompt_length" not in overrides:  # keep it inside the new budget
+        if (
+            "max_length" in overrides and "max_prompt_length" not in overrides
+        ):  # keep it inside the new budget
             recorded = kwargs["max_prompt_length"]
             if recorded is not None and not 0 < recorded < kwargs["max_length"]:
                 kwargs["max_prompt_length"] = None
         return cls(tokenizer, **kwargs)
 
     def settings(self) -> dict[str, Any]:
-        """What a checkpoint records about this tokenization (`vrm.config.record_tokenization`)."""
+        """What a checkpoint records about this tokenization (`vrm.models.config.record_tokenization`)."""
         return {
             "max_length": self.max_length,
             "max_prompt_length": self.max_prompt_length,

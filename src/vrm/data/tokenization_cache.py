@@ -6,7 +6,7 @@
 truncation did to it; the counts are the column sums.
 
 The result is an Arrow file named by a key that hashes everything the token ids depend on: the rows, the
-tokenizer's files, the tokenization settings and the source of `vrm.tokenization`. A second run on the same
+tokenizer's files, the tokenization settings and the source of `vrm.data.tokenization`. A second run on the same
 data and tokenizer reads the file instead of tokenizing (`datasets` skips the function when the file exists,
 whatever `num_proc` wrote it). Under several processes, `vrm train` runs it inside
 `TrainingArguments.main_process_first(local=True)`: the first process of each machine tokenizes, the others

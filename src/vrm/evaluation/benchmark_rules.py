@@ -15,7 +15,7 @@
   Ties is scored by `rewardbench2_ties_score` (its `process_single_model`). The overall score is the
   unweighted mean of the subset scores present (as the leaderboard averages the six subsets).
 * `best-of-k`: any other file whose `rejected` is a list of answers (RMB's best-of-n, ...): a prompt is right
-  when every chosen answer outscores every loser (see `vrm.bestofk`).
+  when every chosen answer outscores every loser (see `vrm.evaluation.best_of_k`).
 * `pairwise`: any other TRL preference file — accuracy overall and per subset.
 """
 

@@ -10,7 +10,7 @@ list such as `[{"role": "assistant", ...}]`) or a list of correct answers, `reje
 * `pairwise_accuracy` — over all (chosen, loser) pairs (`pairs` of them);
 * `mean_margin` — mean over prompts of worst chosen - best loser; `mean_reward_std`, `objective_weights`.
 
-Reported overall and per subset; RewardBench 2 files also get its subset scores (`vrm.conventions`).
+Reported overall and per subset; RewardBench 2 files also get its subset scores (`vrm.evaluation.benchmark_rules`).
 """
 
 from __future__ import annotations

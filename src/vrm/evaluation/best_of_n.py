@@ -9,7 +9,7 @@ A pool file has one row per prompt with its candidate responses, and optionally 
 
 (`prompt` may be chat messages; `--gold_column` names the gold-score column, `--gold_model` scores the
 candidates with another reward model instead.) For each proxy and n, the expected gold and proxy scores of the
-proxy's best of n candidates are computed exactly over all n-subsets of each pool (`vrm.metrics.best_of_n`,
+proxy's best of n candidates are computed exactly over all n-subsets of each pool (`vrm.evaluation.metrics.best_of_n`,
 the unbiased estimator of Gao et al., 2022), averaged over prompts, and reported against
 KL_BoN = log n - (n - 1) / n. Proxy scores are standardized per model (over all candidates) so that several
 proxies share one axis; gold scores are used as they are. With `--conservative_lambda L` each proxy ranks the
@@ -160,5 +160,3 @@ def plot_curves(results: dict[str, list[dict[str, float]]], path: str) -> str:
     with atomic_output(path) as staging:
         fig.savefig(staging, dpi=120)
     return path
-
-

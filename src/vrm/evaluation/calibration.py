@@ -18,13 +18,13 @@ so the posterior shrinks the plug-in logit by kappa(s) = 1 / sqrt(1 + pi s^2 / 8
 heads (s = 0) get back sigmoid(m). In vrm's head the two responses of a pair share the prompt's weights w, so
 their rewards are positively correlated and Var[D] <= s^2: the approximation is then on the uncertain side.
 Where reward samples exist (a head's posterior draws, drawn jointly for the pair by
-`vrm.calibrate.sample_pair_rewards`, or an ensemble's members), `monte_carlo_probability` averages
+`vrm.evaluation.checkpoint_calibration.sample_pair_rewards`, or an ensemble's members), `monte_carlo_probability` averages
 sigmoid(r+ - r-) over them instead, keeping that correlation.
 
 **Temperature.** One scalar T > 0 rescales the logit, p_T = sigmoid(kappa(s) m / T), fitted on validation pairs
 by minimising the negative log-likelihood of "chosen wins" over log T (`scipy.optimize.minimize_scalar`,
 bounded, so T stays positive). T > 1 softens over-confident probabilities, T < 1 sharpens timid ones; T = 1
-is the uncalibrated model. `vrm calibrate` (`vrm.calibrate`) stores it as the checkpoint config's
+is the uncalibrated model. `vrm calibrate` (`vrm.evaluation.checkpoint_calibration`) stores it as the checkpoint config's
 `calibration_temperature`, which `vrm eval` applies.
 """
 
@@ -127,7 +127,7 @@ def fit_temperature(margin, std=None) -> TemperatureFit:
 
 
 def predictive_calibration(margin, std=None, temperature: float = 1.0) -> dict:
-    """NLL, Brier and ECE of the predictive probability (see `vrm.metrics.calibration`), with its T."""
+    """NLL, Brier and ECE of the predictive probability (see `vrm.evaluation.metrics.calibration`), with its T."""
     logits = predictive_logits(margin, std, temperature)
     measured = calibration(_sigmoid(logits))
     return {
@@ -149,17 +149,3 @@ def check_temperature(temperature: float) -> float:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow warning for large |x|
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -69,7 +69,7 @@ def sample_pair_rewards(
 
     Drawn by the head's own sampler (`LatentRewardHead.sample_pairs`: chosen and rejected share each draw of the
     prompt's weights w, so their correlation is kept), from a fixed seed without touching the caller's random
-    state. `vrm.calibration.monte_carlo_probability` turns them into E[sigmoid(r+ - r-)], the exact predictive
+    state. `vrm.evaluation.calibration.monte_carlo_probability` turns them into E[sigmoid(r+ - r-)], the exact predictive
     probability that the probit approximation estimates from the marginal stds alone.
     """
     model.eval()
@@ -176,5 +176,3 @@ def format_result(result: CalibrationResult) -> str:
     else:
         lines.append("[vrm] --dry_run: the checkpoint was not changed")
     return "\n".join(lines)
-
-

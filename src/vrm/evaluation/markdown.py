@@ -2,7 +2,7 @@
 
 Metrics per dataset, per-subset accuracy, RewardBench sections, RM-Bench difficulties, best-of-k results, and
 warnings (accuracy close to the "longer response wins" rule, skipped rows, subsets without pairs). Every
-function takes `vrm.evalreport.EvalReport`s or their JSON dicts.
+function takes `vrm.evaluation.report.EvalReport`s or their JSON dicts.
 """
 
 from __future__ import annotations

@@ -6,20 +6,20 @@ scores chosen and rejected in length-sorted batches, and reports per dataset:
 * `accuracy` — fraction of pairs with r(chosen) > r(rejected); exact ties are counted apart (`ties`) and
   scored 0.5 in `accuracy_ties_half`;
 * `mean_margin` — mean of r(chosen) - r(rejected); `nll` — Bradley-Terry NLL of the plug-in rewards;
-* `brier`, `ece` — calibration of P(chosen > rejected) = sigmoid(r+ - r-) (see `vrm.metrics`);
+* `brier`, `ece` — calibration of P(chosen > rejected) = sigmoid(r+ - r-) (see `vrm.evaluation.metrics`);
 * `predictive_nll`, `predictive_brier`, `predictive_ece` — the same for the predictive probability integrated
   over the posterior, sigmoid((r+ - r-) / (T sqrt(1 + pi s^2 / 8))), s^2 = std+^2 + std-^2, with the
-  checkpoint's `calibration_temperature` T (`vrm.calibration`; `vrm calibrate` fits T);
+  checkpoint's `calibration_temperature` T (`vrm.evaluation.calibration`; `vrm calibrate` fits T);
 * `mean_reward_std` — mean posterior standard deviation (vrm / ib), and where it is non-zero the
   `selective_accuracy` curve (abstaining on the most uncertain pairs) and `uncertainty_error_auroc`;
   `error_auroc` compares that std with the plug-in margin and the posterior flip probability as detectors
-  of errors (`vrm.metrics.error_detection`): an uncertainty is only useful if it beats the margin;
+  of errors (`vrm.evaluation.metrics.error_detection`): an uncertainty is only useful if it beats the margin;
 * `length_bias` — Spearman(reward, length), accuracy when the chosen response is longer / shorter, and the
   accuracy of "the longer response wins" on the same pairs;
 * `objective_weights` — the mean E[w] per subset (vrm / moe), so one sees which objectives a prompt type uses.
 
-RM-Bench files go to `evaluate_rm_bench`, best-of-k files (RMB best-of-n, RewardBench 2) to `vrm.bestofk`. Rows
-are read leniently (`vrm.evalrows`): unusable ones are skipped and listed in the entry's `invalid_rows`.
+RM-Bench files go to `evaluate_rm_bench`, best-of-k files (RMB best-of-n, RewardBench 2) to `vrm.evaluation.best_of_k`. Rows
+are read leniently (`vrm.evaluation.rows`): unusable ones are skipped and listed in the entry's `invalid_rows`.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def pairwise_metrics(
 ) -> dict[str, Any]:
     """Accuracy, ties, margin, calibration, uncertainty quality, length bias and mean objective weights.
 
-    `temperature` is the T of the predictive probability (`predictive_*` keys; see `vrm.calibration`).
+    `temperature` is the T of the predictive probability (`predictive_*` keys; see `vrm.evaluation.calibration`).
     `extra_uncertainty` maps names to per-pair uncertainties (e.g. an ensemble's `ensemble_std`), reported in
     `error_auroc` beside margin, std and flip (and as columns of the terminal's error-detection table).
     """
@@ -214,7 +214,7 @@ def metrics_by_subset(
 
 
 def _predictive(chosen: SequenceScores, rejected: SequenceScores, temperature: float) -> dict[str, float]:
-    """NLL / Brier / ECE of the predictive probability (`vrm.calibration`), as `predictive_*` keys."""
+    """NLL / Brier / ECE of the predictive probability (`vrm.evaluation.calibration`), as `predictive_*` keys."""
     margin = (chosen.reward - rejected.reward).double().numpy()
     std = (chosen.reward_std.double() ** 2 + rejected.reward_std.double() ** 2).sqrt().numpy()
     return {f"predictive_{k}": v for k, v in predictive_calibration(margin, std, temperature).items()}
@@ -263,15 +263,15 @@ def evaluate_model(
     dtype: str | None = None,
     trust_remote_code: bool = False,
 ) -> EvalReport:
-    """The `vrm eval` report (`vrm.evalreport.EvalReport`): one entry per dataset, each with overall and
+    """The `vrm eval` report (`vrm.evaluation.report.EvalReport`): one entry per dataset, each with overall and
     per-subset metrics.
 
     `model_path` is a vrm checkpoint or any `AutoModelForSequenceClassification` reward model. An
     `embedding_cache` directory serves (and stores) the backbone states of models trained with a frozen backbone.
     `max_rows` takes the first rows of each dataset, `sample` a stratified sample (by subset, seeded by `seed`;
-    see `vrm.evalrows`). Rows that cannot be used are skipped and listed in each entry's `invalid_rows`.
-    `device` / `dtype` default to `auto` (`vrm.runtime`); `trust_remote_code` is for non-vrm models with own code.
-    Several paths are evaluated as one deep ensemble (`vrm.deep_ensemble`; report `model`: "a + b").
+    see `vrm.evaluation.rows`). Rows that cannot be used are skipped and listed in each entry's `invalid_rows`.
+    `device` / `dtype` default to `auto` (`vrm.scoring.device`); `trust_remote_code` is for non-vrm models with own code.
+    Several paths are evaluated as one deep ensemble (`vrm.scoring.deep_ensemble`; report `model`: "a + b").
     """
     kwargs: dict[str, Any] = {"batch_size": batch_size, "embedding_cache": embedding_cache}
     kwargs.update(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -380,7 +380,7 @@ def _rm_bench_rows(rows: list[tuple[str, dict[str, Any]]], invalid: InvalidRows)
 
 
 def evaluate_rm_bench(scorer, rows: list[dict[str, Any]], progress: bool = True) -> dict[str, Any]:
-    """RM-Bench's convention (see `vrm.conventions`): 3 chosen x 3 rejected style variants per prompt."""
+    """RM-Bench's convention (see `vrm.evaluation.benchmark_rules`): 3 chosen x 3 rejected style variants per prompt."""
     variants = RM_BENCH_VARIANTS
     prompts = [row["prompt"] for row in rows for _ in range(2 * variants)]
     responses = [text for row in rows for text in (*row["chosen"], *row["rejected"])]

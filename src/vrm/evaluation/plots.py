@@ -1,9 +1,9 @@
-"""Plots of `vrm eval` reports (`vrm.evalreport.EvalReport`, see `vrm.evaluate.evaluate_model`).
+"""Plots of `vrm eval` reports (`vrm.evaluation.report.EvalReport`, see `vrm.evaluation.pairwise.evaluate_model`).
 
 * `reliability_diagram` — accuracy vs confidence of every model on every pairwise / RewardBench dataset;
 * `objective_weights_heatmap` — the mean objective weights E[w] per subset of a multi-objective model;
 * `write_plots` — both of the above into a directory;
-* `markdown_summary` / `write_markdown` — several models side by side as markdown (`vrm.evalmarkdown`).
+* `markdown_summary` / `write_markdown` — several models side by side as markdown (`vrm.evaluation.markdown`).
 
 Every function takes `EvalReport`s or their JSON dicts. Matplotlib is imported only by the plotting functions,
 and always with the non-interactive Agg canvas.

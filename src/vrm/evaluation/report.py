@@ -104,7 +104,7 @@ def _records(kind: type[Record]) -> Callable[[Any, str], Any]:
 
 @dataclass
 class CalibrationBin(Record):
-    """One confidence bin of `vrm.metrics.calibration`."""
+    """One confidence bin of `vrm.evaluation.metrics.calibration`."""
 
     low: float = 0.0
     high: float = 0.0
@@ -123,7 +123,7 @@ class SelectiveAccuracy(Record):
 
 @dataclass
 class LengthBias(Record):
-    """`vrm.metrics.length_bias`: how much of the accuracy follows response length."""
+    """`vrm.evaluation.metrics.length_bias`: how much of the accuracy follows response length."""
 
     spearman_reward_length: float | None = None
     accuracy_chosen_longer: float | None = None
@@ -135,7 +135,7 @@ class LengthBias(Record):
 
 @dataclass
 class PairwiseMetrics(Record):
-    """`vrm.evaluate.pairwise_metrics` of a set of pairs (only `pairs` when there are none)."""
+    """`vrm.evaluation.pairwise.pairwise_metrics` of a set of pairs (only `pairs` when there are none)."""
 
     pairs: int = 0
     accuracy: float | None = None
@@ -146,12 +146,16 @@ class PairwiseMetrics(Record):
     brier: float | None = None
     ece: float | None = None
     calibration_bins: list[CalibrationBin] | None = None
-    predictive_temperature: float | None = None  # the predictive probability's T (`vrm.calibration`)
+    predictive_temperature: float | None = (
+        None  # the predictive probability's T (`vrm.evaluation.calibration`)
+    )
     predictive_nll: float | None = None
     predictive_brier: float | None = None
     predictive_ece: float | None = None
     mean_reward_std: float | None = None
-    mean_epistemic_std: float | None = None  # ensembles: the members' disagreement (`vrm.ensemble`)
+    mean_epistemic_std: float | None = (
+        None  # ensembles: the members' disagreement (`vrm.models.head_ensemble`)
+    )
     objective_weights: list[float] | None = None
     error_auroc: dict[str, float] | None = None  # by uncertainty source: margin, std, flip, ...
     selective_accuracy: SelectiveAccuracy | None = None
@@ -167,7 +171,7 @@ class PairwiseMetrics(Record):
 
 @dataclass
 class RMBenchScores(Record):
-    """RM-Bench's difficulties (`vrm.conventions.rm_bench_scores`)."""
+    """RM-Bench's difficulties (`vrm.evaluation.benchmark_rules.rm_bench_scores`)."""
 
     easy: float | None = None
     normal: float | None = None
@@ -178,7 +182,7 @@ class RMBenchScores(Record):
 
 @dataclass
 class BestOfKMetrics(Record):
-    """`vrm.bestofk.best_of_k_metrics` (only `prompts` when there are none)."""
+    """`vrm.evaluation.best_of_k.best_of_k_metrics` (only `prompts` when there are none)."""
 
     prompts: int = 0
     accuracy: float | None = None
@@ -223,7 +227,7 @@ class InvalidRow(Record):
 
 @dataclass
 class InvalidRowsSummary(Record):
-    """Rows skipped as unusable: the exact count, the first ones listed (`vrm.evalrows.InvalidRows`)."""
+    """Rows skipped as unusable: the exact count, the first ones listed (`vrm.evaluation.rows.InvalidRows`)."""
 
     count: int = 0
     rows: list[InvalidRow] = field(default_factory=list)

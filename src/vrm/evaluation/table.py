@@ -1,7 +1,7 @@
 """The terminal output of `vrm eval`: a table per report, plus lines for benchmark scores and data counts.
 
 The pairwise table shows the plug-in calibration (`nll`, `ece` of sigmoid(r+ - r-)) beside the predictive one
-(`p-nll`, `p-ece`: integrated over the posterior, with the checkpoint's temperature; `vrm.calibration`); the
+(`p-nll`, `p-ece`: integrated over the posterior, with the checkpoint's temperature; `vrm.evaluation.calibration`); the
 error-detection table shows, per dataset and subset, the AUROC of each uncertainty signal as a detector of
 the wrong pairs side by side: the margin, the posterior std, the flip probability, and any further signal in
 `error_auroc` (e.g. an ensemble's `ensemble_std`) as a column of its own.

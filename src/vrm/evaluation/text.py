@@ -1,4 +1,4 @@
-"""Text helpers shared by the `vrm eval` summaries (`vrm.report`, `vrm.evalmarkdown`) and the benchmarks' reports:
+"""Text helpers shared by the `vrm eval` summaries (`vrm.evaluation.plots`, `vrm.evaluation.markdown`) and the benchmarks' reports:
 markdown table cells and tables, model and dataset labels.
 """
 

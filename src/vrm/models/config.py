@@ -55,7 +55,10 @@ class HeadConfig:
     )
     feature_posterior: str | None = field(
         default=None,
-        metadata={"help": "Override the head's semantic features (ablations).", "choices": FEATURE_POSTERIORS},
+        metadata={
+            "help": "Override the head's semantic features (ablations).",
+            "choices": FEATURE_POSTERIORS,
+        },
     )
     feature_dim: int | None = field(
         default=None,
@@ -63,7 +66,9 @@ class HeadConfig:
     )
     decoder_hidden_size: int = field(default=0, metadata={"help": "0: linear decoder g(z); >0: MLP width."})
     prior_concentration: float = field(default=1.0, metadata={"help": "alpha0 of the Dirichlet prior."})
-    concentration_min: float = field(default=0.05, metadata={"help": "Lower clamp of posterior concentrations."})
+    concentration_min: float = field(
+        default=0.05, metadata={"help": "Lower clamp of posterior concentrations."}
+    )
     concentration_max: float = field(
         default=1000.0, metadata={"help": "Upper clamp of posterior concentrations."}
     )
@@ -133,7 +138,7 @@ TOKENIZATION_KEYS = (
     "truncation",
     "input_format",
     "response_marker_ids",
-    "pair_layout",  # how training laid out pairs (vrm.pair_layout); encoders are scored in the same layout
+    "pair_layout",  # how training laid out pairs (vrm.data.pair_layout); encoders are scored in the same layout
 )
 LEGACY_TOKENIZATION_FIELDS = ("max_length", "input_format", "response_marker_ids")
 
@@ -206,8 +211,8 @@ class VRMConfig(HeadConfig, PretrainedConfig):
             `logits = (reward - reward_mean) / reward_scale`.
         calibration_temperature: T of the predictive preference probability
             `sigmoid((mu+ - mu-) / (T sqrt(1 + pi s^2 / 8)))` on the output scale, fitted by `vrm calibrate`
-            (`vrm.calibration`); 1 = uncalibrated. Rewards themselves do not change.
-        ensemble_members: N, independent heads of the chosen type on the shared backbone (`vrm.ensemble`);
+            (`vrm.evaluation.calibration`); 1 = uncalibrated. Rewards themselves do not change.
+        ensemble_members: N, independent heads of the chosen type on the shared backbone (`vrm.models.head_ensemble`);
             1 (the default) is the single head, with the same weights and checkpoint format as before.
     """
 

@@ -1,7 +1,7 @@
 """Ensembles of reward heads: N independent heads of one type on a shared backbone state (`EnsembleHead`).
 
 Members differ by their initialization and, in training, by an online bootstrap: each pair gets an independent
-Poisson(1) weight per member in the loss (`vrm.losses.bootstrap_weights`), so members disagree where the
+Poisson(1) weight per member in the loss (`vrm.training.losses.bootstrap_weights`), so members disagree where the
 data is thin (Osband et al., 2016; reward-model ensembles: Coste et al., 2023; Eisenstein et al., 2023; Zhang
 et al., 2024). A head costs a few matmuls against the backbone's pass, so N members cost N times the head only.
 
@@ -81,7 +81,7 @@ class EnsembleHead(nn.Module):
 
     `forward` gives the mixture (`EnsembleHeadOutput`); `sample_pairs` gives each member's `PairSamples` in
     `members`, and, at the top level, the members' averages (rewards, scores, KL terms, weight samples) and the
-    mixture's plug-in outputs, for metrics. The loss is taken per member (`vrm.losses.preference_loss`).
+    mixture's plug-in outputs, for metrics. The loss is taken per member (`vrm.training.losses.preference_loss`).
     """
 
     def __init__(self, config: VRMConfig, hidden_size: int):

@@ -1,4 +1,4 @@
-"""Reward heads: one module, `LatentRewardHead`, that holds bt, ib, moe and vrm (see `vrm.config`).
+"""Reward heads: one module, `LatentRewardHead`, that holds bt, ib, moe and vrm (see `vrm.models.config`).
 
 Given a prompt state `h_x` and a response state `h_xy` (both `[B, H]`):
 
@@ -27,7 +27,7 @@ so `reward_std` is exact and deterministic. With an MLP decoder it is estimated 
 Training (`sample_pairs`) draws M reparameterized samples of w per pair, shared by chosen and rejected, and
 returns them (`PairSamples.weight_samples`) so that every term of the loss that involves the weights — the
 Bradley-Terry likelihood, the objective label, and the ratings -> weights term (our reading of the VRM paper's
-rating-guided weights; see `vrm.losses`) — uses the same draws. The `vrm-paper` preset takes the paper's
+rating-guided weights; see `vrm.training.losses`) — uses the same draws. The `vrm-paper` preset takes the paper's
 proportions, many objectives over few features (K = 16, d = 4); `vrm` keeps K = 4, d = 16.
 """
 
@@ -81,7 +81,7 @@ class PairSamples(ModelOutput):
     weight_samples: Tensor | None = None  # [M, B, K] the samples of w behind reward_chosen / reward_rejected
     chosen: HeadOutput | None = None  # plug-in outputs, for metrics
     rejected: HeadOutput | None = None
-    # an ensemble head (`vrm.ensemble.EnsembleHead`): each member's samples; the fields above are their averages
+    # an ensemble head (`vrm.models.head_ensemble.EnsembleHead`): each member's samples; the fields above are their averages
     members: tuple[PairSamples, ...] | None = None
 
 

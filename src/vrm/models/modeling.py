@@ -37,7 +37,7 @@ class RewardModelOutput(ModelOutput):
     """Output of `VRMForSequenceClassification.forward`.
 
     `logits` is the (normalized) plug-in reward, shape [B, 1], as for any sequence-classification reward model.
-    An ensemble (`config.ensemble_members > 1`, `vrm.ensemble`) also fills `aleatoric_std` and `epistemic_std`
+    An ensemble (`config.ensemble_members > 1`, `vrm.models.head_ensemble`) also fills `aleatoric_std` and `epistemic_std`
     ([B], with reward_std^2 = aleatoric_std^2 + epistemic_std^2) and `member_rewards` ([B, N], normalized);
     a single head leaves them None.
     """
@@ -56,7 +56,7 @@ class RewardModelOutput(ModelOutput):
 @dataclass
 class PairwiseRewardOutput(PairSamples):
     """Output of the pair path of `VRMForSequenceClassification.forward` (`chosen_*` and `rejected_*`, or
-    `chosen_states` and `rejected_states`): the samples and KL terms the negative ELBO of `vrm.losses` needs."""
+    `chosen_states` and `rejected_states`): the samples and KL terms the negative ELBO of `vrm.training.losses` needs."""
 
 
 class VRMPreTrainedModel(PreTrainedModel):
@@ -260,13 +260,13 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         """Score sequences (`input_ids`) into a `RewardModelOutput`, or, given `chosen_*` and `rejected_*`,
         sample pairs for training into a `PairwiseRewardOutput`; `return_dict=False` gives their `to_tuple()`.
 
-        Precomputed states skip the backbone (the frozen-backbone path of `vrm.embeddings`): `prompt_states` +
+        Precomputed states skip the backbone (the frozen-backbone path of `vrm.data.state_cache`): `prompt_states` +
         `response_states` score, `prompt_states` + `chosen_states` + `rejected_states` train. The pair mode
         goes through `forward` (not a side method) so that DDP / FSDP / PEFT wrappers see it.
         `token_type_ids` is accepted (a tokenizer's output can be passed as `**batch`) and ignored: vrm trains
         every token as type 0. `labels` are refused (a `ValueError`): the loss comes from pairs, in
         `VRMTrainer.compute_loss`. Any other keyword argument is a `TypeError`, never silently dropped.
-        `packed_*` (`vrm.pair_layout.SharedPromptCollator`): pairs as packed prompt trees, one pass per token.
+        `packed_*` (`vrm.data.pair_layout.SharedPromptCollator`): pairs as packed prompt trees, one pass per token.
         """
         if kwargs:
             raise TypeError(
@@ -275,7 +275,7 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
         if labels is not None:
             raise ValueError(
                 "VRMForSequenceClassification computes no loss from labels: a reward model is trained on "
-                "(chosen, rejected) pairs, with the loss of VRMTrainer.compute_loss / vrm.losses.preference_loss"
+                "(chosen, rejected) pairs, with the loss of VRMTrainer.compute_loss / vrm.training.losses.preference_loss"
             )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if prompt_states is not None:
@@ -429,7 +429,7 @@ def _stack_padded(*parts: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
 def _register_auto_classes() -> None:
     """Let `AutoConfig` / `AutoModelForSequenceClassification` load vrm checkpoints: once vrm is imported, and,
     where vrm is not installed, with `trust_remote_code=True` — `save_pretrained` copies this file and those
-    it imports (`config.py`, `heads.py`, `ensemble.py`, `integrity.py`, `pooling.py`, `shared_prompt.py`, which
+    it imports (`config.py`, `heads.py`, `head_ensemble.py`, `integrity.py`, `pooling.py`, `shared_prompt.py`, which
     import only torch and transformers) next to the weights."""
     from transformers import AutoModelForSequenceClassification
 

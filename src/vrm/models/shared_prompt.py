@@ -1,4 +1,4 @@
-"""The backbone over prompt trees (`vrm.pair_layout`): one pass per unique token, states read per tree.
+"""The backbone over prompt trees (`vrm.data.pair_layout`): one pass per unique token, states read per tree.
 
 For packed rows with block ids `b` and part ids `p` (0 prompt, k response k), query i attends key j iff
 
@@ -228,7 +228,7 @@ def encode_tree_pairs(
 def score_layout(model: Any) -> str:
     """How a model's sequences are scored: `shared_prompt` where it equals the separate path (causal backbones
     whose attention takes a 4D mask) or where the model was trained on it (the checkpoint's `pair_layout`),
-    else `separate`. A deep ensemble (`vrm.deep_ensemble`, no backbone of its own) scores `separate`."""
+    else `separate`. A deep ensemble (`vrm.scoring.deep_ensemble`, no backbone of its own) scores `separate`."""
     if not hasattr(model, "backbone"):
         return "separate"
     trained = (getattr(model.config, "tokenization", None) or {}).get("pair_layout")

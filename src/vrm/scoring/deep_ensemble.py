@@ -8,7 +8,7 @@
 
 Each member scores the same token ids and applies its own stored normalization (`reward_mean`,
 `reward_scale`); the ensemble is the uniform mixture of the members' predictive distributions
-(`vrm.ensemble.combine_members`): `reward` = the members' mean reward, `aleatoric_std` = the root mean square
+(`vrm.models.head_ensemble.combine_members`): `reward` = the members' mean reward, `aleatoric_std` = the root mean square
 of the members' own `reward_std` (a member that is itself a multi-head ensemble brings its total std),
 `epistemic_std` = the std of the member rewards over members, `reward_std^2 = aleatoric_std^2 +
 epistemic_std^2`. Objective weights and scores are the members' means, so every member must have the same

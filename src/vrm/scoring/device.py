@@ -62,5 +62,3 @@ def resolve(device: Any = None, dtype: Any = None) -> tuple[str, torch.dtype]:
     """The (device, dtype) a model is loaded with; a bad value is a `ValueError` naming it."""
     device = resolve_device(device)
     return device, resolve_dtype(dtype, device)
-
-

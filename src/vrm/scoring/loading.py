@@ -12,9 +12,9 @@ from vrm.scoring.pipeline import RewardPipeline
 
 
 def load_scorer(path: str | Sequence[str], *, trust_remote_code: bool = False, **kwargs: Any):
-    """A `RewardPipeline` for vrm checkpoints, a `vrm.classifier.SequenceClassifierPipeline` for other reward
+    """A `RewardPipeline` for vrm checkpoints, a `vrm.scoring.classifier.SequenceClassifierPipeline` for other reward
     models (loaded with `trust_remote_code` when they need their own code; vrm checkpoints never do). Several
-    paths: the deep ensemble of those vrm checkpoints (`vrm.deep_ensemble`)."""
+    paths: the deep ensemble of those vrm checkpoints (`vrm.scoring.deep_ensemble`)."""
     from vrm.scoring.classifier import SequenceClassifierPipeline
     from vrm.scoring.device import resolve
 
@@ -33,5 +33,3 @@ def load_scorer(path: str | Sequence[str], *, trust_remote_code: bool = False, *
     if kwargs.pop("embedding_cache", None):
         print(f"[vrm] {path} is not a vrm model: scored without the embedding cache", flush=True)
     return SequenceClassifierPipeline.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
-
-

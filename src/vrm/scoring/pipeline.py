@@ -72,7 +72,7 @@ class RewardPipeline:
         cls, path: str | Sequence[str], *, device: str | None = None, dtype=None, **kwargs: Any
     ) -> RewardPipeline:
         """A pipeline on the checkpoint at `path`, or, given several paths, on their deep ensemble
-        (`vrm.deep_ensemble`: mean reward, std across models, the models' own std as aleatoric)."""
+        (`vrm.scoring.deep_ensemble`: mean reward, std across models, the models' own std as aleatoric)."""
         from transformers import AutoTokenizer
 
         from vrm.scoring.device import resolve
@@ -236,7 +236,3 @@ class RewardPipeline:
         record_tokenization(self.model.config, settings)
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
-
-
-
-

@@ -4,7 +4,7 @@ TRL `GRPOTrainer` (and `RLOOTrainer`) take reward functions called as
 `reward_func(prompts=..., completions=..., completion_ids=..., **dataset_columns) -> list[float]`:
 
     from trl import GRPOTrainer
-    from vrm.integrations import VRMRewardFunction
+    from vrm.scoring.reward_function import VRMRewardFunction
 
     reward = VRMRewardFunction("runs/my-rm", conservative_lambda=0.5)   # reward - 0.5 * reward_std
     trainer = GRPOTrainer(model=policy, reward_funcs=[reward], train_dataset=prompts, args=grpo_config)
@@ -13,7 +13,7 @@ Prompts and completions may be plain text (standard format) or message lists (co
 completion is `[{"role": "assistant", "content": ...}]`); both are templated as at reward-model training time.
 
 OpenRLHF (PPO, REINFORCE++, GRPO) and any trainer that posts texts to a URL: run `vrm serve --model DIR` and pass
-`--remote_rm_url http://HOST:PORT/get_reward` (see `vrm.serve`).
+`--remote_rm_url http://HOST:PORT/get_reward` (see `vrm.serving.app`).
 
 Trainers that load a sequence-classification reward model themselves get one from
 `AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True)` — vrm need not be installed
@@ -36,7 +36,7 @@ class VRMRewardFunction:
 
     Returns the (normalized) reward, or the conservative reward `reward - conservative_lambda * reward_std`
     when `conservative_lambda > 0` (`vrm.conservative`; a negative or non-finite lambda is a `ValueError`).
-    `device` / `dtype` default to `auto` (CUDA + bfloat16 when available, else CPU + float32; see `vrm.runtime`).
+    `device` / `dtype` default to `auto` (CUDA + bfloat16 when available, else CPU + float32; see `vrm.scoring.device`).
     """
 
     def __init__(

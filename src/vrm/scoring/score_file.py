@@ -2,7 +2,7 @@
 
 Each output line is the input row plus the fields of `RewardPipeline.result` (`reward`, `reward_std`, ...).
 The output is resumable: rows already written are not scored again, each chunk is flushed and fsync'ed, a torn
-last line is cut off, and `OUTPUT.manifest.json` (`vrm.manifest`) records what the output was scored from.
+last line is cut off, and `OUTPUT.manifest.json` (`vrm.scoring.manifest`) records what the output was scored from.
 """
 
 from __future__ import annotations

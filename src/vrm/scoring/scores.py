@@ -22,7 +22,7 @@ class SequenceScores:
     reward_std: torch.Tensor  # [N]
     objective_weights: torch.Tensor  # [N, K]
     objective_scores: torch.Tensor  # [N, K]
-    # ensembles only (`vrm.ensemble`, `vrm.deep_ensemble`): reward_std^2 = aleatoric_std^2 + epistemic_std^2
+    # ensembles only (`vrm.models.head_ensemble`, `vrm.scoring.deep_ensemble`): reward_std^2 = aleatoric_std^2 + epistemic_std^2
     aleatoric_std: torch.Tensor | None = None  # [N]
     epistemic_std: torch.Tensor | None = None  # [N]
     member_rewards: torch.Tensor | None = None  # [N, members]
@@ -92,7 +92,7 @@ def score_sequences(
         return out
     if score_layout(model) == "shared_prompt" and (
         not model.config.is_causal or has_shared_prompts(sequences, prompt_lengths)
-    ):  # a prompt shared by several sequences is computed once (vrm.shared_prompt)
+    ):  # a prompt shared by several sequences is computed once (vrm.models.shared_prompt)
         for index, result in score_prompt_trees(model, sequences, prompt_lengths, pad_token_id, batch_size):
             store(index, result)
         return out
@@ -107,5 +107,3 @@ def score_sequences(
             ),
         )
     return out
-
-

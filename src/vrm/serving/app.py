@@ -2,7 +2,7 @@
 
 Start it (needs the `serve` extra: `pip install 'vrm[serve]'`, i.e. fastapi and uvicorn):
 
-    vrm serve --model runs/my-rm --port 8000                  # or: python -m vrm.serve --model runs/my-rm
+    vrm serve --model runs/my-rm --port 8000                  # or: python -m vrm.serving.app --model runs/my-rm
     vrm serve --model runs/my-rm --host 0.0.0.0 --max_batch_size 64 --max_wait_ms 10 --conservative_lambda 0.5
 
 Endpoints (the OpenAPI schema is at `/openapi.json`, interactive docs at `/docs`):
@@ -90,7 +90,7 @@ from vrm.serving.requests import (
 
 __all__ = ["DynamicBatcher", "ServerConfig", "build_app", "run_server"]
 
-logger = logging.getLogger("vrm.serve")
+logger = logging.getLogger("vrm.serving.app")
 TOKENIZE_CHUNK_CHARS = 8192  # characters tokenized per turn of the tokenizing thread (whole items)
 
 
@@ -326,7 +326,7 @@ def run_server(
 
     `device` defaults to CUDA when available, else CPU; `torch_threads` sets torch's intra-op CPU threads;
     `model_id` is the name `/health` shows (default: the base name of `model_path`). Several paths serve
-    their deep ensemble (`vrm.deep_ensemble`).
+    their deep ensemble (`vrm.scoring.deep_ensemble`).
     """
     import torch
     import uvicorn
@@ -350,10 +350,3 @@ def run_server(
         timeout_keep_alive=config.timeout_keep_alive,
         limit_concurrency=config.limit_concurrency,
     )
-
-
-
-
-
-
-

@@ -20,7 +20,7 @@ import torch
 from vrm.scoring.pipeline import RewardPipeline
 from vrm.scoring.scores import SequenceScores, score_sequences
 
-logger = logging.getLogger("vrm.serve")
+logger = logging.getLogger("vrm.serving.app")
 
 ScoreFn = Callable[[list[list[int]], list[int]], SequenceScores]
 

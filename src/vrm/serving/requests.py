@@ -2,7 +2,7 @@
 
 Every way a client's input can be unscoreable is found here, before the model runs, and reported as a 4xx
 naming the item (`prompts[0]: ...`). Items are checked with `vrm score`'s own rule
-(`vrm.data.check_text_or_messages`) and templated and tokenized exactly as `vrm score` does
+(`vrm.data.rows.check_text_or_messages`) and templated and tokenized exactly as `vrm score` does
 (`PreferenceTokenizer.encode_parts` + `fit`, i.e. `tokenize_single`), so the server accepts, rejects and scores
 the same (prompt, response) pairs as `vrm score`: an empty or whitespace-only response is a valid response (the
 template still gives it its end tokens), and any text role the model's chat template renders is valid.
@@ -89,7 +89,9 @@ class ServerConfig:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         if self.conservative_lambda < 0:
             raise ValueError(f"conservative_lambda must be >= 0, got {self.conservative_lambda}")
-        if self.max_queue < self.max_items_per_request:  # else such a request is refused whenever one is queued
+        if (
+            self.max_queue < self.max_items_per_request
+        ):  # else such a request is refused whenever one is queued
             raise ValueError(
                 f"max_queue ({self.max_queue}) must be >= max_items_per_request ({self.max_items_per_request})"
             )

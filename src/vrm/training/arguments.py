@@ -128,7 +128,9 @@ class ModelArguments(HeadConfig, TRLModelArguments):
         if self.load_in_4bit and self.load_in_8bit:
             raise ValueError("--load_in_4bit and --load_in_8bit exclude each other")
         if not self.use_peft:
-            raise ValueError(f"{flag} quantizes the backbone, which then trains through LoRA only: pass --use_peft")
+            raise ValueError(
+                f"{flag} quantizes the backbone, which then trains through LoRA only: pass --use_peft"
+            )
         if not torch.cuda.is_available():
             raise ValueError(f"{flag} needs a CUDA GPU (bitsandbytes quantization); none is available")
         if importlib.util.find_spec("bitsandbytes") is None:
@@ -186,7 +188,8 @@ class VRMTrainingArguments(TrainingArguments):
         },
     )
     input_format: str = field(
-        default="auto", metadata={"help": "How texts become tokens (see vrm.data.tokenization).", "choices": INPUT_FORMATS}
+        default="auto",
+        metadata={"help": "How texts become tokens (see vrm.data.tokenization).", "choices": INPUT_FORMATS},
     )
     pair_layout: str = field(
         default="auto",
@@ -275,7 +278,7 @@ class VRMTrainingArguments(TrainingArguments):
         default=0.0,
         metadata={
             "help": "lambda_rw: weight of the ratings -> weights term -E_q[log sigmoid(tau w^T delta)] (see "
-            "vrm.losses); the prompt's weights must explain the preference through the per-objective ratings."
+            "vrm.training.losses); the prompt's weights must explain the preference through the per-objective ratings."
         },
     )
     rating_temperature: float = field(
@@ -311,7 +314,9 @@ class VRMTrainingArguments(TrainingArguments):
         read or model loaded."""
         attribute_names = self.attribute_names or ()
         if self.attribute_target not in ATTRIBUTE_TARGETS:
-            raise ValueError(f"--attribute_target must be one of {ATTRIBUTE_TARGETS}, got {self.attribute_target!r}")
+            raise ValueError(
+                f"--attribute_target must be one of {ATTRIBUTE_TARGETS}, got {self.attribute_target!r}"
+            )
         if self.beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"--beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
         if self.attribute_target == "graded" and not attribute_names:

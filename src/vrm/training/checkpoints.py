@@ -29,7 +29,7 @@ def save_final_model(
     Everything is written to a staging directory first, then moved in, `config.json` last: a crash leaves the
     previous final model or none, never a loadable half. With LoRA the adapter and head also go to `adapter/`,
     and the saved model is the merged one (or the base model plus head, if not `merge_lora`). `tokenization`
-    (`PreferenceTokenizer.settings()`) is recorded in the saved config (`vrm.config.record_tokenization`).
+    (`PreferenceTokenizer.settings()`) is recorded in the saved config (`vrm.models.config.record_tokenization`).
     """
     check_finite_weights(model.named_parameters(), f"{output_dir}: final model not saved")
     staging = os.path.join(output_dir, ".final-staging")
@@ -104,9 +104,13 @@ def save_sharded_final_model(trainer, output_dir: str, tokenization: dict | None
 
         if os.path.exists(os.path.join(gathered, "adapter_config.json")):
             if trainer.model_args is None:
-                raise ValueError("a sharded LoRA model is rebuilt from its ModelArguments: pass model as a name")
+                raise ValueError(
+                    "a sharded LoRA model is rebuilt from its ModelArguments: pass model as a name"
+                )
             model = PeftModel.from_pretrained(build_model(trainer.model_args), gathered)
         else:
             model = VRMForSequenceClassification.from_pretrained(gathered)
-        save_final_model(model, trainer.processing_class, output_dir, trainer.args.merge_lora_on_save, tokenization)
+        save_final_model(
+            model, trainer.processing_class, output_dir, trainer.args.merge_lora_on_save, tokenization
+        )
         shutil.rmtree(gathered, ignore_errors=True)

@@ -43,7 +43,7 @@ preference).
 
 With no latents (bt) the KL terms are zero and L is TRL's reward loss.
 
-**Ensembles** (`vrm.ensemble.EnsembleHead`, N members): every term above is taken per member n, each pair b
+**Ensembles** (`vrm.models.head_ensemble.EnsembleHead`, N members): every term above is taken per member n, each pair b
 weighted by a bootstrap weight c_nb ~ Poisson(1) (`bootstrap_weights`; all 1 without bootstrap), and
 
     L_ens = 1/N sum_n L_n,      L_n = the loss above with every per-pair mean 1/B sum_b l_b -> 1/B sum_b c_nb l_b

@@ -104,7 +104,10 @@ def model_card(
         (key, getattr(training_args, key)) for key in OBJECTIVE_SETTINGS if hasattr(training_args, key)
     ]
     names = config.objective_names or [f"objective {k}" for k in range(config.num_objectives)]
-    data = [("training data", data_sources.get("train") or "none"), ("eval data", data_sources.get("eval") or "none")]
+    data = [
+        ("training data", data_sources.get("train") or "none"),
+        ("eval data", data_sources.get("eval") or "none"),
+    ]
     for split, stats in (("train", train_stats), ("eval", eval_stats)):
         if stats is not None:
             data += [(f"{split} {key.replace('_', ' ')}", value) for key, value in asdict(stats).items()]

@@ -81,9 +81,13 @@ class VRMTrainer(Trainer):
             model_args = model
         if model_args is not None:
             if model_args.freeze_backbone and model_args.use_peft:
-                raise ValueError("--freeze_backbone and --use_peft exclude each other (LoRA trains the backbone)")
+                raise ValueError(
+                    "--freeze_backbone and --use_peft exclude each other (LoRA trains the backbone)"
+                )
             if args.embedding_cache and not model_args.freeze_backbone:
-                raise ValueError("--embedding_cache holds states of a frozen backbone: pass --freeze_backbone too")
+                raise ValueError(
+                    "--embedding_cache holds states of a frozen backbone: pass --freeze_backbone too"
+                )
         # the data is read and checked before the backbone loads: a bad row fails in seconds, not minutes
         train_examples = None
         if train_dataset is not None and not is_tokenized(train_dataset):
@@ -116,11 +120,15 @@ class VRMTrainer(Trainer):
                 )
         attribute_names = args.attribute_names or ()
         if len(attribute_names) > config.num_objectives:
-            raise ValueError(f"{len(attribute_names)} attribute_names but only {config.num_objectives} objectives")
+            raise ValueError(
+                f"{len(attribute_names)} attribute_names but only {config.num_objectives} objectives"
+            )
 
         pref_tokenizer = None
         if processing_class is not None:
-            pref_tokenizer = PreferenceTokenizer.from_arguments(processing_class, args, bool(config.is_causal))
+            pref_tokenizer = PreferenceTokenizer.from_arguments(
+                processing_class, args, bool(config.is_causal)
+            )
             pad_token_id = pref_tokenizer.tokenizer.pad_token_id
         else:  # tokenized data only: padding positions are masked, any id pads
             pad_token_id = getattr(config.text_config, "pad_token_id", None) or 0
@@ -162,10 +170,15 @@ class VRMTrainer(Trainer):
             **kwargs,
         )
         if (args.fsdp or args.deepspeed) and not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
-            logger.warning("FSDP / DeepSpeed were asked for but accelerate did not enable them (they need GPUs)")
+            logger.warning(
+                "FSDP / DeepSpeed were asked for but accelerate did not enable them (they need GPUs)"
+            )
         if self.args.disable_dropout:
             disable_dropout(self.model)
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, dict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
         self._last_eval_metrics: dict[str, float] = {}
         self.eval_metrics: dict[str, float] = {}  # of the last `evaluate()`, for the model card
         # (optimizer step, micro-batch within it) of the last bootstrap draw
@@ -248,7 +261,7 @@ class VRMTrainer(Trainer):
         return args.beta_w * factor, args.beta_z * factor
 
     def ensemble_pair_weights(self, samples, training: bool) -> torch.Tensor | None:
-        """Bootstrap weights [N, B] of an ensemble's members (`vrm.losses`), or None (one head, evaluation,
+        """Bootstrap weights [N, B] of an ensemble's members (`vrm.training.losses`), or None (one head, evaluation,
         `--ensemble_bootstrap false`). Seeded by (seed, step, micro-batch, process): a rerun draws the same."""
         if samples.members is None or not training or not self.args.ensemble_bootstrap:
             return None
@@ -303,7 +316,7 @@ class VRMTrainer(Trainer):
             loss = loss + self.args.center_rewards_coefficient * centre
 
         mode = "train" if model.training else "eval"
-        if layout_tokens is not None:  # tokens processed / unique, padding share (vrm.pair_layout)
+        if layout_tokens is not None:  # tokens processed / unique, padding share (vrm.data.pair_layout)
             for name, value in LayoutTokens.metrics(layout_tokens).items():
                 self._metrics[mode][name].append(value)
         rewards = torch.cat([samples.chosen.reward, samples.rejected.reward]).detach().float()

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # so pip never pulls an unpinned (CUDA) build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: quickstart test lint format clean
+.PHONY: quickstart test test-fast lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ quickstart: $(VENV)/.minilm
 
 test: $(VENV)/.dev
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# the suite without its subprocess runs and longer trainings (`@pytest.mark.slow`)
+test-fast: $(VENV)/.dev
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests examples benchmarks

@@ -473,6 +473,20 @@ def cli_cases(work: str, backbone: str, model: str, quick: bool) -> list[Case]:
             r"(?i)loss became nan|non-finite",
             True,
         ),
+        # the head's options (`HeadConfig`): every field is a flag
+        ("train-concentration-min-0", "train", {"concentration_min": 0}, r"concentration_min", False),
+        (
+            "train-concentration-min-above-max",
+            "train",
+            {"concentration_min": 10, "concentration_max": 1},
+            r"concentration_min must be below concentration_max",
+            False,
+        ),
+        ("train-feature-logvar-max-nan", "train", {"feature_logvar_max": "nan"}, r"feature_logvar_max", False),
+        ("train-num-eval-samples-0", "train", {"num_eval_samples": 0}, r"num_eval_samples", False),
+        ("train-pooling-unknown", "train", {"pooling": "max"}, r"pooling", False),
+        # a Python-API option given on the command line, where the model is built from flags: refused, not ignored
+        ("train-model-init-kwargs", "train", {"model_init_kwargs": '{"head_type": "bt"}'}, r"model_init_kwargs", False),
     ]
     for name, _, overrides, message, either in flag_cases:
         if not pick("flags", name):
@@ -524,6 +538,14 @@ def cli_cases(work: str, backbone: str, model: str, quick: bool) -> list[Case]:
             report = ["--output", os.path.join(runs, name + ".json"), "--no_progress"]
             argv += score_to if name.startswith("score") else report
             cases.append(Case(name, "flags", [Step(argv, True)], r"batch_size|chunk_size must be >= 1"))
+
+    # the sub-command parser: unknown commands and a missing benchmark are usage errors
+    for name, argv, message in [
+        ("cli-unknown-command", vrm("frobnicate"), r"invalid choice: 'frobnicate'"),
+        ("cli-bench-without-benchmark", vrm("bench"), r"required: <benchmark>|the following arguments are required"),
+        ("cli-eval-unknown-flag", vrm("eval", "--model", model, "--dataset", good_pairs, "--bogus"), r"--bogus"),
+    ]:
+        cases.append(Case(name, "flags", [Step(argv, True)], message))
 
     # score into an output made from another input: must refuse and leave that output as it was
     existing = os.path.join(runs, "score-existing.jsonl")

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks.framework.experiment_report import match_objectives
 from vrm.data.files import write_json
 from vrm.data.synthetic import OBJECTIVES, WorldConfig, write_world
+from vrm.evaluation.metrics import match_objectives
 from vrm.evaluation.pairwise import evaluate_model
 from vrm.evaluation.report import EvalReport
 from vrm.training import ModelArguments, VRMTrainer, VRMTrainingArguments

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 import yaml
 
 from vrm.cli.train import parse_train_args
@@ -67,3 +68,23 @@ def test_flags_yaml_and_config_json_see_every_head_option(tmp_path, llama_backbo
     saved = json.loads((tmp_path / "saved" / "config.json").read_text())
     for name, value in NON_DEFAULT.items():
         assert saved[name] == value, f"config.json {name}"
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"concentration_min": 0.0}, "concentration_min must be a finite number > 0"),
+        ({"concentration_min": 5.0, "concentration_max": 1.0}, "concentration_min must be below concentration_max"),
+        ({"feature_logvar_max": float("nan")}, "feature_logvar_max must be a finite number"),
+        ({"num_eval_samples": 0}, "num_eval_samples must be an integer >= 1"),
+        ({"num_samples": 2.5}, "num_samples must be an integer >= 1"),
+        ({"decoder_hidden_size": -1}, "decoder_hidden_size must be an integer >= 0"),
+        ({"pooling": "max"}, "pooling must be one of"),
+        ({"num_objectives": 2, "objective_names": ["a", "b", "c"]}, "objective_names has 3 names"),
+    ],
+)
+def test_a_head_option_out_of_range_is_refused_by_name(values, message):
+    with pytest.raises(ValueError, match=message):
+        ModelArguments(model_name_or_path="backbone", **values)
+    with pytest.raises(ValueError, match=message):
+        VRMConfig(**values)

@@ -115,3 +115,14 @@ def test_resume_true_resumes_from_the_newest_complete_checkpoint(tmp_path, llama
     result = trainer.train(resume_from_checkpoint=True)
     assert result.global_step == 6
     assert os.path.isdir(tmp_path / "run" / "checkpoint-6")
+
+
+def test_model_init_kwargs_are_checked(tmp_path, llama_backbone_dir):
+    train = Dataset.from_list(preference_rows(1))
+    args = arguments(tmp_path, model_init_kwargs={"head_typ": "bt"})
+    with pytest.raises(ValueError, match=r"model_init_kwargs: unknown keys \['head_typ'\]"):
+        VRMTrainer(model=llama_backbone_dir, args=args, train_dataset=train)
+    built = ModelArguments(model_name_or_path=llama_backbone_dir)
+    args = arguments(tmp_path, model_init_kwargs={"head_type": "bt"})
+    with pytest.raises(ValueError, match="model_init_kwargs apply when `model` is a name"):
+        VRMTrainer(model=built, args=args, train_dataset=train)  # silently ignored otherwise

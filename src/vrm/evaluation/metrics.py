@@ -18,6 +18,7 @@ length bias and Best-of-N.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -195,3 +196,36 @@ def best_of_n(proxy, gold, n: int) -> tuple[float, float]:
         weights[start : end + 1] = weights[start : end + 1].mean()
         start = end + 1
     return float(weights @ sorted_gold), float(weights @ sorted_proxy)
+
+
+# ----- objective weights against known ones (synthetic data, where the truth is known) -----
+def match_objectives(
+    subset_weights: dict[str, list[float]], truth: dict[str, list[float]], tied: bool = True
+) -> tuple[tuple[int, ...], float]:
+    """Which learned objectives stand for the true ones, and the mean absolute error of E[w] per subset then.
+
+    `tied` (a variant trained with ratings): learned objective k is true objective k (rated objectives come
+    first). Otherwise nothing names the objectives, so they are matched by the assignment with the smallest
+    error (an optimistic reading for that variant). The matched learned weights are renormalised to sum to 1
+    (a head with free objectives besides the rated ones)."""
+    size = len(next(iter(truth.values())))
+    learned_k = len(next(iter(subset_weights.values())))
+    choices = [tuple(range(size))] if tied else itertools.permutations(range(learned_k), size)
+    best_choice, best = None, math.inf
+    for choice in choices:
+        errors = []
+        for subset, true in truth.items():
+            learned = np.asarray([subset_weights[subset][k] for k in choice], dtype=float)
+            total = learned.sum()
+            errors.extend(np.abs((learned / total if total > 0 else learned) - np.asarray(true, dtype=float)))
+        error = float(np.mean(errors))
+        if error < best:
+            best_choice, best = choice, error
+    return best_choice, best
+
+
+def weight_error(
+    subset_weights: dict[str, list[float]], truth: dict[str, list[float]], tied: bool = True
+) -> float:
+    """Mean absolute error of E[w] per subset against known weights (see `match_objectives`)."""
+    return match_objectives(subset_weights, truth, tied)[1]

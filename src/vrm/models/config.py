@@ -94,6 +94,53 @@ class HeadConfig:
         },
     )
 
+    def check_head(self) -> None:
+        """Every head option within its range (a `ValueError` naming the option); fields left at None are the
+        preset's to fill. Called when a config or the training arguments are made."""
+        for name, choices in (
+            ("head_type", HEAD_TYPES),
+            ("weight_posterior", WEIGHT_POSTERIORS),
+            ("feature_posterior", FEATURE_POSTERIORS),
+            ("pooling", POOLINGS),
+        ):
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        for name, low in (
+            ("num_objectives", 1),
+            ("feature_dim", 1),
+            ("decoder_hidden_size", 0),
+            ("num_samples", 1),
+            ("num_eval_samples", 1),
+            ("ensemble_members", 1),
+        ):
+            value = getattr(self, name)
+            if value is None and name in ("num_objectives", "feature_dim"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("prior_concentration", "concentration_min", "concentration_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name in ("feature_logvar_min", "feature_logvar_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        for low, high in (
+            ("concentration_min", "concentration_max"),
+            ("feature_logvar_min", "feature_logvar_max"),
+        ):
+            if getattr(self, low) >= getattr(self, high):
+                raise ValueError(
+                    f"{low} must be below {high}, got {getattr(self, low)} >= {getattr(self, high)}"
+                )
+        names = self.objective_names
+        if names is not None and self.num_objectives is not None and len(names) != self.num_objectives:
+            raise ValueError(
+                f"objective_names has {len(names)} names but num_objectives={self.num_objectives}"
+            )
+
 
 # the head's options by name (grouped in `vrm train --help`, listed in the model card)
 HEAD_OPTIONS = tuple(item.name for item in fields(HeadConfig))
@@ -242,38 +289,13 @@ class VRMConfig(HeadConfig, PretrainedConfig):
         record_tokenization(self, {**block, **(self.tokenization or {})})  # the block wins over old fields
         if backbone_attention is not None and "attn_implementation" not in kwargs:
             self.text_config._attn_implementation_internal = backbone_attention
-        if self.head_type not in HEAD_TYPES:
-            raise ValueError(f"head_type must be one of {HEAD_TYPES}, got {self.head_type!r}")
-        preset = HEAD_PRESETS[self.head_type]
-        for key, value in preset.items():
+        self.check_head()
+        for key, value in HEAD_PRESETS[self.head_type].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
-        if self.weight_posterior not in WEIGHT_POSTERIORS:
-            raise ValueError(
-                f"weight_posterior must be one of {WEIGHT_POSTERIORS}, got {self.weight_posterior!r}"
-            )
-        if self.feature_posterior not in FEATURE_POSTERIORS:
-            raise ValueError(
-                f"feature_posterior must be one of {FEATURE_POSTERIORS}, got {self.feature_posterior!r}"
-            )
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.feature_dim < 1:
-            raise ValueError(f"feature_dim must be >= 1, got {self.feature_dim}")
-        if self.num_objectives < 1:
-            raise ValueError(f"num_objectives must be >= 1, got {self.num_objectives}")
+        self.check_head()
         if self.weight_posterior == "logistic_normal" and self.num_objectives < 2:
             raise ValueError("weight_posterior 'logistic_normal' needs num_objectives >= 2")
-        if self.objective_names is not None and len(self.objective_names) != self.num_objectives:
-            raise ValueError(
-                f"objective_names has {len(self.objective_names)} names but num_objectives={self.num_objectives}"
-            )
-        if isinstance(self.ensemble_members, bool) or not isinstance(self.ensemble_members, int):
-            raise ValueError(f"ensemble_members must be an integer >= 1, got {self.ensemble_members!r}")
-        if self.ensemble_members < 1:
-            raise ValueError(f"ensemble_members must be >= 1, got {self.ensemble_members}")
-        if self.prior_concentration <= 0:
-            raise ValueError(f"prior_concentration must be > 0, got {self.prior_concentration}")
         for name in ("reward_mean", "reward_scale"):  # NaN / inf here make every reward NaN / inf
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

@@ -113,6 +113,7 @@ class ModelArguments(HeadConfig, TRLModelArguments):
             raise ValueError("no backbone: pass --model_name_or_path (a hub name or a local directory)")
         if self.torch_dtype is not None:  # TRL's (and transformers 4's) name of dtype
             self.dtype, self.torch_dtype = self.torch_dtype, None
+        self.check_head()
         self.check_quantization()
 
     def check_quantization(self) -> None:

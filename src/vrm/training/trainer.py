@@ -13,6 +13,7 @@ preference formats, paths, or `PreferenceExample`s; the trainer tokenizes it wit
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from typing import Any
@@ -57,6 +58,16 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.attention_dropout = 0.0
 
 
+def model_arguments(name_or_path: str, init_kwargs: dict[str, Any] | None) -> ModelArguments:
+    """`ModelArguments` of a model given by name, from `model_init_kwargs` (TRL's name): unknown keys are errors."""
+    init_kwargs = dict(init_kwargs or {})
+    known = {item.name for item in dataclasses.fields(ModelArguments)} - {"model_name_or_path"}
+    unknown = sorted(set(init_kwargs) - known)
+    if unknown:
+        raise ValueError(f"model_init_kwargs: unknown keys {unknown}; known: the ModelArguments fields")
+    return ModelArguments(model_name_or_path=name_or_path, **init_kwargs)
+
+
 class VRMTrainer(Trainer):
     """A `Trainer` whose loss is the negative ELBO; logs nll, KL terms, betas, accuracy and reward statistics."""
 
@@ -76,8 +87,13 @@ class VRMTrainer(Trainer):
         check_train_options(args)  # --push_to_hub, --report_to without its package: before anything loads
         model_args = None
         if isinstance(model, str):
-            model_args = ModelArguments(model_name_or_path=model, **(args.model_init_kwargs or {}))
-        elif isinstance(model, ModelArguments):
+            model_args = model_arguments(model, args.model_init_kwargs)
+        elif args.model_init_kwargs:
+            raise ValueError(
+                "model_init_kwargs apply when `model` is a name or path; this model is built already "
+                f"({type(model).__name__}): set its options there"
+            )
+        if isinstance(model, ModelArguments):
             model_args = model
         if model_args is not None:
             if model_args.freeze_backbone and model_args.use_peft:

@@ -7,21 +7,6 @@ import argparse
 
 HELP = "serve a reward model over HTTP (OpenRLHF /get_reward, /score)"
 
-_HELP = {
-    "max_batch_size": "Most items per forward batch.",
-    "max_wait_ms": "How long a request may wait for others to join its batch.",
-    "max_queue": "Queued items beyond which requests get 503.",
-    "max_items_per_request": "Most texts or pairs per request (more: 413).",
-    "max_text_chars": "Most characters per text or message list (more: 413).",
-    "max_request_tokens": "Most tokens per request, as tokenized before truncation (more: 413).",
-    "max_batch_tokens": "Most padded tokens (rows x longest) per forward batch; larger requests are split.",
-    "request_timeout_s": "Longest time a request may take before it gets 503.",
-    "max_body_bytes": "Largest request body (more: 413, before parsing).",
-    "timeout_keep_alive": "Seconds uvicorn keeps an idle connection open.",
-    "limit_concurrency": "Most concurrent connections and tasks; beyond it uvicorn answers 503.",
-    "conservative_lambda": "Report reward - lambda * reward_std too (and return it from /get_reward).",
-}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One option per `ServerConfig` field, with its default, and where to listen."""
@@ -49,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             f"--{item.name}",
             type=type(default),
             default=default,
-            help=f"{_HELP[item.name]} Default: {default}.",
+            help=item.metadata["help"],
         )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu).")
     parser.add_argument(

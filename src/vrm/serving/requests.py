@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import torch
@@ -28,41 +28,68 @@ from vrm.scoring.pipeline import RewardPipeline
 
 @dataclass
 class ServerConfig:
-    """Batching and request limits of the reward server.
+    """Batching and request limits of the reward server; each field's `help` is also its `vrm serve` option's."""
 
-    Args:
-        max_batch_size: most items scored in one forward batch.
-        max_wait_ms: longest time the oldest queued request waits for others to join its batch.
-        max_queue: most items waiting in the queue; a request that would exceed it gets 503.
-        max_items_per_request: most texts or pairs in one request (more: 413).
-        max_text_chars: most characters in one text, or in one message list (more: 413).
-        max_request_tokens: most tokens in one request, counted as tokenized (after templating, before the
-            truncation to the model's `max_length`); more: 413. Tokenization stops as soon as it is exceeded.
-        max_batch_tokens: most padded tokens (rows x longest row) in one forward batch. Requests are split into
-            forward batches under this and `max_batch_size`, interleaved item by item with other requests, so a
-            small request never waits behind the whole of a large one. One item longer than this runs alone.
-        request_timeout_s: longest time a request may take (tokenizing, queueing, scoring); beyond it the request
-            gets 503 with `Retry-After` and its remaining work is dropped.
-        max_body_bytes: largest request body; a larger one gets 413 before it is parsed (from `Content-Length`,
-            or while its bytes are streamed in).
-        timeout_keep_alive: seconds uvicorn keeps an idle connection open.
-        limit_concurrency: most connections and tasks uvicorn serves at once; beyond it uvicorn answers 503.
-        conservative_lambda: when > 0, results include `reward - lambda * reward_std`, and `/get_reward`
-            returns it instead of the plain reward.
-    """
-
-    max_batch_size: int = 32
-    max_wait_ms: float = 5.0
-    max_queue: int = 1024
-    max_items_per_request: int = 256
-    max_text_chars: int = 100_000
-    max_request_tokens: int = 262_144
-    max_batch_tokens: int = 16_384
-    request_timeout_s: float = 60.0
-    max_body_bytes: int = 16 * 1024 * 1024
-    timeout_keep_alive: int = 5
-    limit_concurrency: int = 128
-    conservative_lambda: float = 0.0
+    max_batch_size: int = field(default=32, metadata={"help": "Most items scored in one forward batch."})
+    max_wait_ms: float = field(
+        default=5.0,
+        metadata={"help": "Longest time the oldest queued request waits for others to join its batch."},
+    )
+    max_queue: int = field(
+        default=1024,
+        metadata={"help": "Most items waiting in the queue; a request that would exceed it gets 503."},
+    )
+    max_items_per_request: int = field(
+        default=256, metadata={"help": "Most texts or pairs in one request (more: 413)."}
+    )
+    max_text_chars: int = field(
+        default=100_000, metadata={"help": "Most characters in one text, or in one message list (more: 413)."}
+    )
+    max_request_tokens: int = field(
+        default=262_144,
+        metadata={
+            "help": "Most tokens in one request, counted as tokenized (after templating, before the truncation to "
+            "the model's max_length); more: 413. Tokenization stops as soon as it is exceeded."
+        },
+    )
+    max_batch_tokens: int = field(
+        default=16_384,
+        metadata={
+            "help": "Most padded tokens (rows x longest row) in one forward batch. Requests are split into forward "
+            "batches under this and max_batch_size, interleaved item by item with other requests, so a small "
+            "request never waits behind the whole of a large one. One item longer than this runs alone."
+        },
+    )
+    request_timeout_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "Longest time a request may take (tokenizing, queueing, scoring); beyond it the request gets "
+            "503 with Retry-After and its remaining work is dropped."
+        },
+    )
+    max_body_bytes: int = field(
+        default=16 * 1024 * 1024,
+        metadata={
+            "help": "Largest request body; a larger one gets 413 before it is parsed (from Content-Length, or "
+            "while its bytes are streamed in)."
+        },
+    )
+    timeout_keep_alive: int = field(
+        default=5, metadata={"help": "Seconds uvicorn keeps an idle connection open."}
+    )
+    limit_concurrency: int = field(
+        default=128,
+        metadata={
+            "help": "Most connections and tasks uvicorn serves at once; beyond it uvicorn answers 503."
+        },
+    )
+    conservative_lambda: float = field(
+        default=0.0,
+        metadata={
+            "help": "When > 0, results include reward - lambda * reward_std, and /get_reward returns it instead "
+            "of the plain reward."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("max_wait_ms", "request_timeout_s", "timeout_keep_alive", "conservative_lambda"):

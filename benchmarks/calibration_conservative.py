@@ -44,22 +44,17 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
-from benchmarks.framework.experiment import backbone_path, to_argv
-from vrm.cli.train import parse_train_args
+from benchmarks.studies.backbones import backbone_path
+from benchmarks.studies.training import train_model
 from vrm.data.files import write_json
 from vrm.data.rows import load_preferences
 from vrm.data.synthetic import WorldConfig, write_world
 from vrm.evaluation.best_of_n import bon_curve, read_pool
-from vrm.evaluation.calibration import (
-    fit_temperature,
-    monte_carlo_probability,
-    predictive_calibration,
-    sample_pair_rewards,
-)
+from vrm.evaluation.calibration import fit_temperature, monte_carlo_probability, predictive_calibration
+from vrm.evaluation.checkpoint_calibration import sample_pair_rewards
 from vrm.evaluation.metrics import calibration, error_detection
 from vrm.evaluation.pairwise import score_pairs
 from vrm.scoring.loading import load_scorer
-from vrm.training.trainer import run_training
 
 CACHE = os.path.join(ROOT, "benchmarks", ".cache")
 EXPERIMENT_REPORT = os.path.join(
@@ -157,7 +152,7 @@ def run_one(head: str, seed: int, args, files: dict[str, str], pool: list[dict])
         **head_flags(head),
     }
     started = time.time()
-    run_training(*parse_train_args(to_argv(flags)))
+    train_model(flags)
     scorer = load_scorer(model_dir, embedding_cache=cache, batch_size=64)
     validation = margins(scorer, files["validation"])
     val_std = np.sqrt(validation["std_chosen"] ** 2 + validation["std_rejected"] ** 2)

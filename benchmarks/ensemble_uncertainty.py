@@ -87,9 +87,7 @@ def split(data: str, train: int, test: int, seed: int) -> dict[str, str]:
 
 
 def train(variant: str, seed: int, paths: dict[str, str], backbone: str, max_length: int) -> str:
-    from benchmarks.framework.experiment import to_argv
-    from vrm.cli.train import parse_train_args
-    from vrm.training.trainer import run_training
+    from benchmarks.studies.training import train_model
 
     output = os.path.join(os.path.dirname(paths["train"]), "models", f"{variant}-s{seed}-len{max_length}")
     if not os.path.exists(os.path.join(output, "config.json")):
@@ -103,7 +101,7 @@ def train(variant: str, seed: int, paths: dict[str, str], backbone: str, max_len
             **COMMON,
             **VARIANTS[variant],
         }
-        run_training(*parse_train_args(to_argv(flags)))
+        train_model(flags)
     return output
 
 

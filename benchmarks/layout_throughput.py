@@ -217,7 +217,9 @@ def main() -> None:
         help="Count FLOPs at 1 and 2 layers, extrapolate (linear).",
     )
     parser.add_argument("--output", default=os.path.join(HERE, "results", "train_throughput.json"))
-    parser.add_argument("--machine_note", default="", help="What else ran on the machine (recorded in the JSON).")
+    parser.add_argument(
+        "--machine_note", default="", help="What else ran on the machine (recorded in the JSON)."
+    )
     args = parser.parse_args()
     for backbone in args.backbones:
         backbone_path(backbone)  # convert once, outside the timed processes (cached under CACHE)

@@ -482,11 +482,23 @@ def cli_cases(work: str, backbone: str, model: str, quick: bool) -> list[Case]:
             r"concentration_min must be below concentration_max",
             False,
         ),
-        ("train-feature-logvar-max-nan", "train", {"feature_logvar_max": "nan"}, r"feature_logvar_max", False),
+        (
+            "train-feature-logvar-max-nan",
+            "train",
+            {"feature_logvar_max": "nan"},
+            r"feature_logvar_max",
+            False,
+        ),
         ("train-num-eval-samples-0", "train", {"num_eval_samples": 0}, r"num_eval_samples", False),
         ("train-pooling-unknown", "train", {"pooling": "max"}, r"pooling", False),
         # a Python-API option given on the command line, where the model is built from flags: refused, not ignored
-        ("train-model-init-kwargs", "train", {"model_init_kwargs": '{"head_type": "bt"}'}, r"model_init_kwargs", False),
+        (
+            "train-model-init-kwargs",
+            "train",
+            {"model_init_kwargs": '{"head_type": "bt"}'},
+            r"model_init_kwargs",
+            False,
+        ),
     ]
     for name, _, overrides, message, either in flag_cases:
         if not pick("flags", name):
@@ -542,8 +554,16 @@ def cli_cases(work: str, backbone: str, model: str, quick: bool) -> list[Case]:
     # the sub-command parser: unknown commands and a missing benchmark are usage errors
     for name, argv, message in [
         ("cli-unknown-command", vrm("frobnicate"), r"invalid choice: 'frobnicate'"),
-        ("cli-bench-without-benchmark", vrm("bench"), r"required: <benchmark>|the following arguments are required"),
-        ("cli-eval-unknown-flag", vrm("eval", "--model", model, "--dataset", good_pairs, "--bogus"), r"--bogus"),
+        (
+            "cli-bench-without-benchmark",
+            vrm("bench"),
+            r"required: <benchmark>|the following arguments are required",
+        ),
+        (
+            "cli-eval-unknown-flag",
+            vrm("eval", "--model", model, "--dataset", good_pairs, "--bogus"),
+            r"--bogus",
+        ),
     ]:
         cases.append(Case(name, "flags", [Step(argv, True)], message))
 

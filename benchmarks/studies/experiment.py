@@ -29,14 +29,13 @@ report is rebuilt from those files alone (`build_report`).
 
 The report: per test set the mean ± std over seeds of the selected configuration's accuracy; a paired sign-flip
 permutation test (`stats.paired_p_value`) of per-pair correctness averaged over seeds between two variants;
-where the true objective weights are known (synthetic data), the mean absolute error of E[w] per subset.
+where the true objective weights are known (synthetic data), the mean absolute error of E[w] per subset
+(`vrm.evaluation.metrics.weight_error`).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -47,9 +46,10 @@ import numpy as np
 
 from benchmarks.studies.report import markdown_table, write_report
 from benchmarks.studies.spec import RunSpec, grid_points, read_yaml_config
-from benchmarks.studies.stats import mean_std, paired_p_value, pair_correctness, sample_std
+from benchmarks.studies.stats import mean_std, pair_correctness, paired_p_value, sample_std
 from benchmarks.studies.training import train_run
 from vrm.data.files import write_json
+from vrm.evaluation.metrics import weight_error
 
 MODULE = "benchmarks.studies.experiment"
 
@@ -155,7 +155,9 @@ def score_sets(
         multi = weights.shape[-1] > 1
         found = sorted({p.subset for p in pairs if p.subset is not None})
         by_subset = {
-            subset: [round(float(v), 4) for v in weights[np.array([p.subset == subset for p in pairs])].mean(0)]
+            subset: [
+                round(float(v), 4) for v in weights[np.array([p.subset == subset for p in pairs])].mean(0)
+            ]
             for subset in found
         }
         results[name] = SetResult(
@@ -261,38 +263,6 @@ def collect(config: ExperimentConfig, results_dir: str) -> dict[str, list[RunRes
 
 
 # ----- the report ------------------------------------------------------------------------------------------------
-def match_objectives(
-    subset_weights: dict[str, list[float]], truth: dict[str, list[float]], tied: bool = True
-) -> tuple[tuple[int, ...], float]:
-    """Which learned objectives stand for the true ones, and the mean absolute error of E[w] per subset then.
-
-    `tied` (a variant trained with ratings): learned objective k is true objective k (rated objectives come
-    first). Otherwise nothing names the objectives, so they are matched by the assignment with the smallest
-    error (an optimistic reading for that variant). The matched learned weights are renormalised to sum to 1
-    (a head with free objectives besides the rated ones)."""
-    size = len(next(iter(truth.values())))
-    learned_k = len(next(iter(subset_weights.values())))
-    choices = [tuple(range(size))] if tied else itertools.permutations(range(learned_k), size)
-    best_choice, best = None, math.inf
-    for choice in choices:
-        errors = []
-        for subset, true in truth.items():
-            learned = np.asarray([subset_weights[subset][k] for k in choice], dtype=float)
-            total = learned.sum()
-            errors.extend(np.abs((learned / total if total > 0 else learned) - np.asarray(true, dtype=float)))
-        error = float(np.mean(errors))
-        if error < best:
-            best_choice, best = choice, error
-    return best_choice, best
-
-
-def weight_error(
-    subset_weights: dict[str, list[float]], truth: dict[str, list[float]], tied: bool = True
-) -> float:
-    """Mean absolute error of E[w] per subset against known weights (see `match_objectives`)."""
-    return match_objectives(subset_weights, truth, tied)[1]
-
-
 def build_report(config: ExperimentConfig, runs: dict[str, list[RunResult]]) -> dict[str, Any]:
     """Mean ± std per variant and set, the chosen grid point, and paired tests against the baseline.
 
@@ -406,7 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results_dir = args.results_dir or os.path.join("benchmarks", "results", "experiments", config.name)
     if not args.report_only:
         run_experiment(config, results_dir, args.work_dir, args.variants)
-    report = build_report(config, collect(config, results_dir))  # every finished variant, not only those run now
+    report = build_report(
+        config, collect(config, results_dir)
+    )  # every finished variant, not only those run now
     markdown = report_markdown(report)
     write_report(report, markdown, results_dir)
     print(markdown)

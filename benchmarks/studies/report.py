@@ -16,7 +16,15 @@ from typing import Any
 from vrm.data.files import atomic_output, write_json
 from vrm.evaluation.text import escape_cell, markdown_table
 
-__all__ = ["command_line", "escape_cell", "fmt", "machine", "markdown_table", "write_markdown", "write_report"]
+__all__ = [
+    "command_line",
+    "escape_cell",
+    "fmt",
+    "machine",
+    "markdown_table",
+    "write_markdown",
+    "write_report",
+]
 
 
 def fmt(stat: Mapping[str, float] | None, digits: int = 3) -> str:

@@ -39,7 +39,7 @@ def build_arguments(options: Mapping[str, Any]):
     from vrm.cli.train import check_config_values
     from vrm.training.arguments import DataArguments, ModelArguments, VRMTrainingArguments
 
-    check_config_values(dict(options), "run options")
+    check_config_values({k: v for k, v in options.items() if v is not None}, "run options")
     values: list[dict[str, Any]] = [{}, {}, {}]
     classes = (ModelArguments, DataArguments, VRMTrainingArguments)
     for name, value in options.items():

@@ -12,7 +12,13 @@ from typing import Any
 from benchmarks.studies.overoptimization import __doc__ as STUDY_DOC
 from benchmarks.studies.overoptimization.data import data_paths, prepare
 from benchmarks.studies.overoptimization.report import build_report, plot_report, pool_record, report_markdown
-from benchmarks.studies.overoptimization.runner import StudyConfig, load_study, read_pool_rows, read_runs, run_study
+from benchmarks.studies.overoptimization.runner import (
+    StudyConfig,
+    load_study,
+    read_pool_rows,
+    read_runs,
+    run_study,
+)
 from benchmarks.studies.report import command_line, machine, write_report
 from vrm.data.files import write_json
 
@@ -48,12 +54,16 @@ def read_pool_record(config: StudyConfig, work_dir: str, results_dir: str) -> di
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=STUDY_DOC.split("\n\n")[0])
     parser.add_argument("config", help="study YAML")
-    parser.add_argument("--results_dir", default=None, help="default: benchmarks/results/overoptimization/<name>")
+    parser.add_argument(
+        "--results_dir", default=None, help="default: benchmarks/results/overoptimization/<name>"
+    )
     parser.add_argument("--work_dir", default=os.path.join("benchmarks", ".cache", "overopt"),
                         help="data, models (deleted once scored) and the embedding cache")  # fmt: skip
     parser.add_argument("--proxies", nargs="+", default=None, help="run only these proxies (default: all)")
     parser.add_argument(
-        "--report_only", action="store_true", help="rebuild the report from runs/ and pool.json of the results"
+        "--report_only",
+        action="store_true",
+        help="rebuild the report from runs/ and pool.json of the results",
     )
     args = parser.parse_args(argv)
     config = load_study(args.config)

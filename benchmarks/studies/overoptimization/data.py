@@ -121,7 +121,9 @@ def tokenizable(model_dir: str, rows: list[dict], path: str) -> list[dict]:
     examples = load_preferences(every, split="train")
     kept = [row for row, example in zip(rows, examples, strict=True) if template.tokenize_pairs([example])[0]]
     if len(kept) < len(rows):
-        print(f"[overoptimization] {every}: {len(rows) - len(kept)} pairs identical after truncation, left out")
+        print(
+            f"[overoptimization] {every}: {len(rows) - len(kept)} pairs identical after truncation, left out"
+        )
     write_jsonl(kept, path)
     return kept
 
@@ -132,13 +134,19 @@ def prepare_alpacaeval(config: StudyConfig, directory: str, work_dir: str) -> St
         return data
     spec = config.data
     pool, gold_pairs, test_pairs = split_alpacaeval(spec)
-    raw = {name: os.path.join(directory, f"{name}_raw.jsonl") for name in ("gold_train", "proxy", "test", "pool")}
+    raw = {
+        name: os.path.join(directory, f"{name}_raw.jsonl") for name in ("gold_train", "proxy", "test", "pool")
+    }
     write_jsonl(gold_pairs, raw["gold_train"])
     pool_rows = [{**row, "gold_scores": [0.0] * len(row["responses"])} for row in pool]
     write_jsonl(pool_rows, raw["pool"])
     gold_dir = os.path.join(work_dir, "models", config.name, "gold")
     options = run_options(
-        config.spec("gold", 0), config.backbone, raw["gold_train"], gold_dir, os.path.join(work_dir, "embeddings")
+        config.spec("gold", 0),
+        config.backbone,
+        raw["gold_train"],
+        gold_dir,
+        os.path.join(work_dir, "embeddings"),
     )
     if not os.path.exists(os.path.join(gold_dir, "config.json")):
         train_model(options)

@@ -33,7 +33,9 @@ from benchmarks.studies.report import fmt, markdown_table
 from benchmarks.studies.stats import mean_std, pair_correctness
 
 SIGNALS = ("margin", "std", "flip", "member_margin_std")
-ESTIMATOR = "exact expectation over all n-subsets of each pool (vrm.evaluation.best_of_n.bon_curve, Gao et al. 2022)"
+ESTIMATOR = (
+    "exact expectation over all n-subsets of each pool (vrm.evaluation.best_of_n.bon_curve, Gao et al. 2022)"
+)
 
 
 def pool_record(pool: list[dict[str, Any]]) -> dict[str, Any]:
@@ -184,7 +186,11 @@ def report_markdown(report: dict[str, Any]) -> str:
     rows.append(["oracle (gold picks)", "", f"{oracle[0]:.3f}", "", f"{oracle[-1]:.3f}", "", ""])
     lines += markdown_table(header, rows, left=2)
     lines += ["", "Full curves (gold of the best-of-n choice; KL_BoN = log n − (n−1)/n):", ""]
-    header = ["proxy", "selection", *(f"n={n} (KL {k:.2f})" for n, k in zip(ns, report["kl_bon"], strict=True))]
+    header = [
+        "proxy",
+        "selection",
+        *(f"n={n} (KL {k:.2f})" for n, k in zip(ns, report["kl_bon"], strict=True)),
+    ]
     rows = [
         [name, mode, *(fmt(p) for p in entry["summary"][mode])]
         for name, entry in proxies.items()
@@ -193,13 +199,24 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines += markdown_table(header, rows, left=2)
     lines += ["", "Error detection on the test pairs: AUROC of each signal for \"this pair is ranked wrongly\" "
               "(0.5 = chance; target ≥ 0.65):", ""]  # fmt: skip
-    header = ["proxy", "accuracy", "margin −|Δr|", "posterior / member std σ", "flip Φ(−|Δr|/σ)", "member std of Δr"]
+    header = [
+        "proxy",
+        "accuracy",
+        "margin −|Δr|",
+        "posterior / member std σ",
+        "flip Φ(−|Δr|/σ)",
+        "member std of Δr",
+    ]
     rows = []
     for name, entry in proxies.items():
         s = entry["summary"]
-        rows.append([name, fmt(s["accuracy"]), *(fmt(s["auroc"][k]) if k in s["auroc"] else "—" for k in SIGNALS)])
+        rows.append(
+            [name, fmt(s["accuracy"]), *(fmt(s["auroc"][k]) if k in s["auroc"] else "—" for k in SIGNALS)]
+        )
     lines += markdown_table(header, rows)
-    spread = [(name, e["summary"]["std_spread"]) for name, e in proxies.items() if e["summary"].get("std_spread")]
+    spread = [
+        (name, e["summary"]["std_spread"]) for name, e in proxies.items() if e["summary"].get("std_spread")
+    ]
     if spread:
         lines += ["", "How σ varies over responses (test pairs): mean, coefficient of variation std/mean, and the "
                   "correlation of the pair σ with the margin |Δr|, rank correlation of σ with |r|:", ""]  # fmt: skip

@@ -102,7 +102,9 @@ class ProxyRun:
 
 
 def run_specs(config: StudyConfig) -> list[ProxyRun]:
-    specs = [ProxyRun(f"{proxy}-s{seed}", proxy, seed, False) for proxy in config.proxies for seed in config.seeds]
+    specs = [
+        ProxyRun(f"{proxy}-s{seed}", proxy, seed, False) for proxy in config.proxies for seed in config.seeds
+    ]
     for base in dict.fromkeys(config.ensembles.values()):
         for seed in config.seeds:
             for member in range(config.ensemble_members):
@@ -156,7 +158,7 @@ def training_tokens(options: dict[str, Any], path: str):
     model_args, _, training_args = build_arguments({**options, "dataset_name": [path]})
     tokenizer = load_tokenizer(model_args)
     model = build_model(model_args)
-    template = PreferenceTokenizer.from_data_args(tokenizer, training_args, bool(model.config.is_causal))
+    template = PreferenceTokenizer.from_arguments(tokenizer, training_args, bool(model.config.is_causal))
     pairs, _ = template.tokenize_pairs(load_preferences(path, split="train"))
     sequences = [p.chosen_input_ids for p in pairs] + [p.rejected_input_ids for p in pairs]
     return model, sequences, [p.prompt_length for p in pairs] * 2, template.tokenizer.pad_token_id
@@ -187,7 +189,9 @@ def assemble_cached_states(options: dict[str, Any], source: str, target: str, ca
         part = take[start : start + cache.chunk_size]
         path = os.path.join(entry, f"chunk-{chunk:05d}.safetensors")
         with atomic_output(path) as staging:
-            save_file({"prompt_states": prompt_states[part], "response_states": response_states[part]}, staging)
+            save_file(
+                {"prompt_states": prompt_states[part], "response_states": response_states[part]}, staging
+            )
     meta = {**fingerprint, "sequences": len(rows), "chunk_size": cache.chunk_size,
             "hidden_size": model.config.text_config.hidden_size, "description": f"assembled from {source}"}  # fmt: skip
     write_json(meta, os.path.join(entry, "meta.json"))
@@ -207,7 +211,11 @@ def execute(run: ProxyRun, config: StudyConfig, data: StudyData, work_dir: str) 
     """Train one run through `VRMTrainer`, score it, delete the model."""
     model_dir = os.path.join(work_dir, "models", config.name, run.name)
     options = run_options(
-        config.spec(run.proxy, run.seed), config.backbone, data.train, model_dir, os.path.join(work_dir, "embeddings")
+        config.spec(run.proxy, run.seed),
+        config.backbone,
+        data.train,
+        model_dir,
+        os.path.join(work_dir, "embeddings"),
     )
     cache = options.get("embedding_cache")  # None: a fine-tuned backbone, no states to reuse
     if run.bootstrap:

@@ -1,4 +1,4 @@
-"""The real-data study's machinery (`benchmarks/study`) on tiny runs built here: no training, no data files.
+"""The real-data study's machinery (`benchmarks.studies.realdata`) on tiny runs built here: no training, no data.
 
 Training and scoring are replaced by stand-ins that write what a run writes (metrics from `vrm.evaluate`'s
 functions on synthetic rewards, per-pair scores); selection, seed grouping, the paired test and the report
@@ -10,18 +10,20 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from benchmarks.framework.experiment_report import paired_p_value
-from benchmarks.study import report as study_report
-from benchmarks.study import runner, settings, stats
-from benchmarks.study.config import RUNS, StudyConfig, pair_set_names
-from benchmarks.study.runner import RunResult, execute, load_results
-from benchmarks.study.specs import FROZEN_MAIN_VARIANTS, RunSpec, Variant, sweep_grid
-from benchmarks.study.stats import mean_std, members, select, significance, summarize
+from benchmarks.studies.realdata import aggregate, runner, settings
+from benchmarks.studies.realdata import report as study_report
+from benchmarks.studies.realdata.aggregate import members, select, significance, summarize
+from benchmarks.studies.realdata.config import RUNS, StudyConfig, pair_set_names
+from benchmarks.studies.realdata.runner import RunResult, execute, load_results
+from benchmarks.studies.realdata.specs import FROZEN_MAIN_VARIANTS, RunSpec, Variant, sweep_grid
+from benchmarks.studies.stats import mean_std, paired_p_value
 from vrm.evaluation.pairwise import metrics_by_subset
 from vrm.evaluation.report import DatasetReport
 from vrm.scoring.scores import SequenceScores
@@ -190,7 +192,7 @@ def test_the_paired_test_over_test_pairs(tmp_path, fake_training):
 
 
 def test_the_report_from_run_files_and_from_a_recorded_setting(tmp_path, fake_training, monkeypatch):
-    monkeypatch.setattr(stats, "PERMUTATIONS", 999)  # p-values are tested above; here the tables
+    monkeypatch.setattr(aggregate, "PERMUTATIONS", 999)  # p-values are tested above; here the tables
     root, results_dir, cfg = tmp_path / "runs", tmp_path / "results", StudyConfig()
     for head in ("bt", "vrm"):
         for seed in (0, 1, 2):
@@ -236,3 +238,55 @@ def test_the_report_from_run_files_and_from_a_recorded_setting(tmp_path, fake_tr
     assert main["vrm"]["seeds"] == [0, 1, 2] and main["vrm (labelled weights)"]["seeds"] == [0]
     assert (results_dir / "study_bon.png").read_bytes()[:4] == b"\x89PNG"
     assert (results_dir / "study.md").read_text() == md + "\n"
+
+
+def test_a_run_spec_becomes_valid_trainer_arguments(llama_backbone_dir):
+    """The study's typed spec turns into `vrm.training` arguments: the frozen head on cached states, the
+    objective labels where the head has objectives, the head learning rate the sweep chose."""
+    from benchmarks.studies.training import build_arguments
+
+    spec = _spec("vrm", 0, lr=0.01, beta=0.1, num_objectives=4)
+    options = {"model_name_or_path": llama_backbone_dir, **runner.train_options(spec, StudyConfig())}
+    model, _, training = build_arguments(options)
+    assert model.freeze_backbone and model.head_type == "vrm" and model.num_objectives == 4
+    assert training.head_learning_rate == 0.01 and training.beta_w == training.beta_z == 0.1
+    assert training.attribute_names == ["helpfulness", "harmlessness"] and training.max_length == 192
+    tuned = replace(spec, setting="finetune", head="bt")
+    model, _, training = build_arguments(
+        {"model_name_or_path": llama_backbone_dir, **runner.train_options(tuned, StudyConfig())}
+    )
+    assert (
+        not model.freeze_backbone and training.head_learning_rate is None and training.attribute_names is None
+    )
+
+
+def test_the_study_plan_yaml(tmp_path):
+    """The committed plan is the committed study's sizes and stages; flags override it; bad fields are named."""
+    from benchmarks.studies.realdata.__main__ import load_plan, parse_args
+    from benchmarks.studies.realdata.specs import FINETUNE_VARIANTS
+
+    _, plan = parse_args(["--stages", "report", "--seeds", "0", "1"])
+    assert plan.study_config() == StudyConfig() and tuple(plan.finetune_variants) == FINETUNE_VARIANTS
+    assert plan.stages == ["report"] and plan.seeds == [0, 1] and plan.ablation_seeds == [0, 1, 2]
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump({"sizes": {"rmb_train": 10, "colour": 1}}))
+    with pytest.raises(ValueError, match=r"plan.yaml: sizes: unknown fields \['colour'\]"):
+        load_plan(str(path))
+    path.write_text(yaml.safe_dump({"stages": ["prepare", "train"]}))
+    with pytest.raises(ValueError, match=r"stages: \['train'\]"):
+        load_plan(str(path))
+    path.write_text(yaml.safe_dump({"sizes": {"rmb_train": 10}}))
+    assert load_plan(str(path)).study_config().rmb_train == 10
+
+
+@pytest.mark.slow
+def test_the_committed_report_regenerates_from_its_runs(tmp_path):
+    """`--stages report` rebuilds study.md and study.json from the committed study_runs/ alone, number for
+    number (the title line names the command)."""
+    from benchmarks.studies.realdata.data import recorded_manifest
+
+    results = Path(RUNS).parent
+    md = study_report.write_report(recorded_manifest(), "cmd", 0.0, results=str(tmp_path))
+    assert md[2:] == (results / "study.md").read_text().splitlines()[2:]
+    new, old = (json.loads(p.read_text()) for p in (tmp_path / "study.json", results / "study.json"))
+    assert new["settings"] == old["settings"] and new["data"] == old["data"]

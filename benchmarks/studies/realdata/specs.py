@@ -1,4 +1,8 @@
-"""What a run is (`RunSpec`, with its resumable key) and which runs the study makes, as data.
+"""What a run of the real-data study is (`RunSpec`, with its resumable key) and which runs it makes, as data.
+
+The study's `RunSpec` names a run by typed fields (setting, backbone, head, the head's hyperparameters); its key
+hashes the fields that differ from their defaults (`benchmarks.studies.spec.run_key`), and `runner.train_options`
+turns it into the training options of `benchmarks.studies.training`.
 
 The sweep grids, the ablations of vrm and the variants of the fine-tuned setting are declarative: each is a
 set of `RunSpec` field changes (`Variant`), applied to the configuration the sweep chose for its head.
@@ -6,10 +10,11 @@ set of `RunSpec` field changes (`Variant`), applied to the configuration the swe
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
+
+from benchmarks.studies.spec import run_key
 
 from .config import HEADS
 
@@ -64,8 +69,7 @@ class RunSpec:
             if k not in ("group", "label")
             and (k in ("setting", "backbone", "head", "seed", "learning_rate") or v != getattr(defaults, k))
         }
-        digest = hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
-        return f"{self.head}-s{self.seed}-{digest}"
+        return run_key(self.head, self.seed, values)
 
     @property
     def config(self) -> str:

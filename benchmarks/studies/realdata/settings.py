@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from .aggregate import select
 from .config import HEADS, StudyConfig, data_file, eval_set_files
 from .runner import execute, load_results
 from .specs import (
@@ -21,7 +22,6 @@ from .specs import (
     Variant,
     sweep_grid,
 )
-from .stats import select
 
 FROZEN_PARTS = ("main", "shift", "ablations")
 

@@ -1,11 +1,13 @@
-"""The study's sizes, names and paths (the defaults are the committed study)."""
+"""The study's sizes, names and paths (the defaults are the committed study; `realdata.yaml` sets them)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # benchmarks/
+from benchmarks.studies.backbones import backbone_label, backbone_path  # noqa: F401 (the study's names)
+
+HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
 WORK = os.path.join(HERE, ".cache", "study")  # split files, embedding cache, model weights (not committed)
 RESULTS = os.path.join(HERE, "results")
 RUNS = os.path.join(RESULTS, "study_runs")  # every finished run's result.json and scores.npz (committed)
@@ -61,18 +63,3 @@ def eval_set_files(prefix: str, work: str = WORK) -> dict[str, str]:
     """Every evaluation set of a setting: the pairwise ones, RM-Bench and the Best-of-N pool."""
     names = pair_set_names(prefix) + [f"{prefix}rm_bench", f"{prefix}bon_pool"]
     return {name: data_file(name, work) for name in names}
-
-
-def backbone_label(name: str) -> str:
-    """A directory-safe name of a backbone (hub ids have slashes)."""
-    return name.rstrip("/").replace("/", "--")
-
-
-def backbone_path(name: str) -> str:
-    """`minilm` and `smollm2` are the pip-installed backbones (`train_throughput.backbone_path`: SmolLM2's GGUF
-    is converted once, into benchmarks/.cache); anything else is a local directory or hub id."""
-    if name not in ("minilm", "smollm2"):
-        return name
-    from ..train_throughput import backbone_path as installed
-
-    return installed(name)

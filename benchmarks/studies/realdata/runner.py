@@ -32,7 +32,6 @@ from .config import (
     WORK,
     StudyConfig,
     backbone_label,
-    backbone_path,
     data_file,
 )
 from .specs import RunSpec
@@ -123,53 +122,53 @@ def load_results(setting: str, backbone: str, root: str = RUNS) -> list[RunResul
     return sorted(latest.values(), key=lambda r: r.key)
 
 
-def train_run(spec: RunSpec, cfg: StudyConfig, model_dir: str) -> None:
-    """Train with `vrm.trainer.run_training` (= `vrm train`)."""
-    from vrm.training.arguments import DataArguments, ModelArguments, VRMTrainingArguments
-    from vrm.training.trainer import run_training
-
+def train_options(spec: RunSpec, cfg: StudyConfig) -> dict[str, Any]:
+    """The training options of a run (`benchmarks.studies.training`): the spec's fields as `vrm.training`'s
+    arguments; a frozen setting trains the head alone on cached states."""
     frozen = spec.setting in FROZEN_SETTINGS
-    model_args = ModelArguments(
-        model_name_or_path=backbone_path(spec.backbone),
-        head_type=spec.head,
-        num_objectives=spec.num_objectives,
-        feature_dim=spec.feature_dim,
-        num_samples=spec.num_samples,
-        prior_concentration=spec.prior_concentration,
-        weight_posterior=spec.weight_posterior,
-        prompt_state_gradient=spec.prompt_state_gradient,
-        freeze_backbone=frozen,
-        use_peft=spec.use_peft,
-        dtype="bfloat16" if spec.bf16 else "float32",
-    )
     max_length = spec.max_length or cfg.max_length
-    data_args = DataArguments(
-        dataset_name=[data_file(spec.train)],
-        max_length=max_length,
-        max_prompt_length=max(cfg.max_prompt_length, max_length // 3),
-        attribute_names=OBJECTIVES if spec.uses_objectives else None,
-        objective_column="objective" if spec.uses_objectives else None,
-        embedding_cache=os.path.join(WORK, "embeddings") if frozen else None,
+    return {
+        "head_type": spec.head,
+        "num_objectives": spec.num_objectives,
+        "feature_dim": spec.feature_dim,
+        "num_samples": spec.num_samples,
+        "prior_concentration": spec.prior_concentration,
+        "weight_posterior": spec.weight_posterior,
+        "prompt_state_gradient": spec.prompt_state_gradient,
+        "freeze_backbone": frozen,
+        "use_peft": spec.use_peft,
+        "dtype": "bfloat16" if spec.bf16 else "float32",
+        "max_length": max_length,
+        "max_prompt_length": max(cfg.max_prompt_length, max_length // 3),
+        "attribute_names": OBJECTIVES if spec.uses_objectives else None,
+        "objective_column": "objective" if spec.uses_objectives else None,
+        "per_device_train_batch_size": spec.batch_size,
+        "num_train_epochs": spec.epochs,
+        "learning_rate": spec.learning_rate,
+        "head_learning_rate": spec.learning_rate if frozen else None,
+        "beta_w": spec.beta,
+        "beta_z": spec.beta,
+        "objective_label_weight": spec.objective_label_weight,
+        "logging_steps": 50,
+        "use_cpu": not torch.cuda.is_available(),
+        "bf16": spec.bf16,
+        "gradient_checkpointing": spec.use_peft,
+    }
+
+
+def train_run(spec: RunSpec, cfg: StudyConfig, model_dir: str) -> None:
+    """Train through `VRMTrainer` (`benchmarks.studies.training`), as `vrm train` does."""
+    from benchmarks.studies.spec import RunSpec as TrainingSpec
+    from benchmarks.studies.training import train_run as train
+
+    cache = os.path.join(WORK, "embeddings")
+    train(
+        TrainingSpec(spec.head, spec.seed, train_options(spec, cfg)),
+        spec.backbone,
+        data_file(spec.train),
+        model_dir,
+        cache,
     )
-    training_args = VRMTrainingArguments(
-        output_dir=model_dir,
-        per_device_train_batch_size=spec.batch_size,
-        num_train_epochs=spec.epochs,
-        learning_rate=spec.learning_rate,
-        head_learning_rate=spec.learning_rate if frozen else None,
-        beta_w=spec.beta,
-        beta_z=spec.beta,
-        objective_label_weight=spec.objective_label_weight,
-        seed=spec.seed,
-        save_strategy="no",
-        logging_steps=50,
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=spec.bf16,
-        gradient_checkpointing=spec.use_peft,
-    )
-    run_training(model_args, data_args, training_args)
 
 
 def evaluate_run(model_dir: str, spec: RunSpec, eval_sets: dict[str, str], tokenized: dict) -> tuple:

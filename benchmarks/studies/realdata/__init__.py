@@ -2,12 +2,14 @@
 
 One command reproduces every number of `docs/results.md` (stages are resumable: a finished run is skipped):
 
-    python -m benchmarks.study                                  # all stages, all settings
-    python -m benchmarks.study --stages report                  # tables and figures from the committed runs
+    python -m benchmarks.studies.realdata benchmarks/experiments/realdata.yaml                   # all stages
+    python -m benchmarks.studies.realdata benchmarks/experiments/realdata.yaml --stages report   # from the runs
 
-Each run's result (`result.json`: spec, metrics, posterior diagnostics, times) and per-pair scores
-(`scores.npz`, no weights) are committed under benchmarks/results/study_runs/<setting>/<backbone>/<key>/;
-the report (study.json, study.md, study_bon.png) is rebuilt from those files alone.
+The YAML file holds the study's sizes (`config.StudyConfig`) and what each stage runs (seeds, backbones, the
+fine-tuning grid and variants); command-line flags override it. Each run's result (`result.json`: spec,
+metrics, posterior diagnostics, times) and per-pair scores (`scores.npz`, no weights) are committed under
+benchmarks/results/study_runs/<setting>/<backbone>/<key>/; the report (study.json, study.md, study_bon.png) is
+rebuilt from those files alone.
 
 Stages:
   prepare   split ../shared/data into train / validation / test files (seeded, by prompt or instruction;
@@ -23,8 +25,8 @@ Stages:
 
 Modules, one per concern: `config` (sizes and names), `data` (the data recipes), `specs` (a run's
 specification and its resumable key; the sweep grids, ablations and variants as data), `runner` (train, score,
-diagnose one run; read finished runs), `settings` (which runs each stage makes), `stats` (selection, seed
-grouping, mean ± std, paired tests), `report` (tables, figure, study.json), `__main__` (the command line).
-Every run trains with `vrm.trainer.run_training` (what `vrm train` runs) and is scored with `vrm.evaluate`'s
-functions.
+diagnose one run; read finished runs), `settings` (which runs each stage makes), `aggregate` (selection, seed
+grouping, summaries and paired tests on `benchmarks.studies.stats`), `report` (tables, figure, study.json),
+`__main__` (the command line). Every run trains through `VRMTrainer` (`benchmarks.studies.training`) and is
+scored with `vrm.evaluation`'s functions.
 """

@@ -1,30 +1,30 @@
-"""The declarative experiment runner: selection on validation, seeds, resumption, paired tests, the report."""
+"""Declarative experiments (`benchmarks.studies.experiment`): selection on validation, seeds, resumption, paired
+tests, the report, a real run on a tiny backbone, and the committed experiments."""
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 from conftest import write_pairs
 
-from benchmarks.framework.experiment import (
+from benchmarks.studies.experiment import (
     ExperimentConfig,
     RunResult,
     SetResult,
+    build_report,
     collect,
     load_experiment,
     main,
+    report_markdown,
     run_experiment,
 )
-from benchmarks.framework.experiment_report import build_report, paired_p_value, report_markdown, weight_error
-from vrm.cli.main import main as cli_main
+from vrm.evaluation.metrics import weight_error
 
-
-def test_paired_p_value_is_the_exact_sign_flip_test():
-    # four pairs all won by a: of the 16 sign flips, only "all +" and "all -" reach |mean| = 1 -> p = 2/16
-    assert paired_p_value([1, 1, 1, 1], [0, 0, 0, 0]) == pytest.approx(0.125)
-    assert paired_p_value([1, 0, 1], [1, 0, 1]) == 1.0
-    assert paired_p_value([1] * 40, [0] * 40) < 1e-3
+RESULTS = Path(__file__).parents[2] / "benchmarks" / "results" / "experiments"
+CONFIGS = Path(__file__).parents[2] / "benchmarks" / "experiments"
 
 
 def _config(**overrides) -> ExperimentConfig:
@@ -47,14 +47,14 @@ def _fake_runner(calls: list):
 
     def runner(spec, config, work_dir):
         calls.append(spec.key)
-        best = {"bt": 0.1, "vrm": 0.2}[spec.variant]
-        val = 0.9 if spec.flags["learning_rate"] == best else 0.6
-        test = [1.0] * 20 if spec.variant == "vrm" else [1.0, 0.0] * 10
+        best = {"bt": 0.1, "vrm": 0.2}[spec.name]
+        val = 0.9 if spec.options["learning_rate"] == best else 0.6
+        test = [1.0] * 20 if spec.name == "vrm" else [1.0, 0.0] * 10
         sets = {
             "validation": SetResult(10, val, [val] * 10, 0.1, None, None),
             "test": SetResult(20, sum(test) / 20 - 0.01 * spec.seed, test, 0.05, 0.2, [0.5, 0.5]),
         }
-        return RunResult(spec.variant, spec.seed, spec.key, spec.flags, sets)
+        return RunResult(spec.name, spec.seed, spec.key, spec.options, sets)
 
     return runner
 
@@ -91,7 +91,7 @@ def test_a_tie_on_validation_picks_the_first_grid_point_in_every_path(tmp_path):
 
     def tied(spec, config, work_dir):
         sets = {name: SetResult(4, 0.5, [0.5] * 4, 0.1, None, None) for name in ("validation", "test")}
-        return RunResult(spec.variant, spec.seed, spec.key, spec.flags, sets)
+        return RunResult(spec.name, spec.seed, spec.key, spec.options, sets)
 
     run_experiment(config, str(tmp_path), "", runner=tied)
     runs = collect(config, str(tmp_path))["bt"]
@@ -101,8 +101,8 @@ def test_a_tie_on_validation_picks_the_first_grid_point_in_every_path(tmp_path):
 def test_running_one_variant_keeps_the_others_in_the_report(tmp_path, monkeypatch):
     config = _config()
     run_experiment(config, str(tmp_path), "", runner=_fake_runner([]))
-    monkeypatch.setattr("benchmarks.framework.experiment.load_experiment", lambda path: config)
-    monkeypatch.setattr("benchmarks.framework.experiment.run_experiment", lambda *args, **kwargs: None)
+    monkeypatch.setattr("benchmarks.studies.experiment.load_experiment", lambda path: config)
+    monkeypatch.setattr("benchmarks.studies.experiment.run_experiment", lambda *args, **kwargs: None)
     assert main(["unused.yaml", "--results_dir", str(tmp_path), "--variants", "vrm"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report["variants"]) == {"bt", "vrm"} and "vrm - bt" in report["paired_tests"]
@@ -125,7 +125,7 @@ def test_experiment_files_are_checked(tmp_path):
 
 
 def test_a_real_experiment_trains_scores_and_reports(tmp_path, llama_backbone_dir):
-    """Two variants on a tiny backbone through `vrm train`'s code path; models are deleted once scored."""
+    """Two variants on a tiny backbone trained through `VRMTrainer`; models are deleted once scored."""
     rows = [
         {
             "prompt": f"question {i}?",
@@ -167,7 +167,7 @@ def test_a_real_experiment_trains_scores_and_reports(tmp_path, llama_backbone_di
     path.write_text(yaml.safe_dump(config))
     results_dir, work_dir = tmp_path / "results", tmp_path / "work"
     argv = [str(path), "--results_dir", str(results_dir), "--work_dir", str(work_dir)]
-    assert cli_main(["experiment", *argv]) == 0  # `vrm experiment CONFIG`
+    assert main(argv) == 0  # `python -m benchmarks.studies.experiment CONFIG`
     report = json.loads((results_dir / "report.json").read_text())
     entry = report["variants"]["vrm_rw"]["sets"]["test"]
     assert 0 <= entry["accuracy_mean"] <= 1 and entry["weight_spread_mean"] is not None
@@ -190,18 +190,30 @@ def test_weight_error_compares_rated_objectives_renormalised():
 
 
 def test_committed_experiments_are_valid_train_arguments():
-    """Every run of every committed experiment parses as `vrm train` arguments (a removed Trainer flag such as
+    """Every run of every committed experiment builds its trainer arguments (a removed Trainer option such as
     `warmup_ratio` once failed only when the run started)."""
-    from pathlib import Path
+    from benchmarks.studies.experiment import sweep_specs
+    from benchmarks.studies.training import build_arguments
 
-    from benchmarks.framework.experiment import sweep_specs, to_argv
-    from vrm.cli.train import parse_train_args
-
-    configs = sorted((Path(__file__).parents[1] / "benchmarks" / "experiments").glob("*.yaml"))
+    configs = sorted(CONFIGS.glob("*.yaml"))
     assert configs
     for path in configs:
+        if path.name == "realdata.yaml":  # the real-data study's plan, not an experiment
+            continue
         config = load_experiment(str(path))
         for variant in config.variants:
             for spec in sweep_specs(config, variant):
-                flags = {"model_name_or_path": "unused", "dataset_name": "unused.jsonl", **spec.flags}
-                parse_train_args(to_argv(flags))
+                build_arguments(
+                    {"model_name_or_path": "unused", "dataset_name": "unused.jsonl", **spec.options}
+                )
+
+
+@pytest.mark.parametrize("name", ["finegrained_qa_finetune_cpu", "encoder_layout"])
+def test_committed_reports_regenerate_from_their_runs(tmp_path, name):
+    """`--report_only` rebuilds a committed report from its committed runs, number for number."""
+    shutil.copytree(RESULTS / name / "runs", tmp_path / "runs")
+    assert main([str(CONFIGS / f"{name}.yaml"), "--report_only", "--results_dir", str(tmp_path)]) == 0
+    assert (tmp_path / "report.md").read_text() == (RESULTS / name / "report.md").read_text()
+    assert json.loads((tmp_path / "report.json").read_text()) == json.loads(
+        (RESULTS / name / "report.json").read_text()
+    )

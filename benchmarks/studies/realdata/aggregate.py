@@ -1,17 +1,17 @@
-"""Selection on validation, grouping of runs by model, mean ± std over seeds and paired tests.
+"""The real-data study's tables: selection on validation, grouping of runs by model, summaries over seeds, tests.
 
 * `select` — a sweep's winner: highest validation accuracy, then lowest validation NLL;
 * `members` — the runs of a table (group): those trained for it and runs of the same configuration trained for
   another group (the sweep's seed-0 run of the chosen configuration is the main table's seed 0); one
   configuration per model (its most recent run's);
-* `summarize` — per model, mean ± std over seeds (`mean_std`, sample std) of each set's headline metrics;
+* `summarize` — per model, mean ± std over seeds (`benchmarks.studies.stats.mean_std`) of each set's headline
+  metrics;
 * `significance` — a − b accuracy per set, and a paired sign-flip permutation test over test pairs of the
-  seed-averaged correctness (`vrm.experiment_report.paired_p_value`, `scipy.stats.permutation_test`).
+  seed-averaged correctness (`benchmarks.studies.stats.paired_p_value`).
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.framework.experiment_report import paired_p_value
+from benchmarks.studies.stats import mean_std, paired_p_value
 from vrm.evaluation.metrics import error_detection
 
 from .config import DIAGNOSTIC_SET, OBJECTIVES
@@ -50,15 +50,6 @@ def members(results: Sequence[RunResult], group: str) -> list[RunResult]:
     for stale in {r.spec.config for r in found} - {r.spec.config for r in kept}:
         print(f"[study] {group}: runs of an older configuration left out: {stale}", flush=True)
     return kept
-
-
-def mean_std(values: Sequence[float | None]) -> dict[str, float]:
-    """Mean, sample standard deviation (0 for one value) and count of the values that are numbers."""
-    found = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not found:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    std = float(np.std(found, ddof=1)) if len(found) > 1 else 0.0
-    return {"mean": float(np.mean(found)), "std": std, "n": len(found)}
 
 
 def by_variant(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:

@@ -1,5 +1,6 @@
-"""The over-optimization study: the best-of-n gold estimator, lambda selection, ensembles, error detection, the
-cache assembly of bootstrap resamples, and the study end to end on a tiny backbone."""
+"""The over-optimization study (`benchmarks.studies.overoptimization`): the best-of-n gold estimator, lambda
+selection, ensembles, error detection, the cache assembly of bootstrap resamples, the report from run files, and
+the study end to end on a tiny backbone."""
 
 from __future__ import annotations
 
@@ -7,25 +8,16 @@ import itertools
 import json
 import math
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from benchmarks.framework.overoptimization import (
-    PairScores,
-    PoolScores,
-    ensemble_pairs,
-    ensemble_pool,
-    gold_curve,
-    select_lambda,
-    split_prompts,
-    std_spread,
-    uncertainty_aurocs,
-)
-from benchmarks.framework.overoptimization_report import build_report, plot_report, report_markdown
-from benchmarks.framework.overoptimization_study import (
+from benchmarks.studies.overoptimization.report import build_report, plot_report, pool_record, report_markdown
+from benchmarks.studies.overoptimization.runner import (
     RunScores,
     StudyConfig,
     StudyData,
@@ -35,6 +27,17 @@ from benchmarks.framework.overoptimization_study import (
     run_specs,
     run_study,
     training_tokens,
+)
+from benchmarks.studies.overoptimization.selection import (
+    PairScores,
+    PoolScores,
+    ensemble_pairs,
+    ensemble_pool,
+    gold_curve,
+    select_lambda,
+    split_prompts,
+    std_spread,
+    uncertainty_aurocs,
 )
 from vrm.evaluation.metrics import kl_bon
 
@@ -57,13 +60,13 @@ def test_gold_curve_equals_enumeration_of_all_subsets_plain_and_conservative():
         curve = gold_curve(scores, gold, [1, 2, 3, 5, 6], lam)
         for point in curve:
             expected = [
-                brute_force_best_of_n(reward[i] - lam * std[i], gold[i], point.n)
+                brute_force_best_of_n(reward[i] - lam * std[i], gold[i], point["n"])
                 for i in range(2)
-                if len(gold[i]) >= point.n
+                if len(gold[i]) >= point["n"]
             ]
-            assert point.gold == pytest.approx(np.mean(expected), abs=1e-12)
-            assert point.prompts == len(expected)
-    assert curve[-1].prompts == 1  # the 5-candidate prompt has no best-of-6
+            assert point["gold"] == pytest.approx(np.mean(expected), abs=1e-12)
+            assert point["prompts"] == len(expected)
+    assert curve[-1]["prompts"] == 1  # the 5-candidate prompt has no best-of-6
 
 
 def test_kl_bon_formula():
@@ -148,7 +151,7 @@ def test_report_builder_on_fixture_runs(tmp_path):
         runs[f"vrm-s{seed}"] = fixture_run(f"vrm-s{seed}", vrm_reward, vrm_std, std_pairs=(0.2, 0.9))
         for m in (0, 1):
             runs[f"bt-boot-s{seed}-m{m}"] = fixture_run(f"m{m}", [[g + m for g in gold]] * 4, [[0.0] * 4] * 4)
-    report = build_report(fixture_config(), runs, pool, {"command": "test", "notes": ""})
+    report = build_report(fixture_config(), runs, pool_record(pool), {"command": "test", "notes": ""})
     vrm = report["proxies"]["vrm"]["summary"]
     assert vrm["lambdas"] == [2.0, 2.0]
     assert vrm["plain"][-1]["mean"] == 0.0  # best of all 4 by r: the gold-0 candidate
@@ -165,7 +168,7 @@ def test_report_builder_on_fixture_runs(tmp_path):
     assert os.path.getsize(png) > 1000
     # a proxy with a missing seed is averaged over the seeds it has; one with no run at all is left out
     del runs["vrm-s1"], runs["bt-boot-s0-m1"]
-    partial = build_report(fixture_config(), runs, pool, {"command": "test"})
+    partial = build_report(fixture_config(), runs, pool_record(pool), {"command": "test"})
     assert partial["proxies"]["vrm"]["summary"]["seeds"] == [0]
     assert partial["proxies"]["bt-ensemble"]["summary"]["seeds"] == [1]
 
@@ -211,14 +214,14 @@ def test_bootstrap_resample_reuses_the_cached_states(tmp_path, llama_backbone_di
     with open(source) as a, open(resample) as b:
         source_rows, resample_rows = a.readlines(), b.readlines()
     assert len(resample_rows) == len(source_rows) and set(resample_rows) <= set(source_rows)
-    flags = {
+    options = {
         "model_name_or_path": llama_backbone_dir,
         "freeze_backbone": True,
         "output_dir": str(tmp_path / "m"),
     }
     cache_dir = str(tmp_path / "cache")
-    assert assemble_cached_states(flags, source, resample, cache_dir) == 2 * len(resample_rows)
-    model, sequences, lengths, pad = training_tokens(flags, resample)
+    assert assemble_cached_states(options, source, resample, cache_dir) == 2 * len(resample_rows)
+    model, sequences, lengths, pad = training_tokens(options, resample)
     cache = EmbeddingCache(cache_dir, progress=False)
     prompt, response = cache.states(model, sequences, lengths, pad)
     assert cache.computed == 0  # read from the assembled entry
@@ -230,7 +233,7 @@ def test_bootstrap_resample_reuses_the_cached_states(tmp_path, llama_backbone_di
 
 
 def test_study_end_to_end_on_a_tiny_backbone(tmp_path, llama_backbone_dir, capsys):
-    from benchmarks.framework.overoptimization_study import main
+    from benchmarks.studies.overoptimization.__main__ import main
     from vrm.data.synthetic import WorldConfig, write_world
 
     world = str(tmp_path / "world")
@@ -267,30 +270,69 @@ def test_study_end_to_end_on_a_tiny_backbone(tmp_path, llama_backbone_dir, capsy
     assert len(report["proxies"]["vrm"]["summary"]["plain"]) == 3
     assert os.path.exists(os.path.join(results, "gold_vs_kl.png"))
     assert not os.listdir(os.path.join(tmp_path, "work", "models", "tiny"))  # models deleted once scored
+    # the report is rebuilt from the results directory alone (runs/ and pool.json), the numbers unchanged
+    shutil.rmtree(tmp_path / "work")
+    assert (
+        main([str(path), "--results_dir", results, "--work_dir", str(tmp_path / "gone"), "--report_only"])
+        == 0
+    )
+    with open(os.path.join(results, "report.json")) as handle:
+        again = json.load(handle)
+    assert again["proxies"] == report["proxies"] and not (tmp_path / "gone").exists()
 
 
 def test_committed_studies_are_valid_train_arguments(monkeypatch):
-    """Every run (and the gold) of every committed study config parses as `vrm train` arguments."""
-    from pathlib import Path
-
-    import benchmarks.framework.experiment
+    """Every run (and the gold) of every committed study config builds its trainer arguments."""
+    import benchmarks.studies.training
 
     # the backbone is only named here: no need for the MiniLM package the studies run on (not a dev extra)
-    monkeypatch.setattr(benchmarks.framework.experiment, "backbone_path", lambda name: f"/backbones/{name}")
-
-    from benchmarks.framework.experiment import to_argv
-    from benchmarks.framework.overoptimization_study import train_flags
-    from vrm.cli.train import parse_train_args
+    monkeypatch.setattr(benchmarks.studies.training, "backbone_path", lambda name: f"/backbones/{name}")
+    from benchmarks.studies.training import build_arguments, run_options
 
     configs = sorted(
-        (Path(__file__).parents[1] / "benchmarks" / "experiments" / "overoptimization").glob("*.yaml")
+        (Path(__file__).parents[2] / "benchmarks" / "experiments" / "overoptimization").glob("*.yaml")
     )
     assert len(configs) == 4
     for path in configs:
         config = load_study(str(path))
-        variants = [config.proxies[spec.proxy] for spec in run_specs(config)] + [config.gold]
-        for variant in variants:
-            flags = train_flags(config, variant, 0, "unused.jsonl", "out", "cache")
-            if not torch.cuda.is_available():  # transformers refuses --bf16 without the hardware for it
-                flags.pop("bf16", None)
-            parse_train_args(to_argv(flags))
+        specs = [config.spec(run.proxy, run.seed) for run in run_specs(config)] + [config.spec("gold", 0)]
+        for spec in specs:
+            options = run_options(spec, config.backbone, "unused.jsonl", "out", "cache")
+            if not torch.cuda.is_available():  # transformers refuses bf16 without the hardware for it
+                options.pop("bf16", None)
+            build_arguments(options)
+
+
+def test_committed_synthetic_report_regenerates_from_its_runs(tmp_path):
+    """`--report_only` rebuilds the committed synthetic report from its runs/ and pool.json, number for number
+    (the command line and the table alignment rows aside)."""
+    from benchmarks.studies.overoptimization.__main__ import main
+
+    committed = (
+        Path(__file__).parents[2]
+        / "benchmarks"
+        / "results"
+        / "overoptimization"
+        / "overoptimization_synthetic"
+    )
+    shutil.copytree(committed / "runs", tmp_path / "runs")
+    shutil.copy(committed / "pool.json", tmp_path / "pool.json")
+    config = Path(__file__).parents[2] / "benchmarks" / "experiments" / "overoptimization" / "synthetic.yaml"
+    assert (
+        main(
+            [str(config), "--report_only", "--results_dir", str(tmp_path), "--work_dir", str(tmp_path / "w")]
+        )
+        == 0
+    )
+
+    def numbers(path: Path) -> list[str]:
+        lines = path.read_text().splitlines()[3:]  # below the command line
+        return [line.replace(" ", "") for line in lines if not set(line) <= set("|-: ")]
+
+    assert numbers(tmp_path / "report.md") == numbers(committed / "report.md")
+    new, old = (json.loads(p.read_text()) for p in (tmp_path / "report.json", committed / "report.json"))
+    for name, entry in old["proxies"].items():
+        assert new["proxies"][name]["per_seed"] == entry["per_seed"]
+        assert [p["mean"] for p in new["proxies"][name]["summary"]["plain"]] == [
+            p["mean"] for p in entry["summary"]["plain"]
+        ]

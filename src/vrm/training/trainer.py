@@ -166,12 +166,16 @@ class VRMTrainer(Trainer):
         if eval_examples is not None:
             eval_dataset, self.eval_stats = tokenize_pairs(pref_tokenizer, eval_examples, "eval", args)
         collator = layout.collator
-        if args.embedding_cache:
+        if args.embedding_cache:  # backbone states computed once (or read back), the head trains on them
             cache = EmbeddingCache(args.embedding_cache, batch_size=args.embedding_batch_size)
             model.to(args.device)
-            train_dataset = CachedPairDataset.build(model, train_dataset.pairs, cache, pad_token_id, "train")
-            if eval_dataset is not None:
+            if isinstance(train_dataset, PairDataset):
+                train_dataset = CachedPairDataset.build(
+                    model, train_dataset.pairs, cache, pad_token_id, "train"
+                )
+            if isinstance(eval_dataset, PairDataset):
                 eval_dataset = CachedPairDataset.build(model, eval_dataset.pairs, cache, pad_token_id, "eval")
+        if isinstance(train_dataset, CachedPairDataset):
             collator = CachedStatesCollator()
         if model_args is not None and model_args.use_peft:
             model = apply_lora(model, model_args)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from transformers.dynamic_module_utils import get_imports, get_relative_import_files
 
 import vrm
@@ -135,6 +136,7 @@ def test_checkpoint_code_imports_nothing_transformers_does_not_need():
         assert third_party <= {"torch", "transformers", "safetensors"}, path.name
 
 
+@pytest.mark.slow
 def test_the_command_line_starts_without_torch():
     """`vrm --help` (and building the parser of a scoring command) imports neither torch nor transformers."""
     code = (

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_pairs
 
 from benchmarks.studies.experiment import (
     ExperimentConfig,
@@ -124,7 +123,7 @@ def test_experiment_files_are_checked(tmp_path):
         load_experiment(str(path))
 
 
-def test_a_real_experiment_trains_scores_and_reports(tmp_path, llama_backbone_dir):
+def test_a_real_experiment_trains_scores_and_reports(tmp_path, llama_backbone_dir, write_pairs):
     """Two variants on a tiny backbone trained through `VRMTrainer`; models are deleted once scored."""
     rows = [
         {

@@ -203,9 +203,7 @@ def test_load_study_names_the_bad_field(tmp_path):
         load_study(str(path))
 
 
-def test_bootstrap_resample_reuses_the_cached_states(tmp_path, llama_backbone_dir):
-    from conftest import write_pairs
-
+def test_bootstrap_resample_reuses_the_cached_states(tmp_path, llama_backbone_dir, write_pairs):
     from vrm.data.state_cache import EmbeddingCache
 
     source = write_pairs(str(tmp_path / "pairs.jsonl"))

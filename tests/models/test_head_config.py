@@ -55,7 +55,14 @@ def test_every_head_option_is_a_model_argument_and_a_config_field():
 
 
 def test_flags_yaml_and_config_json_see_every_head_option(tmp_path, llama_backbone_dir):
-    base = ["--model_name_or_path", llama_backbone_dir, "--output_dir", str(tmp_path / "out"), "--report_to", "none"]
+    base = [
+        "--model_name_or_path",
+        llama_backbone_dir,
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--report_to",
+        "none",
+    ]
     from_flags, _, _ = parse_train_args([*base, *flags(NON_DEFAULT)])
     config_file = tmp_path / "train.yaml"
     config_file.write_text(yaml.safe_dump(NON_DEFAULT))
@@ -74,7 +81,10 @@ def test_flags_yaml_and_config_json_see_every_head_option(tmp_path, llama_backbo
     "values, message",
     [
         ({"concentration_min": 0.0}, "concentration_min must be a finite number > 0"),
-        ({"concentration_min": 5.0, "concentration_max": 1.0}, "concentration_min must be below concentration_max"),
+        (
+            {"concentration_min": 5.0, "concentration_max": 1.0},
+            "concentration_min must be below concentration_max",
+        ),
         ({"feature_logvar_max": float("nan")}, "feature_logvar_max must be a finite number"),
         ({"num_eval_samples": 0}, "num_eval_samples must be an integer >= 1"),
         ({"num_samples": 2.5}, "num_samples must be an integer >= 1"),

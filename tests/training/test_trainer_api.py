@@ -34,6 +34,7 @@ def arguments(output_dir, **overrides) -> VRMTrainingArguments:
     return VRMTrainingArguments(**{**settings, **overrides})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head_type", ["bt", "vrm"])
 def test_trains_a_head_from_a_datasets_dataset(tmp_path, llama_backbone_dir, head_type):
     train = Dataset.from_list(preference_rows())
@@ -50,11 +51,14 @@ def test_trains_a_head_from_a_datasets_dataset(tmp_path, llama_backbone_dir, hea
     config = json.loads((output / "config.json").read_text())
     assert config["head_type"] == head_type and config["tokenization"]["max_length"] == 64
     assert "train dataset" in (output / "README.md").read_text()  # the card names the data it came from
-    reward = RewardPipeline.from_pretrained(str(output), device="cpu")("Tell me a joke.", "Why did the chicken?")
+    reward = RewardPipeline.from_pretrained(str(output), device="cpu")(
+        "Tell me a joke.", "Why did the chicken?"
+    )
     assert isinstance(reward["reward"], float)
     assert (reward["reward_std"] > 0) == (head_type == "vrm")
 
 
+@pytest.mark.slow
 def test_the_same_seed_trains_the_same_model_from_a_dataset_and_from_files(tmp_path, llama_backbone_dir):
     rows = preference_rows(2)
     path = tmp_path / "pairs.jsonl"
@@ -70,6 +74,7 @@ def test_the_same_seed_trains_the_same_model_from_a_dataset_and_from_files(tmp_p
     assert rewards[0] == pytest.approx(rewards[1], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_model_object_trains_with_its_tokenizer(tmp_path, llama_backbone_dir):
     model = VRMForSequenceClassification.from_backbone(llama_backbone_dir, head_type="moe", num_objectives=2)
     tokenizer = AutoTokenizer.from_pretrained(llama_backbone_dir)
@@ -93,18 +98,25 @@ def test_a_bad_row_is_named_before_the_backbone_loads(tmp_path):
     rows[3] = {"prompt": "p", "chosen": "a"}
     with pytest.raises(ValueError, match=r"train dataset:3: missing field 'rejected'"):
         # the backbone path does not exist: the data is checked first
-        VRMTrainer(model=str(tmp_path / "no-backbone"), args=arguments(tmp_path), train_dataset=Dataset.from_list(rows))
+        VRMTrainer(
+            model=str(tmp_path / "no-backbone"),
+            args=arguments(tmp_path),
+            train_dataset=Dataset.from_list(rows),
+        )
 
 
 def test_skip_invalid_rows_skips_and_says_so(tmp_path, llama_backbone_dir, capsys):
     rows = preference_rows(1)
     rows[2] = {"prompt": "p", "chosen": "a"}
-    args = arguments(tmp_path / "run", max_steps=1, skip_invalid_rows=True, model_init_kwargs={"head_type": "bt"})
+    args = arguments(
+        tmp_path / "run", max_steps=1, skip_invalid_rows=True, model_init_kwargs={"head_type": "bt"}
+    )
     trainer = VRMTrainer(model=llama_backbone_dir, args=args, train_dataset=Dataset.from_list(rows))
     assert len(trainer.train_dataset) == len(rows) - 1
     assert "skipped 1 invalid rows (train dataset:2" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_resume_true_resumes_from_the_newest_complete_checkpoint(tmp_path, llama_backbone_dir):
     args = arguments(tmp_path / "run", max_steps=4, save_strategy="steps", save_steps=2)
     model = ModelArguments(model_name_or_path=llama_backbone_dir, head_type="bt")

@@ -3,7 +3,7 @@
     python benchmarks/calibration_conservative.py                 # ~40 min on 2 busy cores (embedding the pool)
     python benchmarks/calibration_conservative.py --seeds 0 --pool_prompts 30   # a quick look
 
-Data: the quickstart's synthetic preference world (`vrm.synthetic`, world seed 0: 2,000 training pairs,
+Data: the quickstart's synthetic preference world (`vrm.data.synthetic`, world seed 0: 2,000 training pairs,
 `test_iid` / `test_shifted` 400 pairs each, the length cue flipped in `test_shifted`; its Best-of-N pool with the
 true rewards as gold), and the `test_iid` split of world seed 100 as the validation file that fits the
 temperature. Backbone: MiniLM, frozen (heads train on cached states; the states are cached under

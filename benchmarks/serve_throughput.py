@@ -5,7 +5,7 @@
     python benchmarks/serve_throughput.py --requests 32 --output /tmp/serve.json     # a quick smoke run
 
 For each mode — `batched` (max_batch_size 32, max_wait_ms 5) and `unbatched` (max_batch_size 1, max_wait_ms 0:
-one request per forward) — the server runs as a subprocess (`python -m vrm.serving.app`) on 127.0.0.1, and for
+one request per forward) — the server runs as a subprocess (`python -m vrm serve`) on 127.0.0.1, and for
 1, 8 and 64 concurrent clients each sending one (prompt, response) pair per `POST /score` request, the script
 sends `--requests` requests (or stops at `--time_cap` seconds), then prints requests/s, p50 / p99 latency and
 the mean number of items per forward batch (from `/stats`). JSON goes to `--output` (written atomically).
@@ -103,7 +103,8 @@ def start_server(
     command = [
         sys.executable,
         "-m",
-        "vrm.serving.app",
+        "vrm",
+        "serve",
         "--model",
         model,
         "--port",

@@ -2,7 +2,7 @@
 
     python benchmarks/shared_prompt_scoring.py         # -> benchmarks/results/shared_prompt_scoring.json
 
-Pools of 16 candidates (the synthetic world's Best-of-N pool, `vrm.synthetic`, seed 0, regenerated here) are
+Pools of 16 candidates (the synthetic world's Best-of-N pool, `vrm.data.synthetic`, seed 0, regenerated here) are
 scored three ways by the same model, in one process, alternating, `--repeats` times (median):
 
 * `one_by_one`   — each candidate in its own forward (candidate by candidate);

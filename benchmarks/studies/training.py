@@ -36,10 +36,12 @@ def _coerce(value: Any, default: Any) -> Any:
 
 def build_arguments(options: Mapping[str, Any]):
     """(ModelArguments, DataArguments, VRMTrainingArguments) of a run's options."""
-    from vrm.cli.train import check_config_values
+    from vrm.cli.train import build_train_parser, check_config_values
     from vrm.training.arguments import DataArguments, ModelArguments, VRMTrainingArguments
 
-    check_config_values({k: v for k, v in options.items() if v is not None}, "run options")
+    check_config_values(
+        build_train_parser(), {k: v for k, v in options.items() if v is not None}, "run options"
+    )
     values: list[dict[str, Any]] = [{}, {}, {}]
     classes = (ModelArguments, DataArguments, VRMTrainingArguments)
     for name, value in options.items():
@@ -55,37 +57,10 @@ def build_arguments(options: Mapping[str, Any]):
 def train_model(options: Mapping[str, Any]) -> str:
     """Train one model (`model_name_or_path`, `dataset_name`, `output_dir` and any other options); returns the
     model directory."""
-    from vrm.data.ratings import rating_ranges
-    from vrm.training.pair_data import preference_examples
-    from vrm.training.trainer import VRMTrainer
+    from vrm.cli.train import train_from_arguments
 
     model_args, data_args, training_args = build_arguments({**RUN_DEFAULTS, **options})
-    if not data_args.dataset_name:
-        raise ValueError("no training data: set dataset_name")
-    train = preference_examples(
-        data_args.dataset_name,
-        "train",
-        training_args,
-        split=data_args.dataset_train_split,
-        max_rows=data_args.max_train_samples,
-        dataset_config=data_args.dataset_config,
-    )
-    evaluation = None
-    if data_args.eval_dataset_name:
-        evaluation = preference_examples(
-            data_args.eval_dataset_name,
-            "eval",
-            training_args,
-            split=data_args.dataset_test_split,
-            max_rows=data_args.max_eval_samples,
-            dataset_config=data_args.dataset_config,
-            rating_scale=rating_ranges(train) if training_args.attribute_names else None,
-        )
-    trainer = VRMTrainer(model=model_args, args=training_args, train_dataset=train, eval_dataset=evaluation)
-    trainer.train()
-    if evaluation is not None:
-        trainer.evaluate()
-    trainer.save_model()
+    train_from_arguments(model_args, data_args, training_args)
     return training_args.output_dir
 
 

@@ -26,7 +26,7 @@ _EXPORTS = {
     "DataFormatError": "vrm.data",
     "PreferenceExample": "vrm.data",
     "PreferenceTokenizer": "vrm.data",
-    "PreferenceCollator": "vrm.data",
+    "PreferenceCollator": "vrm.data.collate",
     "load_preferences": "vrm.data",
     "VRMTrainer": "vrm.training",
     "VRMTrainingArguments": "vrm.training",

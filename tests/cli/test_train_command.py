@@ -345,3 +345,16 @@ def test_vrm_train_records_the_layout_and_logs_tokens(tmp_path, llama_backbone_d
     with open(out / "trainer_state.json", encoding="utf-8") as handle:
         logged = [entry for entry in json.load(handle)["log_history"] if "padding_share" in entry]
     assert logged and all(entry["tokens_processed"] >= entry["tokens_unique"] > 0 for entry in logged)
+
+
+def test_usage_errors_of_vrm_train_exit_with_2(tmp_path, capsys):
+    from vrm.cli.main import main as vrm_main
+
+    with pytest.raises(SystemExit) as exited:
+        vrm_main(["train", "--dataset_name", "x.jsonl"])
+    assert exited.value.code == 2 and "required: --model_name_or_path" in capsys.readouterr().err
+    config = tmp_path / "c.yaml"
+    config.write_text("model_name_or_path: somewhere\nlr_scheduler_type: zzz\n")
+    with pytest.raises(SystemExit) as exited:
+        vrm_main(["train", "--config", str(config)])
+    assert exited.value.code == 2 and "lr_scheduler_type 'zzz' is not one of" in capsys.readouterr().err

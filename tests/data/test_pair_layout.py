@@ -68,4 +68,4 @@ def test_resolve_pair_layout_defaults_and_fallbacks(capsys):
     assert resolve_pair_layout("shared_prompt", *args(cls_encoder))[0] == "separate"
     with pytest.raises(ValueError, match="--pair_layout"):
         resolve_pair_layout("tree", *args(causal))
-    assert layout_collator("auto", causal, 0, embedding_cache="/tmp/cache").name == "separate"
+    assert layout_collator("auto", causal, 0, cached_states=True).name == "separate"

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny_models import PAIRS, llama_config, make_llama_tokenizer
+from tiny_models import PAIRS, llama_config, make_bert_tokenizer, make_llama_tokenizer
 
 from vrm.cli.main import main
 from vrm.data.examples import PreferenceExample
@@ -23,7 +23,7 @@ def test_head_gets_its_own_learning_rate(tmp_path):
         [PreferenceExample(p, c, r) for p, c, r in PAIRS]
     )
     args = VRMTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-4, report_to="none")
-    trainer = VRMTrainer(model=model, args=args, train_dataset=PairDataset(pairs))
+    trainer = VRMTrainer(model=model, args=args, train_dataset=PairDataset(pairs), processing_class=tokenizer)
     optimizer = trainer.create_optimizer()
     head = {id(p) for p in model.head.parameters()}
     for group in optimizer.param_groups:
@@ -47,7 +47,8 @@ def test_group_by_length_batches_pairs_of_similar_length(tmp_path):
         args = VRMTrainingArguments(
             output_dir=str(tmp_path), per_device_train_batch_size=4, train_sampling_strategy=strategy
         )
-        order = list(VRMTrainer(model=model, args=args, train_dataset=dataset)._get_train_sampler())
+        trainer = VRMTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        order = list(trainer._get_train_sampler())
         assert sorted(order) == list(range(64))
         batches = [[lengths[i] for i in order[k : k + 4]] for k in range(0, 64, 4)]
         return sum(max(b) - min(b) for b in batches) / len(batches)
@@ -68,7 +69,7 @@ def test_trainer_disables_dropout_by_default(tmp_path, disable):
     )  # fmt: skip
     model = VRMForSequenceClassification.from_backbone_config(config, head_type="bt")
     args = VRMTrainingArguments(output_dir=str(tmp_path), report_to="none", disable_dropout=disable)
-    VRMTrainer(model=model, args=args)
+    VRMTrainer(model=model, args=args, processing_class=make_bert_tokenizer())
     model.train()
     ids = torch.randint(5, 64, (2, 12))
     with torch.no_grad():

@@ -7,7 +7,7 @@ import os
 
 import pytest
 from datasets import Dataset
-from tiny_models import PAIRS
+from tiny_models import PAIRS, llama_config
 from transformers import AutoTokenizer
 
 from vrm import RewardPipeline, VRMTrainer, VRMTrainingArguments
@@ -79,8 +79,9 @@ def test_a_model_object_trains_with_its_tokenizer(tmp_path, llama_backbone_dir):
     model = VRMForSequenceClassification.from_backbone(llama_backbone_dir, head_type="moe", num_objectives=2)
     tokenizer = AutoTokenizer.from_pretrained(llama_backbone_dir)
     train = Dataset.from_list(preference_rows(2))
-    with pytest.raises(ValueError, match="processing_class"):
-        VRMTrainer(model=model, args=arguments(tmp_path / "x"), train_dataset=train)
+    nameless = VRMForSequenceClassification.from_backbone_config(llama_config(len(tokenizer)), head_type="bt")
+    with pytest.raises(ValueError, match="processing_class"):  # no backbone name to load a tokenizer by
+        VRMTrainer(model=nameless, args=arguments(tmp_path / "x"), train_dataset=train)
     trainer = VRMTrainer(
         model=model,
         args=arguments(tmp_path / "run", max_steps=2),
@@ -138,3 +139,33 @@ def test_model_init_kwargs_are_checked(tmp_path, llama_backbone_dir):
     args = arguments(tmp_path, model_init_kwargs={"head_type": "bt"})
     with pytest.raises(ValueError, match="model_init_kwargs apply when `model` is a name"):
         VRMTrainer(model=built, args=args, train_dataset=train)  # silently ignored otherwise
+
+
+def test_a_model_object_without_a_tokenizer_uses_its_backbones_and_saves(tmp_path, llama_backbone_dir):
+    model = VRMForSequenceClassification.from_backbone(llama_backbone_dir, head_type="bt")
+    trainer = VRMTrainer(
+        model=model, args=arguments(tmp_path / "run", max_steps=1), train_dataset=preference_rows(1)
+    )
+    trainer.train()
+    trainer.save_model()
+    assert (tmp_path / "run" / "tokenizer_config.json").exists()
+    results = json.loads((tmp_path / "run" / "train_results.json").read_text())
+    # the run's own summary (`train()`'s metrics), not the last few steps' running averages
+    assert "train_runtime" in results and "accuracy" not in results and "nll" not in results
+
+
+def test_evaluation_only_on_cached_backbone_states(tmp_path, llama_backbone_dir):
+    model = ModelArguments(model_name_or_path=llama_backbone_dir, head_type="bt", freeze_backbone=True)
+    args = arguments(tmp_path / "run", embedding_cache=str(tmp_path / "states"))
+    trainer = VRMTrainer(model=model, args=args, eval_dataset=Dataset.from_list(preference_rows(1)))
+    assert 0.0 <= trainer.evaluate()["eval_accuracy"] <= 1.0
+
+
+def test_a_path_names_the_model_and_a_dict_of_eval_sets_is_refused(tmp_path, llama_backbone_dir):
+    from pathlib import Path
+
+    args = arguments(tmp_path / "run", max_steps=1, model_init_kwargs={"head_type": "bt"})
+    trainer = VRMTrainer(model=Path(llama_backbone_dir), args=args, train_dataset=preference_rows(1))
+    assert trainer.model_args.model_name_or_path == llama_backbone_dir
+    with pytest.raises(ValueError, match="one data set, not a dict"):
+        VRMTrainer(model=Path(llama_backbone_dir), args=args, eval_dataset={"a": preference_rows(1)})

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from vrm.cli.options import model_paths
+
 HELP = "serve a reward model over HTTP (OpenRLHF /get_reward, /score)"
 
 
@@ -51,7 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from vrm.scoring.deep_ensemble import ensemble_paths
     from vrm.serving.app import run_server
     from vrm.serving.requests import ServerConfig
 
@@ -61,10 +62,7 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error(str(err))
     if args.torch_threads is not None and args.torch_threads < 1:
         args.parser.error(f"--torch_threads must be >= 1, got {args.torch_threads}")
-    try:
-        model_path = ensemble_paths(args.model, args.ensemble)
-    except ValueError as err:
-        args.parser.error(str(err))
+    model_path = model_paths(args.parser, args)
     run_server(
         model_path,
         args.host,

@@ -9,7 +9,6 @@ YAML gives their defaults. `--accelerate_config FILE` re-runs the command under 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import subprocess
 import sys
@@ -42,20 +41,15 @@ def build_train_parser():
     return parser
 
 
-def check_config_values(values: dict[str, Any], source: str) -> None:
-    """A YAML config's keys must be arguments, and its values among an argument's choices, as flags are."""
-    from vrm.training.arguments import DataArguments, ModelArguments, VRMTrainingArguments
-
-    fields = {
-        f.name: f
-        for cls in (ModelArguments, DataArguments, VRMTrainingArguments)
-        for f in dataclasses.fields(cls)
-    }
-    unknown = sorted(set(values) - set(fields))
+def check_config_values(parser, values: dict[str, Any], source: str) -> None:
+    """A YAML config's keys must be options of `parser`, and its values among an option's choices, as flags are
+    (argparse checks the choices of flags only)."""
+    options = {action.dest: action for action in parser._actions}  # read only
+    unknown = sorted(set(values) - set(options))
     if unknown:
         raise ValueError(f"{source}: unknown arguments {unknown}")
     for name, value in values.items():
-        choices = fields[name].metadata.get("choices")
+        choices = options[name].choices
         if choices is not None and value not in choices:
             raise ValueError(f"{source}: {name} {value!r} is not one of: {', '.join(map(str, choices))}")
 
@@ -82,10 +76,15 @@ def parse_train_args(argv: Sequence[str]):
         if not isinstance(values, dict):
             parser.error(f"{source}: expected a mapping of argument names to values")
         try:
-            check_config_values(values, source)
+            check_config_values(parser, values, source)
         except ValueError as err:
             parser.error(str(err))
         parser.set_defaults(**values)
+    else:
+        values = {}
+    named = any(arg.split("=")[0] in ("--model_name_or_path", "--model-name-or-path") for arg in argv)
+    if not (named or values.get("model_name_or_path") or {"-h", "--help"} & set(argv)):
+        parser.error("the following arguments are required: --model_name_or_path")
     model_args, data_args, training_args, _ = parser.parse_args_into_dataclasses(args=argv)
     return model_args, data_args, training_args
 
@@ -117,14 +116,26 @@ def run(args: argparse.Namespace) -> int:
     model_args, data_args, training_args = parse_train_args(
         argv
     )  # --help and bad choices: before torch loads
+    trainer = train_from_arguments(model_args, data_args, training_args)
+    if trainer.is_world_process_zero():
+        if trainer.eval_metrics:
+            shown = {k: round(v, 4) for k, v in trainer.eval_metrics.items() if isinstance(v, float)}
+            print(f"[vrm] eval metrics: {shown}")
+        print(f"[vrm] model saved to {training_args.output_dir}")
+    return 0
 
+
+def train_from_arguments(model_args, data_args, training_args):
+    """What `vrm train` does with its three argument dataclasses: read and check the data (before the backbone
+    loads: a bad row fails in seconds, not minutes), train, evaluate, save the final model. Returns the
+    `VRMTrainer`."""
     from vrm.data.ratings import rating_ranges
     from vrm.training.pair_data import preference_examples
-    from vrm.training.trainer import VRMTrainer
+    from vrm.training.trainer import VRMTrainer, check_cache_arguments
 
+    check_cache_arguments(model_args, training_args)
     if not data_args.dataset_name:
         raise ValueError("no training data: pass --dataset_name FILE_OR_NAME [...]")
-    # the data is read (and checked) before the backbone is loaded: a bad row fails in seconds, not minutes
     train = preference_examples(
         data_args.dataset_name,
         "train",
@@ -135,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     )
     evaluation = None
     if data_args.eval_dataset_name:
+        scale = rating_ranges(train) if training_args.attribute_names else None  # the training data's scale
         evaluation = preference_examples(
             data_args.eval_dataset_name,
             "eval",
@@ -142,17 +154,11 @@ def run(args: argparse.Namespace) -> int:
             split=data_args.dataset_test_split,
             max_rows=data_args.max_eval_samples,
             dataset_config=data_args.dataset_config,
-            rating_scale=rating_ranges(train)
-            if training_args.attribute_names
-            else None,  # the training scale
+            rating_scale=scale,
         )
     trainer = VRMTrainer(model=model_args, args=training_args, train_dataset=train, eval_dataset=evaluation)
     trainer.train()
-    metrics = trainer.evaluate() if evaluation is not None else {}
+    if evaluation is not None:
+        trainer.evaluate()
     trainer.save_model()
-    if trainer.is_world_process_zero():
-        if metrics:
-            shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-            print(f"[vrm] eval metrics: {shown}")
-        print(f"[vrm] model saved to {training_args.output_dir}")
-    return 0
+    return trainer

@@ -147,14 +147,14 @@ class PairLayoutChoice:
 
 
 def layout_collator(
-    requested: str, model, pad_token_id: int, embedding_cache: str | None = None
+    requested: str, model, pad_token_id: int, cached_states: bool = False
 ) -> PairLayoutChoice:
-    """The collator of `--pair_layout` for `model` (a `VRMForSequenceClassification`); an embedding cache holds
-    separate-layout states, so it keeps the separate layout."""
+    """The collator of `--pair_layout` for `model` (a `VRMForSequenceClassification`); cached backbone states
+    (`vrm.data.state_cache`) are separate-layout states, so they keep the separate layout."""
     from vrm.data.collate import PreferenceCollator
 
     config = model.config
-    if embedding_cache and requested != "separate":
+    if cached_states and requested != "separate":
         name, reason = "separate", "cached backbone states are read per sequence"
         if requested == "auto" and not config.is_causal:
             reason = "encoder backbone"

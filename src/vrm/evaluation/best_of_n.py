@@ -13,7 +13,7 @@ proxy's best of n candidates are computed exactly over all n-subsets of each poo
 the unbiased estimator of Gao et al., 2022), averaged over prompts, and reported against
 KL_BoN = log n - (n - 1) / n. Proxy scores are standardized per model (over all candidates) so that several
 proxies share one axis; gold scores are used as they are. With `--conservative_lambda L` each proxy ranks the
-candidates by the conservative reward `reward - L * reward_std` (`vrm.conservative`; a proxy without a
+candidates by the conservative reward `reward - L * reward_std` (`vrm.scoring.conservative`; a proxy without a
 posterior has std 0 and ranks as before), so curves with and without it show what pessimism buys against
 over-optimization.
 

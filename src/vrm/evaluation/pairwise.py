@@ -61,7 +61,6 @@ from vrm.models.modeling import VRMForSequenceClassification
 from vrm.scoring.loading import load_scorer
 from vrm.scoring.pipeline import RewardPipeline
 from vrm.scoring.scores import SequenceScores, score_sequences
-from vrm.training.losses import pair_nll_from_rewards
 
 
 def score_pairs(
@@ -391,3 +390,12 @@ def evaluate_rm_bench(scorer, rows: list[dict[str, Any]], progress: bool = True)
     for subset in sorted(set(subsets.tolist())):
         entry["subsets"][subset] = rm_bench_scores(outcomes[subsets == subset])
     return entry
+
+
+def pair_nll_from_rewards(reward_chosen: torch.Tensor, reward_rejected: torch.Tensor) -> float:
+    """Mean Bradley-Terry NLL of plug-in rewards (for evaluation)."""
+    return (
+        float(-torch.nn.functional.logsigmoid(reward_chosen - reward_rejected).mean())
+        if reward_chosen.numel()
+        else math.nan
+    )

@@ -82,7 +82,7 @@ class SequenceClassifierPipeline:
             raise ValueError(f"input_format must be auto, chat, pair or plain, got {input_format!r}")
         self.input_format = input_format
         self._special = set(tokenizer.all_special_ids)
-        # what `vrm.scoring.pipeline.score_file` (`vrm score`) and its manifest read of a pipeline
+        # what `vrm.scoring.score_file` (`vrm score`) and its manifest read of a pipeline
         self.normalize, self.conservative_lambda = False, 0.0
         self.template = SimpleNamespace(
             max_length=self.max_length, input_format=input_format, encode_parts=self.encode

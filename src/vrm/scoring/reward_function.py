@@ -35,7 +35,7 @@ class VRMRewardFunction:
     """A TRL reward function backed by a vrm checkpoint (or a ready `RewardPipeline`).
 
     Returns the (normalized) reward, or the conservative reward `reward - conservative_lambda * reward_std`
-    when `conservative_lambda > 0` (`vrm.conservative`; a negative or non-finite lambda is a `ValueError`).
+    when `conservative_lambda > 0` (`vrm.scoring.conservative`; a negative or non-finite lambda is a `ValueError`).
     `device` / `dtype` default to `auto` (CUDA + bfloat16 when available, else CPU + float32; see `vrm.scoring.device`).
     """
 

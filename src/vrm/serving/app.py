@@ -2,7 +2,7 @@
 
 Start it (needs the `serve` extra: `pip install 'vrm[serve]'`, i.e. fastapi and uvicorn):
 
-    vrm serve --model runs/my-rm --port 8000                  # or: python -m vrm.serving.app --model runs/my-rm
+    vrm serve --model runs/my-rm --port 8000                  # or: python -m vrm serve --model runs/my-rm
     vrm serve --model runs/my-rm --host 0.0.0.0 --max_batch_size 64 --max_wait_ms 10 --conservative_lambda 0.5
 
 Endpoints (the OpenAPI schema is at `/openapi.json`, interactive docs at `/docs`):

@@ -138,7 +138,7 @@ class ChatMessage(BaseModel):
 Text = str | list[ChatMessage]
 
 
-# a request's lambda of the conservative reward (`vrm.conservative`), checked by pydantic: a bad one is a 422
+# a request's lambda of the conservative reward (`vrm.scoring.conservative`), checked by pydantic: a bad one is a 422
 ConservativeLambda = Annotated[
     float | None,
     Field(

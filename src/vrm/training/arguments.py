@@ -22,6 +22,7 @@ from transformers import TrainingArguments
 from vrm.data.tokenization import INPUT_FORMATS, TRUNCATION_POLICIES
 from vrm.models.config import HeadConfig
 from vrm.training.losses import ATTRIBUTE_TARGETS, BETA_SCHEDULES
+from vrm.training.model_card import check_train_options
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -115,6 +116,8 @@ class ModelArguments(HeadConfig, TRLModelArguments):
             self.dtype, self.torch_dtype = self.torch_dtype, None
         self.check_head()
         self.check_quantization()
+        if self.freeze_backbone and self.use_peft:
+            raise ValueError("--freeze_backbone and --use_peft exclude each other (LoRA trains the backbone)")
 
     def check_quantization(self) -> None:
         """`--load_in_4bit` / `--load_in_8bit` need LoRA, a CUDA GPU and bitsandbytes: checked when the arguments
@@ -309,6 +312,7 @@ class VRMTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_objective()
+        check_train_options(self)
 
     def check_objective(self) -> None:
         """Settings of the objective that would silently do nothing (or nonsense) are errors, before any data is

@@ -54,7 +54,6 @@ expectation each member's loss is the single-head loss, and members see differen
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -272,8 +271,3 @@ def _ensemble_loss(samples: PairSamples, pair_weights: Tensor | None, terms: dic
     accuracy = (samples.chosen.reward > samples.rejected.reward).float().mean()
     names = ("loss", "nll", "kl_weights", "kl_features", "attribute_loss", "objective_label_nll")
     return LossOutput(*(mean(name) for name in names), accuracy, mean("rating_weight_nll"))
-
-
-def pair_nll_from_rewards(reward_chosen: Tensor, reward_rejected: Tensor) -> float:
-    """Mean Bradley-Terry NLL of plug-in rewards (for evaluation)."""
-    return float(-F.logsigmoid(reward_chosen - reward_rejected).mean()) if reward_chosen.numel() else math.nan

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections import defaultdict
 from typing import Any
 
@@ -33,7 +34,7 @@ from vrm.training.arguments import ModelArguments, VRMTrainingArguments
 from vrm.training.backbone import apply_lora, build_model, load_tokenizer
 from vrm.training.checkpoints import resolve_resume, save_final_model, save_sharded_final_model
 from vrm.training.losses import beta_factor, bootstrap_weights, preference_loss
-from vrm.training.model_card import check_train_options, write_training_outputs
+from vrm.training.model_card import write_training_outputs
 from vrm.training.pair_data import (
     PairDataset,
     PreferenceData,
@@ -56,6 +57,26 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
         if isinstance(getattr(module, "attention_dropout", None), float):
             module.attention_dropout = 0.0
+
+
+def check_cache_arguments(model_args: ModelArguments, args: VRMTrainingArguments) -> None:
+    """The frozen-backbone options that exclude or need each other (checked before any data is read)."""
+    if args.embedding_cache and not model_args.freeze_backbone:
+        raise ValueError("--embedding_cache holds states of a frozen backbone: pass --freeze_backbone too")
+
+
+def tokenizer_of(model) -> Any:
+    """The tokenizer of a model object given without `processing_class`: its backbone's, by name (as TRL does)."""
+    base = model.get_base_model() if hasattr(model, "peft_config") else model
+    name = getattr(base.config.text_config, "_name_or_path", "") or getattr(base, "name_or_path", "")
+    if name:
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError):
+            pass
+    raise ValueError("processing_class: pass the backbone's tokenizer along with a model object")
 
 
 def model_arguments(name_or_path: str, init_kwargs: dict[str, Any] | None) -> ModelArguments:
@@ -84,10 +105,9 @@ class VRMTrainer(Trainer):
         **kwargs: Any,
     ):
         args = args if args is not None else VRMTrainingArguments()
-        check_train_options(args)  # --push_to_hub, --report_to without its package: before anything loads
         model_args = None
-        if isinstance(model, str):
-            model_args = model_arguments(model, args.model_init_kwargs)
+        if isinstance(model, str | os.PathLike):
+            model_args = model_arguments(os.fspath(model), args.model_init_kwargs)
         elif args.model_init_kwargs:
             raise ValueError(
                 "model_init_kwargs apply when `model` is a name or path; this model is built already "
@@ -96,14 +116,10 @@ class VRMTrainer(Trainer):
         if isinstance(model, ModelArguments):
             model_args = model
         if model_args is not None:
-            if model_args.freeze_backbone and model_args.use_peft:
-                raise ValueError(
-                    "--freeze_backbone and --use_peft exclude each other (LoRA trains the backbone)"
-                )
-            if args.embedding_cache and not model_args.freeze_backbone:
-                raise ValueError(
-                    "--embedding_cache holds states of a frozen backbone: pass --freeze_backbone too"
-                )
+            check_cache_arguments(model_args, args)
+        for name, data in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            if isinstance(data, dict):
+                raise ValueError(f"{name}: one data set, not a dict of several (got keys {sorted(data)[:5]})")
         # the data is read and checked before the backbone loads: a bad row fails in seconds, not minutes
         train_examples = None
         if train_dataset is not None and not is_tokenized(train_dataset):
@@ -120,14 +136,16 @@ class VRMTrainer(Trainer):
             model = build_model(model_args)
             if model_args.freeze_backbone:
                 model.backbone.requires_grad_(False)
-        if processing_class is None and (train_examples or eval_examples):
-            raise ValueError("processing_class: pass the backbone's tokenizer along with a model object")
+        if processing_class is None:
+            processing_class = tokenizer_of(model)
         self.model_args = model_args
         base = model.get_base_model() if hasattr(model, "peft_config") else model
         config = base.config
         self.frozen_backbone = not any(p.requires_grad for p in base.backbone.parameters())
         if args.embedding_cache and not self.frozen_backbone:
             raise ValueError("--embedding_cache holds states of a frozen backbone: freeze the backbone too")
+        given = [data for data in (train_dataset, eval_dataset) if data is not None]
+        cached_states = bool(args.embedding_cache) or any(isinstance(d, CachedPairDataset) for d in given)
         for flag in ("objective_label_weight", "rating_weight_coef"):
             if getattr(args, flag) > 0 and config.weight_posterior == "none":
                 raise ValueError(
@@ -140,21 +158,13 @@ class VRMTrainer(Trainer):
                 f"{len(attribute_names)} attribute_names but only {config.num_objectives} objectives"
             )
 
-        pref_tokenizer = None
-        if processing_class is not None:
-            pref_tokenizer = PreferenceTokenizer.from_arguments(
-                processing_class, args, bool(config.is_causal)
-            )
-            pad_token_id = pref_tokenizer.tokenizer.pad_token_id
-        else:  # tokenized data only: padding positions are masked, any id pads
-            pad_token_id = getattr(config.text_config, "pad_token_id", None) or 0
-        layout = layout_collator(args.pair_layout, base, pad_token_id, args.embedding_cache)
+        pref_tokenizer = PreferenceTokenizer.from_arguments(processing_class, args, bool(config.is_causal))
+        pad_token_id = pref_tokenizer.tokenizer.pad_token_id
+        layout = layout_collator(args.pair_layout, base, pad_token_id, cached_states)
         if args.process_index == 0:
             print(f"[vrm] pair layout: {layout.name} ({layout.reason})", flush=True)
         # recorded now (checkpoints) and again by every final save
-        self.tokenization = {"pair_layout": layout.name}
-        if pref_tokenizer is not None:
-            self.tokenization = {**pref_tokenizer.settings(), **self.tokenization}
+        self.tokenization = {**pref_tokenizer.settings(), "pair_layout": layout.name}
         record_tokenization(config, self.tokenization)
         self.data_sources = {
             "train": data_sources(train_examples) if train_examples else [],
@@ -175,7 +185,14 @@ class VRMTrainer(Trainer):
                 )
             if isinstance(eval_dataset, PairDataset):
                 eval_dataset = CachedPairDataset.build(model, eval_dataset.pairs, cache, pad_token_id, "eval")
-        if isinstance(train_dataset, CachedPairDataset):
+        cached = {
+            isinstance(data, CachedPairDataset) for data in (train_dataset, eval_dataset) if data is not None
+        }
+        if len(cached) > 1:
+            raise ValueError(
+                "train_dataset and eval_dataset must both be backbone states (CachedPairDataset) or both not"
+            )
+        if cached == {True}:
             collator = CachedStatesCollator()
         if model_args is not None and model_args.use_peft:
             model = apply_lora(model, model_args)
@@ -189,7 +206,13 @@ class VRMTrainer(Trainer):
             processing_class=processing_class,
             **kwargs,
         )
-        if (args.fsdp or args.deepspeed) and not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        if sharded and hasattr(self.model, "peft_config") and model_args is None:
+            raise ValueError(
+                "a LoRA model under FSDP / DeepSpeed is saved by rebuilding it from its ModelArguments: pass "
+                "`model` as a name or a ModelArguments"
+            )
+        if (args.fsdp or args.deepspeed) and not sharded:
             logger.warning(
                 "FSDP / DeepSpeed were asked for but accelerate did not enable them (they need GPUs)"
             )
@@ -201,6 +224,7 @@ class VRMTrainer(Trainer):
         }
         self._last_eval_metrics: dict[str, float] = {}
         self.eval_metrics: dict[str, float] = {}  # of the last `evaluate()`, for the model card
+        self.train_metrics: dict[str, float] = {}  # of the last `train()`, for the model card
         # (optimizer step, micro-batch within it) of the last bootstrap draw
         self._bootstrap_position = (-1, 0)
 
@@ -210,7 +234,9 @@ class VRMTrainer(Trainer):
         if resume_from_checkpoint is None:
             resume_from_checkpoint = self.args.resume_from_checkpoint
         resume = resolve_resume(self.args.output_dir, resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume, **kwargs)
+        output = super().train(resume_from_checkpoint=resume, **kwargs)
+        self.train_metrics = dict(output.metrics)
+        return output
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """The final model, crash-safe (`vrm.training.checkpoints`): weights (LoRA merged unless
@@ -227,9 +253,8 @@ class VRMTrainer(Trainer):
                 self.model, self.processing_class, output_dir, self.args.merge_lora_on_save, self.tokenization
             )
         if self.is_world_process_zero():
-            train_metrics = next((e for e in reversed(self.state.log_history) if "train_runtime" in e), {})
             base = self.model_args.model_name_or_path if self.model_args else self._base_name()
-            write_training_outputs(self, output_dir, base, train_metrics, self.eval_metrics)
+            write_training_outputs(self, output_dir, base, self.train_metrics, self.eval_metrics)
         self.accelerator.wait_for_everyone()
 
     def _base_name(self) -> str:

@@ -91,10 +91,15 @@ def test_sharded_final_save_writes_a_loadable_merged_model(tmp_path, llama_backb
     assert not os.path.exists(os.path.join(args.output_dir, ".final-gathered"))
 
 
-def _checkpoint(root, step, state: str | None):
+def _checkpoint(root, step, state: str | None, weights_cut: bool = False):
+    from safetensors.torch import save_file
+
     path = root / f"checkpoint-{step}"
     path.mkdir(parents=True)
-    (path / "model.safetensors").write_bytes(b"x")
+    save_file({"weight": torch.zeros(64)}, str(path / "model.safetensors"))
+    if weights_cut:  # a full disk, or a copy cut short: the state was written, the weights were not whole
+        data = (path / "model.safetensors").read_bytes()
+        (path / "model.safetensors").write_bytes(data[: len(data) // 2])
     if state is not None:
         (path / "trainer_state.json").write_text(state)
     return str(path)
@@ -102,11 +107,14 @@ def _checkpoint(root, step, state: str | None):
 
 def test_resume_skips_checkpoints_cut_off_mid_write(tmp_path):
     good = _checkpoint(tmp_path, 2, json.dumps({"global_step": 2}))
+    _checkpoint(tmp_path, 8, json.dumps({"global_step": 8}), weights_cut=True)
     _checkpoint(tmp_path, 10, '{"global_step": 1')  # killed while writing the state
     _checkpoint(tmp_path, 12, None)  # killed before it
     assert resolve_resume(str(tmp_path), "true") == good
     with pytest.raises(ValueError, match=r"checkpoint-12: incomplete checkpoint"):
         resolve_resume(str(tmp_path), str(tmp_path / "checkpoint-12"))
+    with pytest.raises(ValueError, match=r"checkpoint-8: incomplete checkpoint"):
+        resolve_resume(str(tmp_path), str(tmp_path / "checkpoint-8"))
     shutil.rmtree(good)
     assert resolve_resume(str(tmp_path), "auto") is None  # nothing complete: start fresh
 
@@ -132,3 +140,23 @@ def test_resume_after_a_crash_mid_checkpoint(tmp_path, pairs_file, llama_backbon
         state = json.load(handle)
     assert state["global_step"] == 6
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [2, 4, 6]
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_error_naming_the_directory(
+    tmp_path, pairs_file, llama_backbone_dir, capsys, train_argv, monkeypatch
+):
+    import transformers.modeling_utils
+
+    def full_disk(*args, **kwargs):
+        raise OSError(27, "File too large")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full_disk)
+    output = tmp_path / "run"
+    argv = train_argv(llama_backbone_dir, pairs_file, str(output), save_strategy="steps", save_steps=2)
+    assert main(["train", *argv]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"vrm train: error: {output}: writing the checkpoint of step 2"
+    )
+    assert "File too large" in errors[0] and "Traceback" not in err

@@ -12,9 +12,10 @@ import logging
 import os
 import re
 import shutil
+import zipfile
 
 from vrm.models.config import record_tokenization
-from vrm.models.integrity import check_finite_weights
+from vrm.models.integrity import check_finite_weights, check_weight_files
 from vrm.models.modeling import VRMForSequenceClassification
 from vrm.training.backbone import build_model
 
@@ -55,11 +56,18 @@ def save_final_model(
 
 def checkpoint_is_complete(path: str) -> bool:
     """`Trainer` writes `trainer_state.json` after the weights, optimizer and RNG states: a checkpoint without a
-    readable one was cut off while it was written."""
+    readable one was cut off while it was written. A readable state beside a truncated weights file (a full disk,
+    a copy cut short) is incomplete too: every `*.safetensors` file must have its full length and every torch
+    file (`optimizer.pt`, `rng_state.pth`, ...) its zip directory, which a torch file ends with."""
     try:
         with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as handle:
             json.load(handle)
-    except (OSError, ValueError):
+        check_weight_files(path)
+        for name in os.listdir(path):
+            if name.endswith((".pt", ".pth", ".bin")):
+                with zipfile.ZipFile(os.path.join(path, name)):
+                    pass
+    except (OSError, ValueError, zipfile.BadZipFile):  # ModelLoadError is a ValueError
         return False
     return True
 
@@ -79,7 +87,7 @@ def resolve_resume(output_dir: str, value: str | bool | None) -> str | None:
         for _, path in sorted(found, reverse=True):
             if checkpoint_is_complete(path):
                 return path
-            logger.warning("skipping %s: incomplete (no readable trainer_state.json)", path)
+            logger.warning("skipping %s: incomplete (cut off while it was written)", path)
             print(f"[vrm] skipping {path}: incomplete (cut off while it was written)", flush=True)
         logger.warning("no complete checkpoint in %s to resume from; starting fresh", output_dir)
         return None
@@ -87,7 +95,8 @@ def resolve_resume(output_dir: str, value: str | bool | None) -> str | None:
         raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint directory")
     if not checkpoint_is_complete(value):
         raise ValueError(
-            f"--resume_from_checkpoint {value}: incomplete checkpoint (no readable trainer_state.json)"
+            f"--resume_from_checkpoint {value}: incomplete checkpoint (no readable trainer_state.json, or a "
+            "truncated weights or optimizer file)"
         )
     return value
 

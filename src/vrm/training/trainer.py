@@ -29,7 +29,7 @@ from vrm.data.state_cache import CachedPairDataset, CachedStatesCollator, Embedd
 from vrm.data.tokenization import PreferenceTokenizer
 from vrm.models.config import record_tokenization
 from vrm.models.heads import LatentRewardHead
-from vrm.models.integrity import NonFiniteError
+from vrm.models.integrity import NonFiniteError, one_line
 from vrm.training.arguments import ModelArguments, VRMTrainingArguments
 from vrm.training.backbone import apply_lora, build_model, load_tokenizer
 from vrm.training.checkpoints import resolve_resume, save_final_model, save_sharded_final_model
@@ -237,6 +237,19 @@ class VRMTrainer(Trainer):
         output = super().train(resume_from_checkpoint=resume, **kwargs)
         self.train_metrics = dict(output.metrics)
         return output
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """`Trainer`'s checkpoint, with a failed write (a full disk, a file size limit) as one error naming the
+        output directory instead of a traceback; a checkpoint cut off this way is skipped on resume."""
+        from safetensors import SafetensorError
+
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, SafetensorError) as err:
+            raise OSError(
+                f"{self.args.output_dir}: writing the checkpoint of step {self.state.global_step} failed "
+                f"({one_line(err)}); free disk space and resume with --resume_from_checkpoint true"
+            ) from err
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """The final model, crash-safe (`vrm.training.checkpoints`): weights (LoRA merged unless

@@ -86,10 +86,11 @@ def test_flags_yaml_and_config_json_see_every_head_option(tmp_path, llama_backbo
             "concentration_min must be below concentration_max",
         ),
         ({"feature_logvar_max": float("nan")}, "feature_logvar_max must be a finite number"),
-        ({"num_eval_samples": 0}, "num_eval_samples must be an integer >= 1"),
-        ({"num_samples": 2.5}, "num_samples must be an integer >= 1"),
-        ({"decoder_hidden_size": -1}, "decoder_hidden_size must be an integer >= 0"),
+        ({"num_eval_samples": 0}, "num_eval_samples must be an integer from 1 to 65536"),
+        ({"num_samples": 2.5}, "num_samples must be an integer from 1 to 1024"),
+        ({"decoder_hidden_size": -1}, "decoder_hidden_size must be an integer from 0 to 65536"),
         ({"pooling": "max"}, "pooling must be one of"),
+        ({"ensemble_members": 1_000_000}, "ensemble_members must be an integer from 1 to 64"),
         ({"num_objectives": 2, "objective_names": ["a", "b", "c"]}, "objective_names has 3 names"),
     ],
 )
@@ -98,3 +99,21 @@ def test_a_head_option_out_of_range_is_refused_by_name(values, message):
         ModelArguments(model_name_or_path="backbone", **values)
     with pytest.raises(ValueError, match=message):
         VRMConfig(**values)
+
+
+def test_a_saved_config_asking_for_a_million_members_is_refused_when_scored(tmp_path, tiny_model):
+    """A config.json edited by hand fails in one line when loaded, instead of allocating heads until memory runs out."""
+    import json as json_module
+
+    from vrm.scoring import load_scorer
+
+    model, tokenizer, _ = tiny_model("llama_chat", head_type="bt")
+    directory = str(tmp_path / "model")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    config_path = tmp_path / "model" / "config.json"
+    config = json_module.loads(config_path.read_text())
+    config["ensemble_members"] = 1_000_000
+    config_path.write_text(json_module.dumps(config))
+    with pytest.raises(ValueError, match="ensemble_members must be an integer from 1 to 64"):
+        load_scorer(directory, device="cpu")

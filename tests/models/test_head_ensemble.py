@@ -163,7 +163,7 @@ def test_one_member_is_the_single_head_model(tiny_model):
 
 
 def test_bad_member_count_is_refused(tiny_model):
-    with pytest.raises(ValueError, match="ensemble_members must be an integer >= 1"):
+    with pytest.raises(ValueError, match="ensemble_members must be an integer from 1 to 64"):
         tiny_model("llama_chat", "bt", ensemble_members=0)
 
 

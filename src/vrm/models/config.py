@@ -38,6 +38,18 @@ POOLINGS = ("auto", "last", "mean", "cls")
 MIN_REWARD_SCALE = 1e-6  # a smaller reward_scale (degenerate reference rewards) blows rewards up
 
 
+# (option, lowest, highest): the highest values keep one head's tensors within memory; a config asking for
+# more (a million ensemble members, a million samples per pair) is refused by name, not left to hang
+INTEGER_RANGES = (
+    ("num_objectives", 1, 4096),
+    ("feature_dim", 1, 65536),
+    ("decoder_hidden_size", 0, 65536),
+    ("num_samples", 1, 1024),
+    ("num_eval_samples", 1, 65536),
+    ("ensemble_members", 1, 64),
+)
+
+
 @dataclass(kw_only=True)
 class HeadConfig:
     """The options of the reward head: the one definition that `VRMConfig` (saved in `config.json`) and
@@ -106,19 +118,12 @@ class HeadConfig:
             value = getattr(self, name)
             if value is not None and value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-        for name, low in (
-            ("num_objectives", 1),
-            ("feature_dim", 1),
-            ("decoder_hidden_size", 0),
-            ("num_samples", 1),
-            ("num_eval_samples", 1),
-            ("ensemble_members", 1),
-        ):
+        for name, low, high in INTEGER_RANGES:
             value = getattr(self, name)
             if value is None and name in ("num_objectives", "feature_dim"):
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
         for name in ("prior_concentration", "concentration_min", "concentration_max"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:

@@ -169,3 +169,24 @@ def test_a_path_names_the_model_and_a_dict_of_eval_sets_is_refused(tmp_path, lla
     assert trainer.model_args.model_name_or_path == llama_backbone_dir
     with pytest.raises(ValueError, match="one data set, not a dict"):
         VRMTrainer(model=Path(llama_backbone_dir), args=args, eval_dataset={"a": preference_rows(1)})
+
+
+@pytest.mark.parametrize("backbone", ["llama_backbone_dir", "bert_backbone_dir"])
+def test_shared_prompt_layout_names_rows_without_a_shared_prompt(tmp_path, backbone, request):
+    conversation = [{"role": "user", "content": "How do I fix a slow query?"}]
+    rows = [
+        {
+            "chosen": [
+                {"role": "user", "content": f"question {i}"},
+                {"role": "assistant", "content": "An index."},
+            ],
+            "rejected": [{"role": "user", "content": f"other {i}"}, {"role": "assistant", "content": "No."}],
+        }
+        for i in range(3)
+    ]
+    rows.append({"prompt": conversation, "chosen": "Add an index.", "rejected": "No."})  # this one shares one
+    args = arguments(tmp_path, pair_layout="shared_prompt", model_init_kwargs={"head_type": "bt"})
+    with pytest.raises(
+        ValueError, match=r"3 train rows have no prompt shared .*train dataset:0.*--pair_layout separate"
+    ):
+        VRMTrainer(model=request.getfixturevalue(backbone), args=args, train_dataset=rows)

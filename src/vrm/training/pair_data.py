@@ -120,6 +120,24 @@ def _reported(name: str, args, read) -> list[PreferenceExample]:
     return examples
 
 
+def check_shared_prompts(examples: Sequence[PreferenceExample], name: str) -> None:
+    """The shared-prompt layout reads one prompt for both responses: rows whose chosen and rejected share none
+    (conversations that differ from their first message) cannot be laid out so; name them and the way out."""
+    empty = [
+        e.location or f"{name} row {i}" for i, e in enumerate(examples) if not _text_of(e.prompt).strip()
+    ]
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise ValueError(
+            f"{len(empty)} {name} rows have no prompt shared by 'chosen' and 'rejected' ({shown}): the "
+            "shared_prompt pair layout needs one; give a 'prompt' column, or pass --pair_layout separate"
+        )
+
+
+def _text_of(prompt) -> str:
+    return prompt if isinstance(prompt, str) else "".join(str(m.get("content", "")) for m in prompt)
+
+
 def data_sources(examples: Sequence[PreferenceExample]) -> list[str]:
     """The files (or datasets) the examples came from, read off their locations (`file.jsonl:12` -> `file.jsonl`)."""
     return sorted({example.location.rsplit(":", 1)[0] for example in examples if example.location})

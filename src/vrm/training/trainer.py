@@ -37,6 +37,7 @@ from vrm.training.losses import beta_factor, bootstrap_weights, preference_loss
 from vrm.training.model_card import write_training_outputs
 from vrm.training.pair_data import (
     PairDataset,
+    check_shared_prompts,
     PreferenceData,
     data_sources,
     is_tokenized,
@@ -163,6 +164,9 @@ class VRMTrainer(Trainer):
         layout = layout_collator(args.pair_layout, base, pad_token_id, cached_states)
         if args.process_index == 0:
             print(f"[vrm] pair layout: {layout.name} ({layout.reason})", flush=True)
+        if layout.name == "shared_prompt":
+            for name, examples in (("train", train_examples), ("eval", eval_examples)):
+                check_shared_prompts(examples or (), name)
         # recorded now (checkpoints) and again by every final save
         self.tokenization = {**pref_tokenizer.settings(), "pair_layout": layout.name}
         record_tokenization(config, self.tokenization)

@@ -37,8 +37,8 @@ from vrm.training.losses import beta_factor, bootstrap_weights, preference_loss
 from vrm.training.model_card import write_training_outputs
 from vrm.training.pair_data import (
     PairDataset,
-    check_shared_prompts,
     PreferenceData,
+    check_shared_prompts,
     data_sources,
     is_tokenized,
     preference_examples,

@@ -190,3 +190,20 @@ def test_shared_prompt_layout_names_rows_without_a_shared_prompt(tmp_path, backb
         ValueError, match=r"3 train rows have no prompt shared .*train dataset:0.*--pair_layout separate"
     ):
         VRMTrainer(model=request.getfixturevalue(backbone), args=args, train_dataset=rows)
+
+
+def test_max_length_beyond_the_position_table_is_clamped_and_a_negative_one_refused(
+    tmp_path, bert_backbone_dir, capsys
+):
+    from vrm import RewardPipeline as Pipeline
+
+    args = arguments(tmp_path / "run", max_steps=1, max_length=10**12, model_init_kwargs={"head_type": "bt"})
+    trainer = VRMTrainer(model=bert_backbone_dir, args=args, train_dataset=preference_rows(1))
+    limit = trainer.model.max_positions
+    assert limit == 256 and trainer.args.max_length == limit  # the tiny BERT's position table
+    assert f"max_length 1000000000000 is above the backbone's {limit} positions" in capsys.readouterr().out
+    trainer.train()
+    trainer.save_model()
+    assert Pipeline.from_pretrained(str(tmp_path / "run"), device="cpu").template.max_length == limit
+    with pytest.raises(ValueError, match="--max_length must be a positive number of tokens, got -5"):
+        arguments(tmp_path, max_length=-5)

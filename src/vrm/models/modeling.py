@@ -59,6 +59,10 @@ class PairwiseRewardOutput(PairSamples):
     `chosen_states` and `rejected_states`): the samples and KL terms the negative ELBO of `vrm.training.losses` needs."""
 
 
+# names transformers gives learned position-embedding tables (BERT / RoBERTa / DeBERTa, GPT-2, OPT / BART)
+POSITION_TABLES = ("position_embeddings", "wpe", "embed_positions")
+
+
 class VRMPreTrainedModel(PreTrainedModel):
     config_class = VRMConfig
     base_model_prefix = "backbone"
@@ -97,6 +101,17 @@ class VRMForSequenceClassification(VRMPreTrainedModel):
             "position_ids" in inspect.signature(self.backbone.forward).parameters
         )
         self.post_init()
+
+    @property
+    def max_positions(self) -> int | None:
+        """How many token positions the backbone has a learned embedding for (BERT's 512, RoBERTa's 514 less its
+        padding offset), or None where positions are computed (rotary, ALiBi): a longer sequence indexes past the
+        table, so `max_length` must not exceed it."""
+        for name, module in self.backbone.named_modules():
+            if isinstance(module, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in POSITION_TABLES:
+                offset = 0 if module.padding_idx is None else module.padding_idx + 1
+                return module.num_embeddings - offset
+        return None
 
     # ----- construction ---------------------------------------------------------------------------------------
     @classmethod

@@ -318,6 +318,10 @@ class VRMTrainingArguments(TrainingArguments):
         """Settings of the objective that would silently do nothing (or nonsense) are errors, before any data is
         read or model loaded."""
         attribute_names = self.attribute_names or ()
+        for name in ("max_length", "max_prompt_length"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"--{name} must be a positive number of tokens, got {value!r}")
         if self.attribute_target not in ATTRIBUTE_TARGETS:
             raise ValueError(
                 f"--attribute_target must be one of {ATTRIBUTE_TARGETS}, got {self.attribute_target!r}"

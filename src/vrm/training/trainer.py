@@ -159,6 +159,12 @@ class VRMTrainer(Trainer):
                 f"{len(attribute_names)} attribute_names but only {config.num_objectives} objectives"
             )
 
+        limit = base.max_positions
+        if limit is not None and args.max_length > limit:
+            print(
+                f"[vrm] max_length {args.max_length} is above the backbone's {limit} positions: using {limit}"
+            )
+            args.max_length = limit
         pref_tokenizer = PreferenceTokenizer.from_arguments(processing_class, args, bool(config.is_causal))
         pad_token_id = pref_tokenizer.tokenizer.pad_token_id
         layout = layout_collator(args.pair_layout, base, pad_token_id, cached_states)

@@ -193,6 +193,7 @@ def test_files_load_with_ratings_and_corrections(source, tmp_path):
             ":1: field 'feedback.errors[0].error type'",
         ),
         (2, {"passages": "text"}, ":2: field 'passages'"),
+        (3, {"question": "why\ud800?"}, ":3: 'question' is not valid Unicode text (lone surrogate"),
     ],
 )
 def test_malformed_row_names_file_line_field(tmp_path, line, change, message):

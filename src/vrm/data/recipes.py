@@ -55,7 +55,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from vrm.data.files import DataFormatError, atomic_output, read_records, write_json
+from vrm.data.files import DataFormatError, atomic_output, check_text, read_records, write_json
 
 ERROR_TYPES = {
     "Irrelevant": "irrelevant",
@@ -83,7 +83,7 @@ def _text(row: dict[str, Any], location: str, field: str) -> str:
     value = row[field]
     if not isinstance(value, str) or not value.strip():
         raise _field_error(location, field, f"expected non-empty text, got {value!r:.60}")
-    return value
+    return check_text(value, location, field)  # a lone surrogate fails the output file's UTF-8 otherwise
 
 
 def _errors(row: dict[str, Any], location: str) -> list[tuple[str, int, int]]:

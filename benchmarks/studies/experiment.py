@@ -142,6 +142,8 @@ def score_sets(
         examples = load_preferences(path, split="test")
         if subsets is not None:
             examples = [e for e in examples if e.subset in subsets]
+            if not examples:
+                raise ValueError(f"{path}: no pairs of the eval_subsets {list(subsets)} in the {name} set")
         pairs, _ = scorer.template.tokenize_pairs(examples)
         chosen, rejected = score_pairs(
             scorer.model,

@@ -216,3 +216,23 @@ def test_committed_reports_regenerate_from_their_runs(tmp_path, name):
     assert json.loads((tmp_path / "report.json").read_text()) == json.loads(
         (RESULTS / name / "report.json").read_text()
     )
+
+
+def test_every_set_is_scored_whole_whatever_the_validation_sets_subsets(tmp_path, tiny_model, write_pairs):
+    """Each set keeps all its pairs: a test set whose subsets the validation set lacks, and sets without a
+    subset column at all, are scored whole (unless `eval_subsets` asks otherwise)."""
+    from benchmarks.studies.experiment import score_sets
+
+    model, tokenizer, _ = tiny_model("llama_chat", head_type="bt")
+    model_dir = str(tmp_path / "model")
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    rows = [{"prompt": f"q{i}?", "chosen": "a good answer", "rejected": "no"} for i in range(8)]
+    validation = write_pairs(str(tmp_path / "val.jsonl"), [{**row, "subset": "a"} for row in rows[:4]])
+    test = write_pairs(str(tmp_path / "test.jsonl"), [{**row, "subset": "b"} for row in rows])
+    plain = write_pairs(str(tmp_path / "plain.jsonl"), rows)
+    scored = score_sets(model_dir, {"validation": validation, "test": test, "plain": plain}, None)
+    assert {name: result.pairs for name, result in scored.items()} == {"validation": 4, "test": 8, "plain": 8}
+    assert score_sets(model_dir, {"validation": validation}, None, subsets=["a"])["validation"].pairs == 4
+    with pytest.raises(ValueError, match=r"test.jsonl: no pairs of the eval_subsets \['a'\] in the test set"):
+        score_sets(model_dir, {"test": test}, None, subsets=["a"])

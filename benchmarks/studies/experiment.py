@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.studies.report import markdown_table, write_report
-from benchmarks.studies.spec import RunSpec, grid_points, read_yaml_config
+from benchmarks.studies.report import markdown_table, run_main, write_report
+from benchmarks.studies.spec import RunSpec, check_name, grid_points, read_yaml_config
 from benchmarks.studies.stats import mean_std, pair_correctness, paired_p_value, sample_std
 from benchmarks.studies.training import train_run
 from vrm.data.files import write_json
@@ -79,9 +79,22 @@ class ExperimentConfig:
         return grid_points(self.grid)
 
 
+# options each run gets from the runner (its data, seed, output and cache), never from the YAML
+RUNNER_OPTIONS = frozenset(
+    {"model_name_or_path", "dataset_name", "eval_dataset_name", "output_dir", "seed", "embedding_cache"}
+)
+
+
 def load_experiment(path: str) -> ExperimentConfig:
     """Read and check an experiment YAML; errors name the file and the field."""
     config = read_yaml_config(path, ExperimentConfig, "experiment")
+    check_name(config.name, "name", path)
+    for variant in config.variants:
+        check_name(variant, "variant", path)
+    for where, options in [("common", config.common), ("grid", config.grid), *config.variants.items()]:
+        owned = sorted(set(options) & RUNNER_OPTIONS)
+        if owned:
+            raise ValueError(f"{path}: {where} sets {owned}, which the runner sets for each run")
     if config.baseline not in config.variants:
         raise ValueError(
             f"{path}: baseline {config.baseline!r} is not one of the variants {list(config.variants)}"
@@ -388,4 +401,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main, MODULE))

@@ -59,3 +59,15 @@ def write_report(report: Mapping[str, Any], markdown: str, directory: str, name:
     """`<directory>/<name>.json` and `<directory>/<name>.md`."""
     write_json(report, os.path.join(directory, f"{name}.json"))
     write_markdown(markdown, os.path.join(directory, f"{name}.md"))
+
+
+def run_main(main, module: str) -> int:
+    """A study's `main()`, with a bad file, option or value as one line `python -m MODULE: error: ...` and exit 1
+    instead of a traceback."""
+    import sys
+
+    try:
+        return main()
+    except (OSError, ValueError) as err:
+        print(f"python -m {module}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1

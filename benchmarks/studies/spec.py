@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -57,11 +58,16 @@ def config_fields(kind: type) -> set[str]:
 
 
 def read_yaml_config(path: str, kind: type[Config], what: str) -> Config:
-    """The dataclass `kind` from a YAML mapping; unknown or missing fields are errors naming the file."""
+    """The dataclass `kind` from a YAML mapping, validated against its field types (pydantic): a malformed file,
+    an unknown or missing field, or a value of the wrong type is one `ValueError` naming the file and the field."""
+    import pydantic
     import yaml
 
-    with open(path, encoding="utf-8") as handle:
-        values = yaml.safe_load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle)
+    except yaml.YAMLError as err:  # syntax errors and tags safe_load refuses (`!!python/object/apply`, ...)
+        raise ValueError(f"{path}: not a valid {what} YAML file ({' '.join(str(err).split())})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of {what} fields")
     known = config_fields(kind)
@@ -69,6 +75,23 @@ def read_yaml_config(path: str, kind: type[Config], what: str) -> Config:
     if unknown:
         raise ValueError(f"{path}: unknown fields {unknown} (known: {sorted(known)})")
     try:
-        return kind(**values)
-    except TypeError as err:
-        raise ValueError(f"{path}: {err}") from None
+        return pydantic.TypeAdapter(kind).validate_python(values)
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise ValueError(
+            f"{path}: field '{where}': {first['msg']} (got {first.get('input')!r:.80})"
+        ) from None
+
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def check_name(name: str, what: str, path: str) -> str:
+    """A name that becomes a file or directory name: letters, digits and `_.+-`, not starting with a dot, so that
+    nothing is written (or later deleted) outside the results and work directories."""
+    if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"{path}: {what} {name!r} must be a plain name (letters, digits, _ . + -; no / or ..)"
+        )
+    return name

@@ -123,6 +123,41 @@ def test_experiment_files_are_checked(tmp_path):
         load_experiment(str(path))
 
 
+VALID = (
+    "name: x\nbackbone: b\ntrain: t\nvalidation: v\ntest: {t: t.jsonl}\nvariants: {bt: {}}\nbaseline: bt\n"
+)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: [unclosed\n", "not a valid experiment YAML file"),
+        ("!!python/object/apply:os.system ['echo owned']\n", "not a valid experiment YAML file"),
+        (VALID + "common: 5\n", "field 'common'"),
+        (VALID + "grid: {learning_rate: 0.001}\n", "field 'grid.learning_rate'"),
+        (VALID.replace("variants: {bt: {}}", "variants: [bt, vrm]"), "field 'variants'"),
+        (VALID + "seeds: ab\n", "field 'seeds'"),
+        (VALID.replace("name: x", "name: /abs/path"), "name '/abs/path' must be a plain name"),
+        (VALID.replace("name: x", "name: ../../x"), "name '../../x' must be a plain name"),
+        (
+            VALID.replace("variants: {bt: {}}", "variants: {bt: {}, ../../../x: {}}"),
+            "variant '../../../x' must be a plain name",
+        ),
+        (
+            VALID + "common: {output_dir: /tmp/elsewhere}\n",
+            "common sets \\['output_dir'\\], which the runner sets",
+        ),
+    ],
+)
+def test_a_malformed_or_hostile_experiment_file_is_one_error_naming_it(tmp_path, text, message):
+    path = tmp_path / "e.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as refused:
+        load_experiment(str(path))
+    assert str(refused.value).startswith(str(path)) and "\n" not in str(refused.value)
+    assert sorted(os.listdir(tmp_path)) == ["e.yaml"]  # nothing written, nowhere
+
+
 def test_a_real_experiment_trains_scores_and_reports(tmp_path, llama_backbone_dir, write_pairs):
     """Two variants on a tiny backbone trained through `VRMTrainer`; models are deleted once scored."""
     rows = [

@@ -19,7 +19,7 @@ from benchmarks.studies.overoptimization.runner import (
     read_runs,
     run_study,
 )
-from benchmarks.studies.report import command_line, machine, write_report
+from benchmarks.studies.report import command_line, machine, run_main, write_report
 from vrm.data.files import write_json
 
 MODULE = "benchmarks.studies.overoptimization"
@@ -94,4 +94,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, MODULE))

@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 
-from benchmarks.studies.report import command_line
+from benchmarks.studies.report import command_line, run_main
 from benchmarks.studies.spec import read_yaml_config
 
 from . import __doc__ as STUDY_DOC
@@ -163,4 +163,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, MODULE))

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from vrm.scoring.conservative import check_conservative_lambda, conservative_reward
+from vrm.scoring.conservative import NonFiniteRewardError, check_conservative_lambda, conservative_rewards
 from vrm.scoring.pipeline import RewardPipeline
 
 
@@ -35,7 +35,9 @@ class VRMRewardFunction:
     """A TRL reward function backed by a vrm checkpoint (or a ready `RewardPipeline`).
 
     Returns the (normalized) reward, or the conservative reward `reward - conservative_lambda * reward_std`
-    when `conservative_lambda > 0` (`vrm.scoring.conservative`; a negative or non-finite lambda is a `ValueError`).
+    when `conservative_lambda > 0` (`vrm.scoring.conservative`; a lambda that is not a number in [0, 1e6] is a
+    `ValueError`). A reward that is not finite (NaN or infinite, from a broken model) is never handed to the
+    trainer: the call raises a `ValueError` naming the completion.
     `device` / `dtype` default to `auto` (CUDA + bfloat16 when available, else CPU + float32; see `vrm.scoring.device`).
     """
 
@@ -62,5 +64,10 @@ class VRMRewardFunction:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         scores = self.pipeline.score(list(prompts), list(completions))
-        rewards = conservative_reward(scores.reward, scores.reward_std, self.conservative_lambda)
-        return [float(r) for r in rewards]
+        try:
+            return conservative_rewards(scores.reward, scores.reward_std, self.conservative_lambda)
+        except NonFiniteRewardError as err:
+            raise ValueError(
+                f"{self.__name__}: completions[{err.index}]: {err}; refusing to hand a non-finite reward to "
+                "the trainer"
+            ) from None

@@ -15,7 +15,7 @@ Endpoints (the OpenAPI schema is at `/openapi.json`, interactive docs at `/docs`
   model config is searched for). Padding tokens around the texts are stripped. The answer holds the same list
   as `rewards` and `scores`; it is the conservative reward `reward - lambda * reward_std` when the server runs
   with `--conservative_lambda lambda > 0`, else the plain reward. A request may set its own lambda with an
-  optional `"conservative_lambda": 0.5` field (a number >= 0, else 422; OpenRLHF never sends it).
+  optional `"conservative_lambda": 0.5` field (a JSON number in [0, 1e6], else 422; OpenRLHF never sends it).
 
       curl -s localhost:8000/get_reward -H 'Content-Type: application/json' \\
         -d '{"query": ["<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nHello!<|im_end|>\\n"]}'
@@ -39,14 +39,19 @@ requests take turns), then queued. A single worker builds forward batches from t
 over the requests, under `max_batch_size` rows and `max_batch_tokens` padded tokens, waiting up to
 `max_wait_ms` for others to join, and scores each in a worker thread (the event loop stays responsive).
 Limits (`ServerConfig`): body size (413 before parsing), items, characters and tokens per request (413), queue
-length (503 with `Retry-After`), time per request (503 with `Retry-After`), and uvicorn's keep-alive timeout and
-concurrency limit. Bad requests get a 4xx answer `{"detail": "..."}` that names the field and index at fault.
+length (503 with `Retry-After`), time per request (503 with `Retry-After`), time to send a request
+(`timeout_request_read`: 408), and uvicorn's keep-alive timeout and concurrency limit, which counts requests, not
+idle or half-open connections (`vrm.serving.connections`). Bad requests get a 4xx answer `{"detail": "..."}` that
+names the field and index at fault. No reward leaves the server unless it is finite: a NaN or infinite reward (or
+std, weight or objective score in `/score`) from the model answers 500 naming the item, and lambda is at most 1e6
+(`vrm.scoring.conservative`), so that `reward - lambda * reward_std` is finite for any finite reward and std.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,7 +68,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         f"vrm serve needs fastapi and uvicorn ({err}); install them with: pip install 'vrm[serve]'"
     ) from err
 
-from vrm.scoring.conservative import conservative_reward
+from vrm.scoring.conservative import NonFiniteRewardError, conservative_rewards
 from vrm.scoring.pipeline import RewardPipeline
 from vrm.scoring.scores import SequenceScores
 from vrm.serving.batching import BatcherStoppedError, DynamicBatcher, QueueFullError, pipeline_score_fn
@@ -88,7 +93,7 @@ from vrm.serving.requests import (
     text_size,
 )
 
-__all__ = ["DynamicBatcher", "ServerConfig", "build_app", "run_server"]
+__all__ = ["DynamicBatcher", "ServerConfig", "build_app", "run_server", "uvicorn_settings"]
 
 logger = logging.getLogger("vrm.serving.app")
 TOKENIZE_CHUNK_CHARS = 8192  # characters tokenized per turn of the tokenizing thread (whole items)
@@ -226,8 +231,18 @@ def build_app(
         except Exception as err:
             raise HTTPException(500, f"scoring failed: {type(err).__name__}: {err}") from err
 
+    def non_finite(label: str, err: NonFiniteRewardError) -> HTTPException:
+        """The answer for a reward that is not finite: never a 200 with a `null` (what JSON makes of NaN)."""
+        item = label.format(i=err.index)
+        if err.lambda_at_fault:  # the reward and std are finite: only lambda * std overflowed
+            return HTTPException(422, f"{item}: {err}; use a smaller conservative_lambda")
+        logger.error("the model gave %s a reward that is not finite: %s", item, err)
+        return HTTPException(
+            500, f"{item}: {err} (the model's output); no rewards are returned for this request"
+        )
+
     def request_lambda(requested: float | None) -> float:
-        """The request's conservative_lambda (validated >= 0 by the request model), else the server's."""
+        """The request's conservative_lambda (validated by the request model), else the server's."""
         return lam if requested is None else requested
 
     errors: dict[int | str, dict[str, Any]] = {
@@ -270,10 +285,12 @@ def build_app(
                     )
         sizes = [len(text) for text in texts]
         scores = await run("query[{i}]", lambda i: prepare_text(pipeline, texts[i], prompts[i], i), sizes)
-        reward = conservative_reward(
-            scores.reward, scores.reward_std, request_lambda(body.conservative_lambda)
-        )
-        values = [float(v) for v in reward.tolist()]
+        try:
+            values = conservative_rewards(
+                scores.reward, scores.reward_std, request_lambda(body.conservative_lambda)
+            )
+        except NonFiniteRewardError as err:
+            raise non_finite("query[{i}]", err) from None
         return GetRewardResponse(rewards=values, scores=values)
 
     @app.post("/score", response_model=ScoreResponse, response_model_exclude_none=True, responses=errors)
@@ -288,18 +305,33 @@ def build_app(
         label = "prompts[{i}] / responses[{i}]"
         scores = await run(label, lambda i: prepare_pair(pipeline, *pairs[i], i), sizes)
         pessimism = request_lambda(body.conservative_lambda)
+        try:
+            conservative = conservative_rewards(scores.reward, scores.reward_std, pessimism)
+        except NonFiniteRewardError as err:
+            raise non_finite(label, err) from None
         results = []
         for index in range(len(pairs)):
             reward, std = float(scores.reward[index]), float(scores.reward_std[index])
-            results.append(
-                ScoreResult(
-                    reward=reward,
-                    reward_std=std,
-                    objective_weights=scores.objective_weights[index].tolist(),
-                    objective_scores=scores.objective_scores[index].tolist(),
-                    conservative_reward=conservative_reward(reward, std, pessimism) if pessimism else None,
-                )
+            result = ScoreResult(
+                reward=reward,
+                reward_std=std,
+                objective_weights=scores.objective_weights[index].tolist(),
+                objective_scores=scores.objective_scores[index].tolist(),
+                conservative_reward=conservative[index] if pessimism else None,
             )
+            bad = [
+                f"{name}={value!r}"
+                for name in ("reward", "reward_std", "objective_weights", "objective_scores")
+                for value in ([getattr(result, name)] if name.startswith("reward") else getattr(result, name))
+                if not math.isfinite(value)
+            ]
+            if bad:
+                raise HTTPException(
+                    500,
+                    f"{label.format(i=index)}: the model's output is not finite ({', '.join(bad[:4])}); "
+                    "no results are returned for this request",
+                )
+            results.append(result)
         return ScoreResponse(results=results)
 
     return app
@@ -342,11 +374,19 @@ def run_server(
     )
     paths = [model_path] if isinstance(model_path, str) else list(model_path)
     app = build_app(pipeline, config, model_name=model_id or " + ".join(_model_id(path) for path in paths))
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        timeout_keep_alive=config.timeout_keep_alive,
-        limit_concurrency=config.limit_concurrency,
-    )
+    uvicorn.run(app, host=host, port=port, log_level=log_level, **uvicorn_settings(config))
+
+
+def uvicorn_settings(config: ServerConfig) -> dict[str, Any]:
+    """The keywords of `uvicorn.run` / `uvicorn.Config` for `config`: its keep-alive timeout and concurrency
+    limit, and the HTTP protocol that counts only requests against that limit and times out requests that are
+    not received in full within `timeout_request_read` (`vrm.serving.connections`)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from vrm.serving.connections import guarded_protocol
+
+    return {
+        "timeout_keep_alive": config.timeout_keep_alive,
+        "limit_concurrency": config.limit_concurrency,
+        "http": guarded_protocol(H11Protocol, config.timeout_request_read),
+    }

@@ -18,11 +18,12 @@ from typing import Annotated, Any
 import torch
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat
 
 from vrm.data.files import DataFormatError
 from vrm.data.rows import check_text_or_messages
 from vrm.models.pooling import PromptBoundaryError, find_prompt_end
+from vrm.scoring.conservative import MAX_CONSERVATIVE_LAMBDA, check_conservative_lambda
 from vrm.scoring.pipeline import RewardPipeline
 
 
@@ -80,20 +81,32 @@ class ServerConfig:
     limit_concurrency: int = field(
         default=128,
         metadata={
-            "help": "Most connections and tasks uvicorn serves at once; beyond it uvicorn answers 503."
+            "help": "Most requests served at once (received in full, not yet answered); beyond it uvicorn "
+            "answers 503. Idle, half-open and still-sending connections do not count: timeout_request_read "
+            "bounds those."
+        },
+    )
+    timeout_request_read: float = field(
+        default=30.0,
+        metadata={
+            "help": "Longest time, in seconds, a client may take to send one whole request (headers and body), "
+            "counted from its connection or from the first byte of a request on a kept-alive connection; "
+            "beyond it the connection gets 408 and is closed."
         },
     )
     conservative_lambda: float = field(
         default=0.0,
         metadata={
-            "help": "When > 0, results include reward - lambda * reward_std, and /get_reward returns it instead "
-            "of the plain reward."
+            "help": "When > 0 (at most 1e6), results include reward - lambda * reward_std, and /get_reward "
+            "returns it instead of the plain reward."
         },
     )
 
     def __post_init__(self) -> None:
-        for name in ("max_wait_ms", "request_timeout_s", "timeout_keep_alive", "conservative_lambda"):
-            # NaN passes every comparison below (and a NaN lambda would make every reward NaN)
+        # the one rule for lambda (a finite number in [0, 1e6]), as for each request's field
+        self.conservative_lambda = check_conservative_lambda(self.conservative_lambda)
+        for name in ("max_wait_ms", "request_timeout_s", "timeout_keep_alive", "timeout_request_read"):
+            # NaN passes every comparison below
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         positive = (
@@ -109,13 +122,11 @@ class ServerConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("request_timeout_s", "timeout_keep_alive"):
+        for name in ("request_timeout_s", "timeout_keep_alive", "timeout_request_read"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
-        if self.conservative_lambda < 0:
-            raise ValueError(f"conservative_lambda must be >= 0, got {self.conservative_lambda}")
         if (
             self.max_queue < self.max_items_per_request
         ):  # else such a request is refused whenever one is queued
@@ -138,14 +149,20 @@ class ChatMessage(BaseModel):
 Text = str | list[ChatMessage]
 
 
-# a request's lambda of the conservative reward (`vrm.scoring.conservative`), checked by pydantic: a bad one is a 422
+def _check_request_lambda(value: float | None) -> float | None:
+    return None if value is None else check_conservative_lambda(value)
+
+
+# a request's lambda of the conservative reward (`vrm.scoring.conservative`): a JSON number (strict: not a string
+# such as "0.5", not true/false; an integer such as 1 is fine) that passes `check_conservative_lambda`, the one
+# rule for lambda (finite, in [0, 1e6]); anything else is a 422 naming the field
 ConservativeLambda = Annotated[
-    float | None,
+    StrictFloat | None,
+    AfterValidator(_check_request_lambda),
     Field(
-        ge=0,
-        allow_inf_nan=False,
-        description="This request's lambda of `reward - lambda * reward_std` (a number >= 0; "
-        "default: the server's --conservative_lambda).",
+        description="This request's lambda of `reward - lambda * reward_std` (a JSON number in "
+        f"[0, {MAX_CONSERVATIVE_LAMBDA:g}]; default: the server's --conservative_lambda).",
+        json_schema_extra={"minimum": 0, "maximum": MAX_CONSERVATIVE_LAMBDA},
     ),
 ]
 

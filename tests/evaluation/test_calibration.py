@@ -83,12 +83,10 @@ def saved_model(tmp_path, tiny_model):
 
 
 def test_calibrate_writes_the_temperature_and_every_load_path_reads_it(
-    tmp_path, saved_model, capsys, write_pairs
+    tmp_path, saved_model, capsys, oriented_validation
 ):
-    # a validation file where the model is over- or under-confident: both orders of every pair, repeated
-    rows = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in PAIRS]
-    rows += [{"prompt": p, "chosen": r, "rejected": c} for p, c, r in PAIRS[:2]]
-    validation = write_pairs(str(tmp_path / "validation.jsonl"), rows)
+    # 120 pairs on which the model ranks 70 % right with tiny margins: it is under-confident, T < 1
+    validation = oriented_validation(saved_model, str(tmp_path / "validation.jsonl"), right=14, wrong=6)
     with open(f"{saved_model}/config.json", encoding="utf-8") as handle:
         before = json.load(handle)
     assert before.get("calibration_temperature", 1.0) == 1.0
@@ -103,7 +101,7 @@ def test_calibrate_writes_the_temperature_and_every_load_path_reads_it(
     with open(f"{saved_model}/config.json", encoding="utf-8") as handle:
         after = json.load(handle)
     temperature = after["calibration_temperature"]
-    assert temperature == pytest.approx(dry.fit.temperature) and temperature != 1.0
+    assert temperature == pytest.approx(dry.fit.temperature) and 0.01 < temperature < 1.0
     assert {k: v for k, v in after.items() if k != "calibration_temperature"} == {
         k: v for k, v in before.items() if k != "calibration_temperature"
     }

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from vrm.data.files import finite_or_none
 from vrm.evaluation.report import (
     SCHEMA_VERSION,
     BestOfKMetrics,
@@ -129,7 +130,8 @@ def test_round_trip_keeps_every_key_and_types_each_convention(tmp_path):
     again = EvalReport.from_json(path)
     assert _same(again.to_dict(), report.to_dict())  # (NaN != NaN: dataclass == would not do)
     with open(path, encoding="utf-8") as handle:
-        assert _same(json.load(handle), original)  # the JSON users read is unchanged, key for key
+        # the JSON users read is unchanged, key for key, but strict: NaN is written as null
+        assert _same(json.load(handle), finite_or_none(original))
     assert _same(datasets["prefs.jsonl"].subsets["empty"].to_dict(), {"pairs": 0})  # absent stays absent
 
 

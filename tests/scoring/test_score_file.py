@@ -72,6 +72,28 @@ def test_interrupted_scoring_resumes_without_redoing_rows(tmp_path, pipeline, mo
     assert [w["id"] for w in read_jsonl(output)] == list(range(10))
 
 
+def test_a_full_disk_is_an_error_naming_the_output_and_the_rows_written(tmp_path, pipeline, monkeypatch):
+    path, _ = rows_file(tmp_path)
+    output = str(tmp_path / "out.jsonl")
+    syncs = []
+    real_fsync = os.fsync
+
+    def full_disk(descriptor):
+        syncs.append(descriptor)
+        if len(syncs) == 2:
+            raise OSError(27, "File too large")
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(
+        OSError, match=r"out\.jsonl: writing rows 4-6 failed \(File too large\); a rerun resumes"
+    ):
+        score_file(pipeline, path, output, chunk_size=3, progress=False)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert score_file(pipeline, path, output, chunk_size=3, progress=False)["rows"] == 10
+    assert [w["id"] for w in read_jsonl(output)] == list(range(10))
+
+
 def test_score_command_scores_a_file_and_names_a_bad_row(tmp_path, pipeline, capsys):
     model_dir = str(tmp_path / "model")
     pipeline.save_pretrained(model_dir)

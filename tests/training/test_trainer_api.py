@@ -201,7 +201,10 @@ def test_max_length_beyond_the_position_table_is_clamped_and_a_negative_one_refu
     trainer = VRMTrainer(model=bert_backbone_dir, args=args, train_dataset=preference_rows(1))
     limit = trainer.model.max_positions
     assert limit == 256 and trainer.args.max_length == limit  # the tiny BERT's position table
-    assert f"max_length 1000000000000 is above the backbone's {limit} positions" in capsys.readouterr().out
+    assert (
+        f"max_length 1000000000000 is more than the backbone's {limit} positions: inputs are cut to {limit}"
+        in capsys.readouterr().out
+    )
     trainer.train()
     trainer.save_model()
     assert Pipeline.from_pretrained(str(tmp_path / "run"), device="cpu").template.max_length == limit

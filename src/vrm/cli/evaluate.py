@@ -36,7 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="Seed of --sample (the same seed, the same rows)."
     )
-    parser.add_argument("--max_length", type=int, default=None, help="Override the training max_length.")
+    parser.add_argument(
+        "--max_length",
+        type=int,
+        default=None,
+        help="Override the training max_length (cut to the backbone's max_position_embeddings).",
+    )
     parser.add_argument("--plots", default=None, help="Write a reliability diagram and weight heatmaps here.")
     parser.add_argument("--markdown", default=None, help="Write a side-by-side markdown summary here.")
     parser.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
@@ -49,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.max_length is not None and args.max_length < 1:
+        args.parser.error(f"--max_length must be >= 1 (tokens), got {args.max_length}")
     check_device(args)
     if args.ensemble and len(args.model) < 2:
         args.parser.error("--ensemble needs at least two --model (the models of the deep ensemble)")

@@ -17,6 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="jsonl output (resumed if it exists).")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--chunk_size", type=int, default=256, help="Rows written (and fsync'ed) at a time.")
+    parser.add_argument(
+        "--max_length",
+        type=int,
+        default=None,
+        help="Override the training max_length (cut to the backbone's max_position_embeddings).",
+    )
     parser.add_argument("--prompt_column", default="prompt")
     parser.add_argument("--response_column", default="response")
     parser.add_argument("--conservative_lambda", type=float, default=0.0, help="Also write reward - l * std.")
@@ -31,11 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.max_length is not None and args.max_length < 1:
+        args.parser.error(f"--max_length must be >= 1 (tokens), got {args.max_length}")
     check_device(args)
     paths = model_paths(args.parser, args)
     from vrm.scoring.loading import load_scorer
     from vrm.scoring.score_file import score_file
 
+    lengths = {"max_length": args.max_length} if args.max_length else {}
     pipeline = load_scorer(
         paths,
         device=args.device,
@@ -44,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         normalize=not args.raw,
         conservative_lambda=args.conservative_lambda,
+        **lengths,
     )
     stats = score_file(
         pipeline,

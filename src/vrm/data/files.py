@@ -1,5 +1,8 @@
 """Files: crash-safe writing (results, caches and checkpoints appear whole or not at all) and reading rows.
 
+`write_json` writes strict JSON (non-finite floats become `null`, never the bare `NaN` / `Infinity` that
+strict parsers reject); `exclusive_lock` keeps a second process from writing an output another one is writing.
+
 `read_records` reads jsonl / json / parquet / csv rows (optionally gzip-compressed); whatever is wrong with a
 file (bad bytes, a truncated archive, broken quoting, deep nesting) is a one-line `DataFormatError` naming the
 file and line. `finite_number` and `check_text` check the values of fields.
@@ -8,6 +11,7 @@ file and line. `finite_number` and `check_text` check the values of fields.
 from __future__ import annotations
 
 import csv
+import errno
 import gzip
 import json
 import math
@@ -34,17 +38,102 @@ def atomic_output(path: str) -> Iterator[str]:
             os.remove(staging)
 
 
+def finite_or_none(data: Any) -> Any:
+    """`data` with every NaN or infinite float (inside dicts, lists and tuples) replaced by None.
+
+    JSON has no NaN: Python's `json` writes a bare `NaN`, which strict parsers (JavaScript's `JSON.parse`, jq,
+    Go, `json.loads(..., parse_constant=...)` refusing it) reject. A metric that is undefined (no pairs to
+    measure it on) is written as `null`; readers that expect a float map it back to NaN
+    (`vrm.evaluation.report`)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite_or_none(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite_or_none(value) for value in data]
+    return data
+
+
 def write_json(data: Any, path: str, indent: int | None = 2) -> None:
-    """Write JSON atomically (temporary file, then rename); `indent=None`: compact."""
+    """Write strict JSON atomically (temporary file, then rename); `indent=None`: compact.
+
+    Non-finite floats are written as `null` (`finite_or_none`), so the file parses under any JSON parser."""
+    text = json.dumps(
+        finite_or_none(data), indent=indent, separators=None if indent else (",", ":"), allow_nan=False
+    )
     with atomic_output(path) as staging, open(staging, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=indent, separators=None if indent else (",", ":"))
+        handle.write(text)
+
+
+class OutputLockedError(OSError):
+    """Another process (or thread) holds the lock of an output this one wants to write."""
+
+
+@contextmanager
+def exclusive_lock(path: str, what: str = "output") -> Iterator[str]:
+    """Hold an exclusive lock on `path + ".lock"` for the block; if another process holds it, raise an
+    `OutputLockedError` naming `path` at once (no waiting).
+
+    The lock is `fcntl.flock` on the lock file: the OS drops it when its holder exits, crashes or is killed,
+    so a stale lock file never blocks a later run. Locks belong to open files, so two threads of one process
+    exclude each other too. The lock file is removed when the block ends; a process that locked a lock file
+    just removed by its previous holder sees that it is no longer at `path + ".lock"` and locks the new one.
+    Where `fcntl` does not exist (Windows), no lock is taken.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield path + ".lock"
+        return
+    lock_path = path + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+    while True:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(descriptor)
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = _lock_holder(lock_path)
+            raise OutputLockedError(
+                f"{path}: another process{holder} is writing this {what} (it holds {lock_path}); wait for it "
+                f"to finish, or write to another {what}"
+            ) from None
+        try:
+            same = os.path.samestat(os.fstat(descriptor), os.stat(lock_path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(descriptor)  # the previous holder removed that file after we opened it: lock the new one
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode())
+        yield lock_path
+    finally:
+        try:
+            os.remove(lock_path)  # while still holding it: the next writer then re-checks, see above
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)  # releases the lock
+
+
+def _lock_holder(lock_path: str) -> str:
+    """The holder's process id as " (pid N)" from a lock file's content; "" when it holds none yet."""
+    try:
+        with open(lock_path, encoding="ascii") as handle:
+            pid = handle.read(32).strip()
+    except (OSError, ValueError):
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
 
 
 def write_jsonl(rows: Iterable[Any], path: str) -> None:
-    """Write one JSON value per line, atomically (temporary file, then rename)."""
+    """Write one JSON value per line, atomically (temporary file, then rename); NaN and infinities as `null`."""
     with atomic_output(path) as staging, open(staging, "w", encoding="utf-8") as handle:
         for row in rows:
-            handle.write(json.dumps(row) + "\n")
+            handle.write(json.dumps(finite_or_none(row), allow_nan=False) + "\n")
 
 
 # ----- reading rows -------------------------------------------------------------------------------------------

@@ -26,6 +26,23 @@ by minimising the negative log-likelihood of "chosen wins" over log T (`scipy.op
 bounded, so T stays positive). T > 1 softens over-confident probabilities, T < 1 sharpens timid ones; T = 1
 is the uncalibrated model. `vrm calibrate` (`vrm.evaluation.checkpoint_calibration`) stores it as the checkpoint config's
 `calibration_temperature`, which `vrm eval` applies.
+
+**When not to use a fit** (`temperature_problem`). A fitted T is only stored when the data determine it and it
+helps on pairs it was not fitted on:
+
+* at least `MIN_CALIBRATION_PAIRS` (100) pairs. One parameter fitted by maximum likelihood has a standard error
+  of 1 / sqrt(n I) in log T, where the Fisher information per pair I = E[x^2 p (1 - p)] (x the calibrated
+  logit, p = sigmoid(x)) is about 0.2 - 0.3 for the logits of a useful reward model (at most 0.44). With 100
+  pairs log T is known to about +-0.2 (T within about 20 %, one standard error), and the 10-bin ECE has
+  about 10 pairs per bin; with 8 pairs the error is +-0.7 (T off by a factor of 2) and a handful of
+  correctly ranked pairs is perfectly separable, so the NLL has no minimum at all (next point);
+* a minimum inside the search interval: a fit at a bound of `LOG_TEMPERATURE_BOUNDS` (T = 0.01 or 100)
+  means the NLL was still falling there (every pair ranked right: T -> 0; margins no better than chance:
+  T -> infinity), so the bound is an artefact of the interval, not an estimate;
+* a validation NLL no worse than T = 1's, both on the pairs it was fitted on and held out (`HELD_OUT_FOLDS`-fold
+  cross-validation: each fold scored with the T fitted on the other folds). In-sample the fitted T can only
+  improve the NLL (T = 1 is in the interval); held out, a T fitted to noise does worse than T = 1, and is then
+  not worth storing.
 """
 
 from __future__ import annotations
@@ -40,6 +57,9 @@ from vrm.evaluation.metrics import calibration
 
 PROBIT_SCALE = math.pi / 8.0  # lambda^2 of sigmoid(x) ~ Phi(lambda x)
 LOG_TEMPERATURE_BOUNDS = (-math.log(100.0), math.log(100.0))  # T in [0.01, 100]
+BOUND_TOLERANCE = 0.01  # a fitted log T this close to a bound is at the bound (T within 1 %)
+MIN_CALIBRATION_PAIRS = 100  # see the module docstring: log T to about +-0.2
+HELD_OUT_FOLDS = 5
 
 
 def _array(values) -> np.ndarray:
@@ -97,13 +117,43 @@ class TemperatureFit:
     nll_after: float
     ece_before: float
     ece_after: float
+    nll_held_out: float = math.nan  # cross-validated NLL of the fitted T (NaN: too few pairs to split)
+    at_bound: bool = False  # the minimum was not found inside LOG_TEMPERATURE_BOUNDS
+
+
+def _fit_log_temperature(base: np.ndarray) -> float:
+    """log T minimising the NLL of sigmoid(base / T) over `LOG_TEMPERATURE_BOUNDS` (bounded Brent; the NLL is
+    convex in 1/T, so unimodal in log T, and Brent finds its minimum or the bound it falls towards)."""
+    result = optimize.minimize_scalar(
+        lambda log_t: preference_nll(base * math.exp(-log_t)), bounds=LOG_TEMPERATURE_BOUNDS, method="bounded"
+    )
+    return float(result.x)
+
+
+def held_out_nll(base, folds: int = HELD_OUT_FOLDS, seed: int = 0) -> float:
+    """Cross-validated NLL of a fitted temperature: the pairs split into `folds` folds (a seeded shuffle),
+    each fold's NLL taken at the T fitted on the other folds (T = 1 where those have no information).
+    NaN with fewer than 2 pairs."""
+    base = _array(base)
+    folds = min(folds, base.size)
+    if folds < 2:
+        return math.nan
+    fold = np.empty(base.size, dtype=np.int64)
+    fold[np.random.default_rng(seed).permutation(base.size)] = np.arange(base.size) % folds
+    total = 0.0
+    for k in range(folds):
+        train, test = base[fold != k], base[fold == k]
+        log_t = _fit_log_temperature(train) if (train != 0).any() else 0.0
+        total += float(np.logaddexp(0.0, -test * math.exp(-log_t)).sum())
+    return total / base.size
 
 
 def fit_temperature(margin, std=None) -> TemperatureFit:
     """The T minimising the NLL of sigmoid(kappa(s) m / T) on validation pairs (chosen = true winner).
 
     Searched over log T in `LOG_TEMPERATURE_BOUNDS` (bounded Brent). Margins that are all 0 carry no
-    information about T and are refused.
+    information about T and are refused. The fit is returned whatever it is; `temperature_problem` says
+    whether it should be used (too few pairs, a fit at a bound, no better than T = 1 on held-out pairs).
     """
     base = predictive_logits(margin, std)
     if base.size == 0:
@@ -112,10 +162,9 @@ def fit_temperature(margin, std=None) -> TemperatureFit:
         raise ValueError("the validation margins hold NaN or infinite values: cannot fit a temperature")
     if not (base != 0).any():
         raise ValueError("every validation margin is 0 (the model ties all pairs): no temperature to fit")
-    result = optimize.minimize_scalar(
-        lambda log_t: preference_nll(base * math.exp(-log_t)), bounds=LOG_TEMPERATURE_BOUNDS, method="bounded"
-    )
-    temperature = float(math.exp(result.x))
+    log_t = _fit_log_temperature(base)
+    temperature = float(math.exp(log_t))
+    low, high = LOG_TEMPERATURE_BOUNDS
     return TemperatureFit(
         temperature=temperature,
         pairs=int(base.size),
@@ -123,7 +172,41 @@ def fit_temperature(margin, std=None) -> TemperatureFit:
         nll_after=preference_nll(base / temperature),
         ece_before=calibration(_sigmoid(base))["ece"],
         ece_after=calibration(_sigmoid(base / temperature))["ece"],
+        nll_held_out=held_out_nll(base),
+        at_bound=bool(log_t - low < BOUND_TOLERANCE or high - log_t < BOUND_TOLERANCE),
     )
+
+
+def temperature_problem(fit: TemperatureFit, min_pairs: int = MIN_CALIBRATION_PAIRS) -> str | None:
+    """Why `fit` must not be stored as a checkpoint's temperature (one line), or None when it may be.
+
+    In order: too few pairs; a fit at a bound of the search interval; a validation NLL worse than T = 1's
+    (on the fitted pairs, or held out). See the module docstring for the reasons and the minimum."""
+    if fit.pairs < min_pairs:
+        return (
+            f"{fit.pairs} validation pairs are too few to fit a temperature: at least {min_pairs} are needed "
+            f"(with fewer, T is uncertain by more than about 20 % and often runs to a bound)"
+        )
+    if fit.at_bound:
+        low, high = (math.exp(b) for b in LOG_TEMPERATURE_BOUNDS)
+        why = (
+            "the NLL keeps falling as T -> 0: the model ranks (nearly) every pair right, which leaves no "
+            "errors to calibrate against"
+            if fit.temperature < 1
+            else "the NLL keeps falling as T grows: the model's margins are no better than chance on these pairs"
+        )
+        return (
+            f"the fit ran to the bound T = {fit.temperature:.4g} of the search interval [{low:g}, {high:g}] ({why}): "
+            f"the {fit.pairs} pairs do not determine T"
+        )
+    if fit.nll_after > fit.nll_before or fit.nll_held_out > fit.nll_before:
+        worse = "on the fitted pairs" if fit.nll_after > fit.nll_before else "on held-out pairs"
+        nll = fit.nll_after if fit.nll_after > fit.nll_before else fit.nll_held_out
+        return (
+            f"T = {fit.temperature:.4g} gives a validation NLL {worse} of {nll:.4f}, worse than T = 1 "
+            f"({fit.nll_before:.4f}): the model is no better calibrated with it"
+        )
+    return None
 
 
 def predictive_calibration(margin, std=None, temperature: float = 1.0) -> dict:

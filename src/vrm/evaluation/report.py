@@ -15,11 +15,18 @@ does not know (a metric added by a newer writer) are kept in each record's `extr
 were, so adding a metric is one field with a default. Reports without `schema_version` (written before it
 existed) load as version 0: fields they lack take their defaults; a report of a newer schema is refused with a
 message naming the file.
+
+The file is strict JSON (`vrm.data.files.write_json`): a metric that is undefined (NaN, e.g.
+`accuracy_chosen_shorter` when no chosen answer is shorter) is written as `null` and read back as the NaN the
+dataclasses hold, so a report reads back as it was written. (A field that is None when not computed is left out
+of the file, so its `null` always means NaN; fields written as `null` on purpose, as RewardBench 2's `score`
+without all subsets, stay None.) Reports written before, with bare `NaN`, still read.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -74,11 +81,29 @@ class Record:
             if name not in values:
                 raise ReportFormatError(f"{where}: missing field '{name}'")
         known: dict[str, Any] = {}
+        float_fields = cls._float_fields()
         for name in names & values.keys():
             convert = nested.get(name)
-            known[name] = convert(values[name], f"{where}.{name}") if convert else values[name]
+            value = values[name]
+            if name in float_fields:
+                value = _nan_for_null(value, float_fields[name])
+            known[name] = convert(value, f"{where}.{name}") if convert else value
         extra = {k: v for k, v in values.items() if k not in names}
         return cls(**known, extra=extra)
+
+    @classmethod
+    def _float_fields(cls) -> dict[str, str]:
+        """{field: "float" | "container"} of the fields whose `null` in a file is a NaN written as strict JSON:
+        floats left out of the file while None, and dicts and lists of floats."""
+        out = {}
+        for f in fields(cls):
+            kind = str(f.type).replace(" ", "")
+            omitted = cls._omit_if_none is None or f.name in cls._omit_if_none
+            if kind.startswith("float") and omitted:
+                out[f.name] = "float"
+            elif kind.startswith(("dict[str,float]", "list[float]")):
+                out[f.name] = "container"
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -89,6 +114,17 @@ class Record:
                 continue
             out[f.name] = _plain(value)
         return {**out, **self.extra}
+
+
+def _nan_for_null(value: Any, kind: str) -> Any:
+    """A float field's `null` (or a `null` inside a dict or list of floats) as NaN; anything else unchanged."""
+    if kind == "float":
+        return math.nan if value is None else value
+    if isinstance(value, Mapping):
+        return {k: math.nan if v is None else v for k, v in value.items()}
+    if isinstance(value, list):
+        return [math.nan if v is None else v for v in value]
+    return value
 
 
 def _records(kind: type[Record]) -> Callable[[Any, str], Any]:

@@ -40,6 +40,14 @@ def split_conversation(
     return conversation[:-1], conversation[-1:]
 
 
+def position_limit(model) -> int | None:
+    """The most tokens the backbone(s) of `model` can read: `VRMForSequenceClassification.max_positions` (the
+    learned position table), the smallest over a deep ensemble's members; None where positions are computed."""
+    limits = [member.max_positions for member in getattr(model, "members", None) or [model]]
+    limits = [limit for limit in limits if limit is not None]
+    return min(limits) if limits else None
+
+
 class RewardPipeline:
     """Batched scoring of (prompt, response) pairs or whole conversations with a vrm checkpoint."""
 
@@ -56,6 +64,8 @@ class RewardPipeline:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_length is not None and (isinstance(max_length, bool) or max_length < 1):
+            raise ValueError(f"max_length must be a number of tokens >= 1, got {max_length!r}")
         self.model = model.eval()
         if isinstance(embedding_cache, str):
             embedding_cache = EmbeddingCache(embedding_cache, batch_size=batch_size)
@@ -66,6 +76,15 @@ class RewardPipeline:
         self.conservative_lambda = check_conservative_lambda(conservative_lambda)  # >= 0, finite
         overrides = {"max_length": max_length} if max_length else {}
         self.template = PreferenceTokenizer.from_model_config(tokenizer, model.config, **overrides)
+        limit = position_limit(model)
+        if limit is not None and self.template.max_length > limit:
+            # longer inputs would index past the backbone's position embeddings ("index 512 is out of bounds")
+            print(
+                f"[vrm] max_length {self.template.max_length} is more than the backbone's {limit} positions: "
+                f"inputs are cut to {limit} tokens",
+                flush=True,
+            )
+            self.template = PreferenceTokenizer.from_model_config(tokenizer, model.config, max_length=limit)
 
     @classmethod
     def from_pretrained(

@@ -3,6 +3,9 @@
 Each output line is the input row plus the fields of `RewardPipeline.result` (`reward`, `reward_std`, ...).
 The output is resumable: rows already written are not scored again, each chunk is flushed and fsync'ed, a torn
 last line is cut off, and `OUTPUT.manifest.json` (`vrm.scoring.manifest`) records what the output was scored from.
+One writer at a time: a run holds an exclusive lock (`OUTPUT.lock`, `vrm.data.files.exclusive_lock`) from before it
+looks at the output until it returns, so a second `vrm score` on the same output is refused instead of scoring
+the same rows again beside the first (duplicated rows, a manifest rewritten under the other's feet).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vrm.data.files import DataFormatError, read_records, write_json
+from vrm.data.files import DataFormatError, exclusive_lock, read_records, write_json
 from vrm.data.rows import check_text_or_messages
 from vrm.models.integrity import NonFiniteError
 from vrm.scoring.manifest import check_manifest, score_manifest
@@ -89,10 +92,37 @@ def score_file(
     partially written last line is discarded. `output_path + ".manifest.json"` records the input, the model
     and the settings; a run that does not match them refuses to add to the output (unless `overwrite`: the
     output is then scored again from scratch). Non-finite scores are an error, never written.
-    Returns {"rows", "skipped", "scored"}.
+    Only one run writes an output at a time: while one holds its lock (`output_path + ".lock"`, dropped by
+    the OS if the process dies), another is refused with an `OutputLockedError` (an `OSError`) before it reads,
+    truncates or records anything. Returns {"rows", "skipped", "scored"}.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    with exclusive_lock(output_path, "output"):
+        return _score_file_locked(
+            pipeline,
+            input_path,
+            output_path,
+            chunk_size=chunk_size,
+            prompt_column=prompt_column,
+            response_column=response_column,
+            progress=progress,
+            overwrite=overwrite,
+        )
+
+
+def _score_file_locked(
+    pipeline: RewardPipeline,
+    input_path: str,
+    output_path: str,
+    *,
+    chunk_size: int,
+    prompt_column: str,
+    response_column: str,
+    progress: bool,
+    overwrite: bool,
+) -> dict[str, int]:
+    """`score_file` once this process holds the output's lock."""
     rows = list(read_records(input_path))
     if not rows:
         raise DataFormatError(f"{input_path}: no rows to score")
@@ -140,7 +170,13 @@ def score_file(
                     raise DataFormatError(
                         f"{location}: holds NaN or infinite numbers, which a JSON output cannot carry"
                     ) from None
-            out.writelines(lines)
-            out.flush()
-            os.fsync(out.fileno())
+            try:
+                out.writelines(lines)
+                out.flush()
+                os.fsync(out.fileno())
+            except OSError as err:  # a full disk or a file size limit: the rows written so far stay whole
+                raise OSError(
+                    f"{output_path}: writing rows {start + 1}-{start + len(chunk)} failed ({err.strerror or err}); "
+                    "a rerun resumes after the last whole row written"
+                ) from err
     return {"rows": len(rows), "skipped": done, "scored": len(rows) - done}

@@ -162,7 +162,9 @@ class VRMTrainer(Trainer):
         limit = base.max_positions
         if limit is not None and args.max_length > limit:
             print(
-                f"[vrm] max_length {args.max_length} is above the backbone's {limit} positions: using {limit}"
+                f"[vrm] max_length {args.max_length} is more than the backbone's {limit} positions: "
+                f"inputs are cut to {limit} tokens",
+                flush=True,
             )
             args.max_length = limit
         pref_tokenizer = PreferenceTokenizer.from_arguments(processing_class, args, bool(config.is_causal))

@@ -158,6 +158,7 @@ def test_a_malformed_or_hostile_experiment_file_is_one_error_naming_it(tmp_path,
     assert sorted(os.listdir(tmp_path)) == ["e.yaml"]  # nothing written, nowhere
 
 
+@pytest.mark.slow
 def test_a_real_experiment_trains_scores_and_reports(tmp_path, llama_backbone_dir, write_pairs):
     """Two variants on a tiny backbone trained through `VRMTrainer`; models are deleted once scored."""
     rows = [
@@ -243,6 +244,7 @@ def test_committed_experiments_are_valid_train_arguments():
 
 
 @pytest.mark.parametrize("name", ["finegrained_qa_finetune_cpu", "encoder_layout"])
+@pytest.mark.slow
 def test_committed_reports_regenerate_from_their_runs(tmp_path, name):
     """`--report_only` rebuilds a committed report from its committed runs, number for number."""
     shutil.copytree(RESULTS / name / "runs", tmp_path / "runs")

@@ -230,6 +230,7 @@ def test_bootstrap_resample_reuses_the_cached_states(tmp_path, llama_backbone_di
     assert torch.allclose(prompt, expected_prompt, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_study_end_to_end_on_a_tiny_backbone(tmp_path, llama_backbone_dir, capsys):
     from benchmarks.studies.overoptimization.__main__ import main
     from vrm.data.synthetic import WorldConfig, write_world
@@ -301,6 +302,7 @@ def test_committed_studies_are_valid_train_arguments(monkeypatch):
             build_arguments(options)
 
 
+@pytest.mark.slow
 def test_committed_synthetic_report_regenerates_from_its_runs(tmp_path):
     """`--report_only` rebuilds the committed synthetic report from its runs/ and pool.json, number for number
     (the command line and the table alignment rows aside)."""

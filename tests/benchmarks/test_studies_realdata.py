@@ -191,6 +191,7 @@ def test_the_paired_test_over_test_pairs(tmp_path, fake_training):
     assert same["difference"] == 0 and same["p_value"] == 1.0
 
 
+@pytest.mark.slow
 def test_the_report_from_run_files_and_from_a_recorded_setting(tmp_path, fake_training, monkeypatch):
     monkeypatch.setattr(aggregate, "PERMUTATIONS", 999)  # p-values are tested above; here the tables
     root, results_dir, cfg = tmp_path / "runs", tmp_path / "results", StudyConfig()

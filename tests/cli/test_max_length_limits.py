@@ -74,6 +74,7 @@ def test_score_cuts_max_length_to_the_backbone_positions(tmp_path, bert_model_di
     assert "0 scored, 6 already in" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_calibrate_cuts_max_length_to_the_backbone_positions(tmp_path, bert_model_dir, write_pairs, capsys):
     data = long_pairs(tmp_path, bert_model_dir, write_pairs, repeats=1, right=14, wrong=6)
     argv = ["calibrate", "--model", bert_model_dir, "--dataset", data, "--no_progress", "--dry_run"]

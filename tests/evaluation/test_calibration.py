@@ -82,6 +82,7 @@ def saved_model(tmp_path, tiny_model):
     return directory
 
 
+@pytest.mark.slow
 def test_calibrate_writes_the_temperature_and_every_load_path_reads_it(
     tmp_path, saved_model, capsys, oriented_validation
 ):

@@ -112,6 +112,7 @@ def read_all(sock: socket.socket, limit_s: float) -> bytes:
     return data
 
 
+@pytest.mark.slow
 def test_requests_not_received_in_time_get_408_and_are_closed(pipeline, templated):
     query = templated(pipeline.tokenizer, "Hi", "Hello!")[0]
     with serving(pipeline, ServerConfig(timeout_request_read=1.0)) as url:
@@ -133,6 +134,7 @@ def test_requests_not_received_in_time_get_408_and_are_closed(pipeline, template
                 sock.close()
 
 
+@pytest.mark.slow
 def test_limit_concurrency_still_limits_requests_but_not_idle_connections(pipeline, templated):
     query = templated(pipeline.tokenizer, "Hi", "Hello!")[0]
     # limit 2; requests wait 1.5 s in the batcher for others to join, so two of them fill the limit

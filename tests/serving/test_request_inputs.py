@@ -257,6 +257,7 @@ def requests(draw) -> tuple[str, bytes]:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(request=requests())
+@pytest.mark.slow
 def test_fuzzed_requests_never_get_a_5xx(client, request):
     path, body = request
     response = client.post(path, content=body, headers=JSON)

@@ -80,7 +80,7 @@ def score_rows(tmp_path, name="rows.jsonl", count=6, offset=0):
 def test_a_zero_batch_or_chunk_size_is_a_one_line_error(
     tmp_path, pipeline, capsys, write_pairs, one_line_error
 ):
-    """Found by benchmarks/robustness.py: `--batch_size 0` was a ZeroDivisionError traceback (score, eval)."""
+    """Found by benchmarks/robustness/: `--batch_size 0` was a ZeroDivisionError traceback (score, eval)."""
     model_dir = _saved(tmp_path, pipeline)
     output = str(tmp_path / "o.jsonl")
     argv = ["score", "--model", model_dir, "--input", score_rows(tmp_path), "--output", output]

@@ -114,7 +114,7 @@ def test_subset_must_be_a_name():
 
 
 def test_the_benchmark_corpus_is_refused_with_the_messages_it_expects(tmp_path, tiny_model):
-    """`benchmarks/robustness.py` replays this corpus against the commands; in-process, each file and row must
+    """`benchmarks/robustness/` replays this corpus against the commands; in-process, each file and row must
     already give the error its pattern names (keeps the corpus and the messages in step)."""
     from bad_inputs import pool_files, preference_files, score_files
 

@@ -1,0 +1,455 @@
+"""The command-line corpus of the robustness benchmark: bad files, flags, models and runs for `vrm train`, `eval`,
+`score` and `bench bon` built from `tests/fixtures/bad_inputs.py`, each a `Case` of `harness.py`; the hostile
+runs (`hostile_runs.py`) join them in `cli_cases`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import bad_inputs  # tests/fixtures (on sys.path: benchmarks/robustness/__init__.py)
+
+from benchmarks.robustness.harness import Case, Step, subprocess_env, vrm
+
+TRAIN_FLAGS = {
+    "max_steps": 4,
+    "per_device_train_batch_size": 3,
+    "learning_rate": 1e-3,
+    "max_length": 1024,
+    "logging_steps": 2,
+    "save_strategy": "no",
+    "disable_tqdm": "true",
+    "num_objectives": 2,
+    "feature_dim": 4,
+    "report_to": "none",
+}
+EVAL_CASES = {  # preference files also replayed against `vrm eval`: what is correct besides a clear error
+    "margin-infinity": ((("accepted",)), ""),  # eval does not read margins
+    # eval skips an unusable row and names it ("N unusable row(s) skipped: FILE:LINE (reason)")
+    "surrogate-rejected": (("skipped",), r"x\.jsonl:2 \('rejected' is not valid Unicode"),
+    "chosen-number": (("skipped",), r"x\.jsonl:2 \('chosen'"),
+    "message-without-content": (("skipped",), r"x\.jsonl:2 \('prompt"),
+    "gz-not-gzip": ((), ""),
+    "json-nested-100k": ((), ""),
+    "csv-bad-quote": ((), ""),
+}
+TRAIN_DUPLICATES = {  # same code path as another train case: in-process only (tests/test_robustness.py)
+    "margin-neg-infinity",
+    "json-not-utf8",
+}
+QUICK = {  # the --quick corpus: a few of each kind
+    "train": {
+        "margin-nan",
+        "csv-extra-field",
+        "gz-truncated",
+        "jsonl-nested-100k",
+        "surrogate-chosen",
+        "subset-dict",
+    },
+    "eval": {"surrogate-rejected"},
+    "score": {"response-number", "message-content-5", "prompt-empty-message-list"},
+    "model": {"safetensors-half", "config-reward-scale-nan"},
+    "bon": {"bon-gold-nan"},
+    "flags": {"train-max-length-0"},
+}
+
+
+def train_argv(backbone: str, data: str, output: str, **overrides: Any) -> list[str]:
+    flags = {
+        "model_name_or_path": backbone,
+        "dataset_name": data,
+        "output_dir": output,
+        **TRAIN_FLAGS,
+        **overrides,
+    }
+    return [item for key, value in flags.items() for item in (f"--{key}", str(value))]
+
+
+def eval_metrics_finite(report: str) -> Callable[[subprocess.CompletedProcess], str | None]:
+    """The report's accuracy, margin and NLL are finite (its undefined metrics, e.g. an AUROC without
+    errors, are NaN by design)."""
+
+    def check(process: subprocess.CompletedProcess) -> str | None:
+        if process.returncode != 0 or not os.path.exists(report):
+            return None
+        with open(report) as handle:
+            datasets = json.load(handle).get("datasets", {})
+        for name, result in datasets.items():
+            overall = result.get("overall", {})
+            for key in ("accuracy", "mean_margin", "nll"):
+                value = overall.get(key)
+                if isinstance(value, float) and not math.isfinite(value):
+                    return f"{report}: {name} overall {key} = {value}"
+        return None
+
+    return check
+
+
+def no_model_saved(directory: str) -> Callable[[subprocess.CompletedProcess], str | None]:
+    def check(process: subprocess.CompletedProcess) -> str | None:
+        if process.returncode != 0 and os.path.exists(os.path.join(directory, "model.safetensors")):
+            return f"a refused run saved a model in {directory}"
+        return None
+
+    return check
+
+
+def no_rows_written(
+    path: str, before: bytes | None = None
+) -> Callable[[subprocess.CompletedProcess], str | None]:
+    def check(process: subprocess.CompletedProcess) -> str | None:
+        if process.returncode == 0:
+            return None
+        now = open(path, "rb").read() if os.path.exists(path) else None
+        if before is None and now:
+            return f"a refused run wrote {len(now.splitlines())} rows to {path}"
+        if before is not None and now != before:
+            return f"a refused run changed {path}"
+        return None
+
+    return check
+
+
+def corpus_cases(work: str, backbone: str, model: str, quick: bool) -> list[Case]:
+    """The corpus of issue 17 (bad files, rows, models, pools, flags, a foreign output, a half-written
+    checkpoint) and the controls."""
+    corpus = os.path.join(work, "corpus")
+    runs = os.path.join(work, "runs")
+    os.makedirs(runs, exist_ok=True)
+    pick = (lambda group, name: name in QUICK[group]) if quick else (lambda group, name: True)
+    good_pairs = bad_inputs.good_pairs_file().write(corpus)
+    good_rows = bad_inputs.good_score_file().write(corpus)
+    cases: list[Case] = []
+
+    for item in bad_inputs.preference_files():
+        if not pick("train", item.case) or item.case in TRAIN_DUPLICATES:
+            continue
+        output = os.path.join(runs, f"train-{item.case}")
+        argv = vrm("train", *train_argv(backbone, item.write(corpus), output), *item.args)
+        cases.append(
+            Case(
+                f"train:{item.case}",
+                "train",
+                [Step(argv, True)],
+                item.message,
+                also_ok=("accepted",) if item.also_accepted else (),
+                check=no_model_saved(output),
+                outputs=[output],
+            )
+        )
+    for item in bad_inputs.preference_files():
+        if item.case not in EVAL_CASES or not pick("eval", item.case):
+            continue
+        report = os.path.join(runs, f"eval-{item.case}.json")
+        argv = vrm(
+            "eval", "--model", model, "--dataset", item.write(corpus), "--output", report, "--no_progress"
+        )
+        cases.append(
+            Case(
+                f"eval:{item.case}",
+                "eval",
+                [Step(argv, True)],
+                item.message,
+                also_ok=EVAL_CASES[item.case][0],
+                skip_message=EVAL_CASES[item.case][1],
+                check=eval_metrics_finite(report),
+            )
+        )
+    for item in bad_inputs.score_files():
+        if not pick("score", item.case):
+            continue
+        output = os.path.join(runs, f"score-{item.case}.jsonl")
+        argv = vrm(
+            "score", "--model", model, "--input", item.write(corpus), "--output", output, "--no_progress"
+        )
+        cases.append(
+            Case(
+                f"score:{item.case}", "score", [Step(argv, True)], item.message, check=no_rows_written(output)
+            )
+        )
+    for corruption in bad_inputs.model_corruptions():
+        if not pick("model", corruption.case):
+            continue
+        broken = os.path.join(runs, f"model-{corruption.case}")
+
+        def prepare(broken: str = broken, corrupt: Callable[[str], None] = corruption.corrupt) -> None:
+            shutil.copytree(model, broken)
+            corrupt(broken)
+
+        output = os.path.join(runs, f"score-{corruption.case}.jsonl")
+        argv = vrm("score", "--model", broken, "--input", good_rows, "--output", output, "--no_progress")
+        cases.append(
+            Case(
+                f"score-model:{corruption.case}",
+                "model",
+                [Step(argv, True)],
+                corruption.message,
+                prepare=prepare,
+                check=no_rows_written(output),
+            )
+        )
+        if not quick and corruption.case in {"safetensors-half", "weights-nan", "config-reward-mean-inf"}:
+            broken_eval = broken + "-eval"
+
+            def prepare_eval(
+                broken: str = broken_eval, corrupt: Callable[[str], None] = corruption.corrupt
+            ) -> None:
+                shutil.copytree(model, broken)
+                corrupt(broken)
+
+            argv = vrm("eval", "--model", broken_eval, "--dataset", good_pairs, "--no_progress")
+            cases.append(
+                Case(
+                    f"eval-model:{corruption.case}",
+                    "model",
+                    [Step(argv, True)],
+                    corruption.message,
+                    prepare=prepare_eval,
+                )
+            )
+    for item in bad_inputs.pool_files():
+        if not pick("bon", item.case):
+            continue
+        output = os.path.join(runs, f"bon-{item.case}.json")
+        argv = vrm("bench", "bon", "--pool", item.write(corpus), "--proxy", model, "--gold_column", "gold")
+        argv += ["--output", output, "--no_progress"]
+
+        def check(process: subprocess.CompletedProcess, output: str = output) -> str | None:
+            return f"a refused run wrote {output}" if process.returncode and os.path.exists(output) else None
+
+        cases.append(Case(f"bon:{item.case}", "bon", [Step(argv, True)], item.message, check=check))
+
+    # bad flags
+    flag_cases = [
+        ("train-max-length-0", "train", {"max_length": 0}, r"max_length", False),
+        ("train-num-objectives-0", "train", {"num_objectives": 0}, r"num_objectives", False),
+        ("train-learning-rate-nan", "train", {"learning_rate": "nan"}, r"(?i)learning rate|nan", True),
+        (
+            "train-learning-rate-1e30",
+            "train",
+            {"learning_rate": 1e30},
+            r"(?i)loss became nan|non-finite",
+            True,
+        ),
+        # the head's options (`HeadConfig`): every field is a flag
+        ("train-concentration-min-0", "train", {"concentration_min": 0}, r"concentration_min", False),
+        (
+            "train-concentration-min-above-max",
+            "train",
+            {"concentration_min": 10, "concentration_max": 1},
+            r"concentration_min must be below concentration_max",
+            False,
+        ),
+        (
+            "train-feature-logvar-max-nan",
+            "train",
+            {"feature_logvar_max": "nan"},
+            r"feature_logvar_max",
+            False,
+        ),
+        ("train-num-eval-samples-0", "train", {"num_eval_samples": 0}, r"num_eval_samples", False),
+        ("train-pooling-unknown", "train", {"pooling": "max"}, r"pooling", False),
+        # a Python-API option given on the command line, where the model is built from flags: refused, not ignored
+        (
+            "train-model-init-kwargs",
+            "train",
+            {"model_init_kwargs": '{"head_type": "bt"}'},
+            r"model_init_kwargs",
+            False,
+        ),
+    ]
+    for name, _, overrides, message, either in flag_cases:
+        if not pick("flags", name):
+            continue
+        output = os.path.join(runs, name)
+        argv = vrm("train", *train_argv(backbone, good_pairs, output, **overrides))
+        cases.append(
+            Case(
+                name,
+                "flags",
+                [Step(argv, True)],
+                message,
+                also_ok=("accepted",) if either else (),
+                check=no_model_saved(output),
+                outputs=[output],
+            )
+        )
+    if not quick:
+        pool = bad_inputs.BadFile(
+            "good-pool", "pool.jsonl", b'{"prompt": "q", "responses": ["a", "b"], "gold": [0.1, 0.2]}\n', ""
+        )
+        score_to = ["--output", os.path.join(runs, "flags-score.jsonl"), "--no_progress"]
+        for name, argv in [
+            ("score-batch-size-0", vrm("score", "--model", model, "--input", good_rows, "--batch_size", "0")),
+            ("score-chunk-size-0", vrm("score", "--model", model, "--input", good_rows, "--chunk_size", "0")),
+            (
+                "eval-batch-size-0",
+                vrm("eval", "--model", model, "--dataset", good_pairs, "--batch_size", "0"),
+            ),
+            (
+                "bon-batch-size-0",
+                vrm(
+                    "bench",
+                    "bon",
+                    "--pool",
+                    pool.write(corpus),
+                    "--proxy",
+                    model,
+                    "--gold_column",
+                    "gold",
+                    "--n",
+                    "1",
+                    "2",
+                    "--batch_size",
+                    "0",
+                ),
+            ),
+        ]:
+            report = ["--output", os.path.join(runs, name + ".json"), "--no_progress"]
+            argv += score_to if name.startswith("score") else report
+            cases.append(Case(name, "flags", [Step(argv, True)], r"batch_size|chunk_size must be >= 1"))
+
+    # the sub-command parser: unknown commands and a missing benchmark are usage errors
+    for name, argv, message in [
+        ("cli-unknown-command", vrm("frobnicate"), r"invalid choice: 'frobnicate'"),
+        (
+            "cli-bench-without-benchmark",
+            vrm("bench"),
+            r"required: <benchmark>|the following arguments are required",
+        ),
+        (
+            "cli-eval-unknown-flag",
+            vrm("eval", "--model", model, "--dataset", good_pairs, "--bogus"),
+            r"--bogus",
+        ),
+    ]:
+        cases.append(Case(name, "flags", [Step(argv, True)], message))
+
+    # score into an output made from another input: must refuse and leave that output as it was
+    existing = os.path.join(runs, "score-existing.jsonl")
+    other = bad_inputs.BadFile(
+        "other-input", "rows.jsonl", open(good_rows, "rb").read().replace(b'"id": 0', b'"id": 100'), ""
+    ).write(corpus)
+    score_argv = vrm("score", "--model", model, "--output", existing, "--no_progress", "--input")
+    snapshot: dict[str, bytes] = {}
+
+    def score_first_input() -> None:
+        subprocess.run([*score_argv, good_rows], capture_output=True, timeout=600, env=subprocess_env())
+        snapshot["first"] = open(existing, "rb").read() if os.path.exists(existing) else b""
+
+    def unchanged(process: subprocess.CompletedProcess) -> str | None:
+        if not snapshot.get("first"):
+            return "setup: scoring the first input wrote nothing"
+        now = open(existing, "rb").read()
+        return (
+            None
+            if process.returncode == 0 or now == snapshot["first"]
+            else "the refused run changed the output"
+        )
+
+    cases.append(
+        Case(
+            "score:existing-output-from-another-input",
+            "score",
+            [Step([*score_argv, other], True)],
+            r"scored from another input",
+            prepare=score_first_input,
+            check=unchanged,
+        )
+    )
+
+    # resume after a half-written checkpoint: must skip it and resume from the newest complete one
+    resumed = os.path.join(runs, "resume")
+
+    def prepare_resume() -> None:
+        shutil.copytree(os.path.join(work, "model-run"), resumed)
+        os.remove(os.path.join(resumed, "checkpoint-4", "trainer_state.json"))  # killed while writing it
+        os.remove(os.path.join(resumed, "model.safetensors"))
+
+    def resumed_from_2(process: subprocess.CompletedProcess) -> str | None:
+        if process.returncode != 0:
+            return None
+        state_path = os.path.join(resumed, "checkpoint-6", "trainer_state.json")
+        if "skipping" not in process.stdout:
+            return "the half-written checkpoint-4 was not reported as skipped"
+        if not os.path.exists(state_path):
+            return "no checkpoint-6 after resuming"
+        with open(state_path) as handle:
+            state = json.load(handle)
+        steps = [entry["step"] for entry in state.get("log_history", []) if "loss" in entry]
+        return (
+            None if steps == [2, 4, 6] else f"logged steps {steps}, expected [2, 4, 6] (resumed from step 2)"
+        )
+
+    argv = train_argv(
+        backbone,
+        good_pairs,
+        resumed,
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=2,
+        resume_from_checkpoint="true",
+    )
+    cases.append(
+        Case(
+            "train:resume-after-half-written-checkpoint",
+            "train",
+            [Step(vrm("train", *argv), False)],
+            refuse=False,
+            prepare=prepare_resume,
+            check=resumed_from_2,
+            outputs=[resumed],
+        )
+    )
+
+    # controls: good inputs must be accepted with finite outputs
+    control = os.path.join(runs, "control-score.jsonl")
+    cases.append(
+        Case(
+            "control:score",
+            "control",
+            [
+                Step(
+                    vrm(
+                        "score", "--model", model, "--input", good_rows, "--output", control, "--no_progress"
+                    ),
+                    False,
+                )
+            ],
+            refuse=False,
+            outputs=[control],
+        )
+    )
+    report = os.path.join(runs, "control-eval.json")
+    cases.append(
+        Case(
+            "control:eval",
+            "control",
+            [
+                Step(
+                    vrm(
+                        "eval", "--model", model, "--dataset", good_pairs, "--output", report, "--no_progress"
+                    ),
+                    False,
+                )
+            ],
+            refuse=False,
+            check=eval_metrics_finite(report),
+        )
+    )
+    return cases
+
+
+def cli_cases(work: str, backbone: str, model: str, quick: bool) -> list[Case]:
+    """Every CLI case: the corpus (a few of each kind with `quick`), then the hostile runs (all of them)."""
+    from benchmarks.robustness.hostile_runs import hostile_cases  # builds on this module's helpers
+
+    cases = corpus_cases(work, backbone, model, quick)
+    controls = [case for case in cases if case.group == "control"]
+    others = [case for case in cases if case.group != "control"]
+    return others + hostile_cases(work, backbone, model, quick) + controls

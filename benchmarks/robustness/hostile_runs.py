@@ -1,0 +1,427 @@
+"""Hostile runs of the command line: what goes wrong around a command rather than in its input file.
+
+* `vrm serve --conservative_lambda 1e300` (one model; `--model A --model A --ensemble`): exit 2, one line, no
+  server started (a short timeout: a server that starts is a stall);
+* `vrm train --max_length -5` (a clear error) and `--max_length 1000000000000` (cut to the backbone's positions
+  with a printed line, or a clear error);
+* a model whose config.json asks for `ensemble_members: 1000000`: `vrm score` and `vrm eval` end with one line,
+  quickly;
+* resumes: after `checkpoint-4/model.safetensors` was cut to half its size (falls back to checkpoint-2 and says
+  it skipped checkpoint-4), and after a `kill -9` while checkpoints were being written (the final model loads);
+* a checkpoint write on a full disk (`ulimit -f`): exit != 0 with `vrm train: error: <output_dir>: writing the
+  checkpoint ...`;
+* hostile experiment YAML files for `python -m benchmarks.studies.experiment`: one line naming the file, nothing
+  written, no code run;
+* `vrm recipe finegrained-qa` on a row whose question holds a lone surrogate: one line naming file, line, field;
+* two `vrm score` runs into one output at once: one succeeds, the other names the output (its lock), no row
+  duplicated or lost;
+* `vrm eval --output R.json` where the chosen-shorter metrics are undefined: R.json is strict JSON (no NaN).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import bad_inputs  # tests/fixtures (on sys.path: benchmarks/robustness/__init__.py)
+
+from benchmarks.robustness.cli_cases import no_model_saved, no_rows_written, train_argv
+from benchmarks.robustness.harness import ROOT, Case, Step, free_port, vrm
+
+SERVE_TIMEOUT = 90.0  # a refused `vrm serve` exits in seconds; one that starts serving is a stall past this
+QUICK_LOAD_TIMEOUT = 120.0  # "quickly": a config asking for 1e6 heads must not allocate them first
+
+
+def hostile_cases(work: str, backbone: str, model: str, quick: bool) -> list[Case]:
+    corpus = os.path.join(work, "corpus")
+    runs = os.path.join(work, "runs")
+    os.makedirs(runs, exist_ok=True)
+    good_pairs = bad_inputs.good_pairs_file().write(corpus)
+    good_rows = bad_inputs.good_score_file().write(corpus)
+    return [
+        *serve_flag_cases(model),
+        *max_length_cases(backbone, good_pairs, runs),
+        *ensemble_members_cases(model, good_pairs, good_rows, runs),
+        resume_after_truncated_checkpoint(work, backbone, good_pairs, runs),
+        checkpoint_write_fails(work, backbone, good_pairs, runs),
+        resume_after_kill_9(backbone, good_pairs, runs),
+        *experiment_yaml_cases(runs),
+        recipe_surrogate_case(corpus, runs),
+        two_score_writers(model, corpus, runs),
+        strict_json_eval_report(model, corpus, runs),
+    ]
+
+
+# ----- flags ----------------------------------------------------------------------------------------------------
+def serve_flag_cases(model: str) -> list[Case]:
+    cases = []
+    for name, models in [
+        ("serve-conservative-lambda-1e300", ["--model", model]),
+        ("serve-conservative-lambda-1e300-ensemble", ["--model", model, "--model", model, "--ensemble"]),
+    ]:
+        argv = vrm("serve", *models, "--port", str(free_port()), "--conservative_lambda", "1e300")
+        cases.append(
+            Case(
+                name,
+                "flags",
+                [Step(argv, True, timeout=SERVE_TIMEOUT)],
+                r"conservative_lambda",
+                returncode=2,
+            )
+        )
+    return cases
+
+
+def max_length_cases(backbone: str, good_pairs: str, runs: str) -> list[Case]:
+    negative = os.path.join(runs, "train-max-length-negative")
+    huge = os.path.join(runs, "train-max-length-1e12")
+
+    def cut_with_a_line(process: subprocess.CompletedProcess) -> str | None:
+        """Exit 0 is fine (the pairs are short); whether a line said the length was cut is recorded: a backbone
+        with computed (rotary) positions, as the tiny llama-like one, has no position table to cut to."""
+        if process.returncode == 0:
+            line = re.search(r"\[vrm\] max_length 1000000000000 .*", process.stdout)
+            case.notes["printed_a_limit_line"] = line.group(0)[:200] if line else False
+        return None
+
+    case = Case(
+        "train-max-length-1e12",
+        "flags",
+        [Step(vrm("train", *train_argv(backbone, good_pairs, huge, max_length=1_000_000_000_000)), True)],
+        r"max_length",
+        also_ok=("accepted",),
+        check=cut_with_a_line,
+        outputs=[huge],
+    )
+    return [
+        Case(
+            "train-max-length-negative",
+            "flags",
+            [Step(vrm("train", *train_argv(backbone, good_pairs, negative, max_length=-5)), True)],
+            r"max_length",
+            check=no_model_saved(negative),
+            outputs=[negative],
+        ),
+        case,
+    ]
+
+
+# ----- a model asking for too much -------------------------------------------------------------------------------
+def ensemble_members_cases(model: str, good_pairs: str, good_rows: str, runs: str) -> list[Case]:
+    corruption = bad_inputs.ensemble_members_corruption()
+    cases = []
+    for command in ("score", "eval"):
+        broken = os.path.join(runs, f"model-{corruption.case}-{command}")
+
+        def prepare(broken: str = broken) -> None:
+            shutil.copytree(model, broken)
+            corruption.corrupt(broken)
+
+        if command == "score":
+            output = os.path.join(runs, f"score-{corruption.case}.jsonl")
+            argv = vrm("score", "--model", broken, "--input", good_rows, "--output", output, "--no_progress")
+            check = no_rows_written(output)
+        else:
+            output = os.path.join(runs, f"eval-{corruption.case}.json")
+            argv = vrm(
+                "eval", "--model", broken, "--dataset", good_pairs, "--output", output, "--no_progress"
+            )
+
+            def check(process: subprocess.CompletedProcess, output: str = output) -> str | None:
+                return (
+                    f"a refused run wrote {output}" if process.returncode and os.path.exists(output) else None
+                )
+
+        cases.append(
+            Case(
+                f"{command}-model:{corruption.case}",
+                "model",
+                [Step(argv, True, timeout=QUICK_LOAD_TIMEOUT)],
+                corruption.message,
+                prepare=prepare,
+                check=check,
+            )
+        )
+    return cases
+
+
+# ----- checkpoints: truncated, disk full, kill -9 ------------------------------------------------------------------
+def logged_steps(output_dir: str, checkpoint: str) -> list[int] | None:
+    path = os.path.join(output_dir, checkpoint, "trainer_state.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        state = json.load(handle)
+    return [entry["step"] for entry in state.get("log_history", []) if "loss" in entry]
+
+
+def resume_after_truncated_checkpoint(work: str, backbone: str, good_pairs: str, runs: str) -> Case:
+    """The control run (`--save_strategy steps --save_steps 2`, 4 steps) with `checkpoint-4/model.safetensors` cut
+    to half its size (a full disk, a copy cut short): resuming for 6 steps must fall back to checkpoint-2."""
+    resumed = os.path.join(runs, "resume-truncated")
+
+    def prepare() -> None:
+        shutil.copytree(os.path.join(work, "model-run"), resumed)
+        weights = os.path.join(resumed, "checkpoint-4", "model.safetensors")
+        size = os.path.getsize(weights)
+        with open(weights, "r+b") as handle:
+            handle.truncate(size // 2)
+        os.remove(os.path.join(resumed, "model.safetensors"))  # the final model of the first run
+
+    def resumed_from_2(process: subprocess.CompletedProcess) -> str | None:
+        if process.returncode != 0:
+            return None
+        if not re.search(r"skipping \S*checkpoint-4", process.stdout):
+            return "the truncated checkpoint-4 was not reported as skipped"
+        steps = logged_steps(resumed, "checkpoint-6")
+        if steps is None:
+            return "no checkpoint-6 after resuming"
+        return (
+            None if steps == [2, 4, 6] else f"logged steps {steps}, expected [2, 4, 6] (resumed from step 2)"
+        )
+
+    argv = train_argv(
+        backbone,
+        good_pairs,
+        resumed,
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=2,
+        resume_from_checkpoint="true",
+    )
+    return Case(
+        "train:resume-after-truncated-checkpoint-weights",
+        "train",
+        [Step(vrm("train", *argv), False)],
+        refuse=False,
+        prepare=prepare,
+        check=resumed_from_2,
+        outputs=[resumed],
+    )
+
+
+def checkpoint_write_fails(work: str, backbone: str, good_pairs: str, runs: str) -> Case:
+    """`vrm train --save_steps 1` under `ulimit -f` (in KiB) of half the model's weights: the first checkpoint
+    write fails (EFBIG: Python ignores SIGXFSZ) and the run must end with one line naming the output directory."""
+    output = os.path.join(runs, "train-disk-full")
+    argv = vrm("train", *train_argv(backbone, good_pairs, output, save_strategy="steps", save_steps=1))
+    limit = {"kib": 64}
+
+    def prepare() -> None:
+        weights = os.path.getsize(os.path.join(work, "model-run", "model.safetensors"))
+        limit["kib"] = max(1, weights // 2 // 1024)
+        step.argv[:] = ["bash", "-c", f'ulimit -S -f {limit["kib"]}; exec "$@"', "bash", *argv]
+
+    def no_final_model(process: subprocess.CompletedProcess) -> str | None:
+        if process.returncode != 0 and os.path.exists(os.path.join(output, "model.safetensors")):
+            return f"a failed run saved a model in {output}"
+        return None
+
+    step = Step(list(argv), True)
+    return Case(
+        "train:checkpoint-write-fails-disk-full",
+        "train",
+        [step],
+        re.escape(output) + r": writing the checkpoint",
+        prepare=prepare,
+        check=no_final_model,
+        surface="vrm train",
+    )
+
+
+def resume_after_kill_9(backbone: str, good_pairs: str, runs: str) -> Case:
+    """A run saving every step is killed (SIGKILL) as soon as its first checkpoint directory appears (while it is
+    written); `--resume_from_checkpoint true` must then finish (exit 0) and leave a final model that loads."""
+    output = os.path.join(runs, "train-kill-9")
+    flags = dict(max_steps=8, save_strategy="steps", save_steps=1)
+
+    def first_checkpoint() -> bool:
+        found = (
+            sorted(n for n in os.listdir(output) if n.startswith("checkpoint-"))
+            if os.path.isdir(output)
+            else []
+        )
+        if found:
+            case.notes["killed_with"] = found
+        return bool(found)
+
+    def final_model_loads(process: subprocess.CompletedProcess) -> str | None:
+        if process.returncode != 0:
+            return None
+        case.notes["resume_said"] = [line[:200] for line in process.stdout.splitlines() if "skipping" in line]
+        try:
+            from vrm.models.modeling import VRMForSequenceClassification
+
+            VRMForSequenceClassification.from_pretrained(output)
+        except Exception as err:  # noqa: BLE001 - any failure to load is the finding
+            return f"the final model does not load: {type(err).__name__}: {str(err)[:200]}"
+        return None
+
+    case = Case(
+        "train:resume-after-kill-9-while-checkpointing",
+        "train",
+        [
+            Step(
+                vrm("train", *train_argv(backbone, good_pairs, output, **flags)),
+                False,
+                kill_when=first_checkpoint,
+            ),
+            Step(
+                vrm(
+                    "train", *train_argv(backbone, good_pairs, output, **flags, resume_from_checkpoint="true")
+                ),
+                False,
+            ),
+        ],
+        refuse=False,
+        check=final_model_loads,
+        outputs=[output],
+    )
+    return case
+
+
+# ----- experiment files, recipes ---------------------------------------------------------------------------------
+MODULE = "benchmarks.studies.experiment"
+
+
+def experiment_yaml_cases(runs: str) -> list[Case]:
+    """Each file in its own directory, with `--results_dir` and `--work_dir` under it: exit 1, one line
+    `python -m benchmarks.studies.experiment: error: FILE: ...`, nothing written anywhere, `echo owned` not run."""
+    cases = []
+    committed = ROOT / "benchmarks" / "results" / "experiments"
+    for item in bad_inputs.experiment_files():
+        directory = os.path.join(runs, f"experiment-{item.case}")
+        path = item.write(directory)  # directory/<case>/experiment.yaml
+        results, work_dir = os.path.join(directory, "results"), os.path.join(directory, "work")
+        escapes = [
+            "/abs/path",
+            "/tmp/x",
+            str(committed / "x"),
+            os.path.normpath(os.path.join(results, "../../x")),
+        ]
+        escapes += [os.path.normpath(os.path.join(work_dir, "models", "../../../x"))]
+        before = {p: os.path.exists(p) for p in escapes}
+        argv = [sys.executable, "-m", MODULE, path, "--results_dir", results, "--work_dir", work_dir]
+
+        def check(
+            process: subprocess.CompletedProcess,
+            directory: str = directory,
+            before: dict[str, bool] = before,
+        ) -> str | None:
+            if "owned" in process.stdout:
+                return "the YAML file ran `echo owned`"
+            written = [
+                os.path.join(root, name)
+                for root, _, names in os.walk(directory)
+                for name in names
+                if not name.endswith("experiment.yaml")
+            ]
+            written += [p for p, existed in before.items() if os.path.exists(p) and not existed]
+            return f"a refused experiment wrote {written[:3]}" if written else None
+
+        cases.append(
+            Case(
+                f"experiment:{item.case}",
+                "experiment",
+                [Step(argv, True)],
+                re.escape(path) + ": .*" + item.message,
+                check=check,
+                returncode=1,
+            )
+        )
+    return cases
+
+
+def recipe_surrogate_case(corpus: str, runs: str) -> Case:
+    item = bad_inputs.finegrained_qa_surrogate_file()
+    output = os.path.join(runs, "recipe-surrogate")
+    argv = vrm("recipe", "finegrained-qa", "--input", item.write(corpus), "--output_dir", output)
+
+    def nothing_written(process: subprocess.CompletedProcess) -> str | None:
+        if process.returncode != 0 and os.path.isdir(output) and os.listdir(output):
+            return f"a refused recipe wrote {sorted(os.listdir(output))[:3]}"
+        return None
+
+    return Case(f"recipe:{item.case}", "recipe", [Step(argv, True)], item.message, check=nothing_written)
+
+
+# ----- concurrent writers, strict JSON ----------------------------------------------------------------------------
+def two_score_writers(model: str, corpus: str, runs: str, rows: int = 3000) -> Case:
+    """Two `vrm score` runs into one `--output`, started at once, each scoring for several seconds (3,000 rows,
+    batches of 2) so that both are running when the later one reaches the output: exactly one exits 0, the other 1
+    naming the output; no row duplicated or lost."""
+    lines = [
+        json.dumps(
+            {"id": i, "prompt": f"Question {i}: how do I sort a list?", "response": f"Use sorted() ({i})."}
+        )
+        for i in range(rows)
+    ]
+    source = bad_inputs.BadFile("many-rows", "rows.jsonl", ("\n".join(lines) + "\n").encode(), "").write(
+        corpus
+    )
+    output = os.path.join(runs, "score-two-writers.jsonl")
+    argv = vrm(
+        "score", "--model", model, "--input", source, "--output", output, "--no_progress", "--batch_size", "4"
+    )
+
+    def one_writer(process: subprocess.CompletedProcess) -> str | None:
+        codes = sorted(case.notes.get("returncodes", []))
+        ids: list = []
+        if os.path.exists(output):
+            with open(output, encoding="utf-8", errors="replace") as handle:
+                for number, line in enumerate(handle, 1):
+                    try:
+                        ids.append(json.loads(line).get("id"))
+                    except ValueError:
+                        return f"{output}:{number}: a torn line"
+        duplicated = len(ids) - len(set(ids))
+        lost = rows - len(set(ids)) if 0 in codes else 0
+        case.notes.update(rows_lost=lost, rows_duplicated=duplicated)
+        if duplicated:
+            return f"{duplicated} duplicated rows in the output (exit codes {codes})"
+        if lost:
+            return f"{lost} rows lost from the output (exit codes {codes})"
+        if codes == [0, 0]:
+            return "both runs exited 0 (no lock on the output)"
+        return None
+
+    case = Case(
+        "score:two-writers-one-output",
+        "score",
+        [Step(argv, True, concurrent=2)],
+        re.escape(output) + r".*(?i:lock|another process|being written)",
+        check=one_writer,
+        returncode=1,
+    )
+    return case
+
+
+def strict_json_eval_report(model: str, corpus: str, runs: str) -> Case:
+    pairs = bad_inputs.no_chosen_shorter_pairs().write(corpus)
+    report = os.path.join(runs, "eval-strict.json")
+    argv = vrm("eval", "--model", model, "--dataset", pairs, "--output", report, "--no_progress")
+
+    def refuse_constant(name: str) -> float:
+        raise ValueError(f"{name} is not JSON")
+
+    def strict(process: subprocess.CompletedProcess) -> str | None:
+        if process.returncode != 0:
+            return None
+        try:
+            with open(report, encoding="utf-8") as handle:
+                json.loads(handle.read(), parse_constant=refuse_constant)
+        except (OSError, ValueError) as err:
+            return f"{os.path.basename(report)} is not strict JSON: {err}"
+        return None
+
+    return Case(
+        "eval:strict-json-report-no-chosen-shorter",
+        "eval",
+        [Step(argv, False)],
+        refuse=False,
+        check=strict,
+    )

@@ -298,3 +298,35 @@ def load_without_vrm():
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     return load
+
+
+def _layout_model(kind: str, head: str, attn: str = "sdpa", **kwargs):
+    from vrm.models.modeling import VRMForSequenceClassification
+
+    torch.manual_seed(0)
+    tokenizer = make_llama_tokenizer() if kind == "llama" else make_bert_tokenizer()
+    config = llama_config(len(tokenizer)) if kind == "llama" else bert_config(len(tokenizer))
+    config._attn_implementation = attn
+    return VRMForSequenceClassification.from_backbone_config(config, head_type=head, **kwargs).float()
+
+
+@pytest.fixture(scope="session")
+def layout_model():
+    """`layout_model(kind, head, attn="sdpa", **config) -> model`: a seeded random reward model on a tiny "llama"
+    (causal) or "bert" (encoder) backbone, with the attention implementation `attn`."""
+    return _layout_model
+
+
+@pytest.fixture
+def tokenized_pairs(tmp_path):
+    """`tokenized_pairs(kind, causal) -> (tokenizer, pairs)`: the PAIRS, tokenized for a tiny "llama" or "bert"."""
+    from vrm.data.rows import load_preferences
+    from vrm.data.tokenization import PreferenceTokenizer
+
+    def tokenize(kind: str, causal: bool):
+        tokenizer = make_llama_tokenizer() if kind == "llama" else make_bert_tokenizer()
+        examples = load_preferences(_write_pairs(str(tmp_path / "pairs.jsonl")))
+        pairs, _ = PreferenceTokenizer(tokenizer, max_length=64, is_causal=causal).tokenize_pairs(examples)
+        return tokenizer, pairs
+
+    return tokenize

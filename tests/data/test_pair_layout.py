@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from tiny_models import bert_config, llama_config, make_bert_tokenizer, make_llama_tokenizer
 
 from vrm.data.pair_layout import (
     LayoutTokens,
@@ -14,35 +12,10 @@ from vrm.data.pair_layout import (
     resolve_pair_layout,
     separate_layout_tokens,
 )
-from vrm.data.tokenization import PreferenceTokenizer
-from vrm.models.modeling import VRMForSequenceClassification
 
 
-def _model(kind: str, head: str, attn: str = "sdpa", **kwargs) -> VRMForSequenceClassification:
-    torch.manual_seed(0)
-    tokenizer = make_llama_tokenizer() if kind == "llama" else make_bert_tokenizer()
-    config = llama_config(len(tokenizer)) if kind == "llama" else bert_config(len(tokenizer))
-    config._attn_implementation = attn
-    model = VRMForSequenceClassification.from_backbone_config(config, head_type=head, **kwargs)
-    return model.float()
-
-
-def _pairs(kind: str, write_pairs, directory):
-    tokenizer = make_llama_tokenizer() if kind == "llama" else make_bert_tokenizer()
-    from vrm.data.rows import load_preferences
-
-    return tokenizer, load_preferences(write_pairs(str(directory / "pairs.jsonl")))
-
-
-def _tokenized(kind: str, causal: bool, write_pairs, directory):
-    tokenizer, examples = _pairs(kind, write_pairs, directory)
-    template = PreferenceTokenizer(tokenizer, max_length=64, is_causal=causal)
-    pairs, _ = template.tokenize_pairs(examples)
-    return tokenizer, pairs
-
-
-def test_layout_tokens_count_the_shared_prompt_once(write_pairs, tmp_path):
-    tokenizer, pairs = _tokenized("llama", True, write_pairs, tmp_path)
+def test_layout_tokens_count_the_shared_prompt_once(tokenized_pairs):
+    tokenizer, pairs = tokenized_pairs("llama", True)
     shared = LayoutTokens.metrics(SharedPromptCollator(tokenizer.pad_token_id)(pairs)["layout_tokens"])
     separate = LayoutTokens.metrics(separate_layout_tokens(pairs, prompt_pass=False).as_tensor())
     unique = sum(len(pair_tree(p)) for p in pairs)
@@ -52,19 +25,19 @@ def test_layout_tokens_count_the_shared_prompt_once(write_pairs, tmp_path):
     assert 0.0 <= shared["padding_share"] < separate["padding_share"]
 
 
-def test_resolve_pair_layout_defaults_and_fallbacks(capsys):
-    causal = _model("llama", "bt")
-    encoder = _model("bert", "vrm")
+def test_resolve_pair_layout_defaults_and_fallbacks(capsys, layout_model):
+    causal = layout_model("llama", "bt")
+    encoder = layout_model("bert", "vrm")
     args = lambda m: (m.config, m.backbone.config, m._backbone_takes_position_ids)  # noqa: E731
     assert resolve_pair_layout("auto", *args(causal))[0] == "shared_prompt"
     assert resolve_pair_layout("auto", *args(encoder))[0] == "separate"
     assert resolve_pair_layout("shared_prompt", *args(encoder))[0] == "shared_prompt"
     assert resolve_pair_layout("separate", *args(causal))[0] == "separate"
-    flash = _model("llama", "bt")
+    flash = layout_model("llama", "bt")
     flash.backbone.config._attn_implementation = "flash_attention_2"
     name, reason = resolve_pair_layout("shared_prompt", *args(flash))
     assert name == "separate" and "flash_attention_2" in reason
-    cls_encoder = _model("bert", "vrm", pooling="cls")
+    cls_encoder = layout_model("bert", "vrm", pooling="cls")
     assert resolve_pair_layout("shared_prompt", *args(cls_encoder))[0] == "separate"
     with pytest.raises(ValueError, match="--pair_layout"):
         resolve_pair_layout("tree", *args(causal))

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from preference_formats import CHOSEN, FORMATS, PROMPT, REJECTED, conversational
 from tiny_models import make_llama_tokenizer
 
 from vrm.data.collate import PreferenceCollator
@@ -16,31 +17,6 @@ from vrm.data.files import DataFormatError
 from vrm.data.ratings import rating_ranges
 from vrm.data.rows import load_preferences, parse_row
 from vrm.data.tokenization import PreferenceTokenizer
-
-PROMPT, CHOSEN, REJECTED = "What is the capital of France?", "Paris is the capital.", "No idea, sorry."
-
-
-def conversational(prompt=PROMPT, chosen=CHOSEN, rejected=REJECTED):
-    return {
-        "prompt": [{"role": "user", "content": prompt}],
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
-    }
-
-
-FORMATS = {
-    "standard_explicit": {"prompt": PROMPT, "chosen": CHOSEN, "rejected": REJECTED},
-    "conversational_explicit": conversational(),
-    "conversational_implicit": {
-        "chosen": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": CHOSEN}],
-        "rejected": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": REJECTED}],
-    },
-    "conversational_prompt_text_responses": {
-        "prompt": [{"role": "user", "content": PROMPT}],
-        "chosen": CHOSEN,
-        "rejected": REJECTED,
-    },
-}
 
 
 def test_standard_implicit_prompt_is_the_common_prefix():

@@ -5,37 +5,13 @@ import math
 
 import pytest
 import torch
+from preference_formats import FORMATS
 from tiny_models import make_bert_tokenizer, make_llama_tokenizer
 
 from vrm.data.collate import PreferenceCollator
 from vrm.data.examples import PreferenceExample
 from vrm.data.rows import parse_row
 from vrm.data.tokenization import PreferenceTokenizer
-
-PROMPT, CHOSEN, REJECTED = "What is the capital of France?", "Paris is the capital.", "No idea, sorry."
-
-
-def conversational(prompt=PROMPT, chosen=CHOSEN, rejected=REJECTED):
-    return {
-        "prompt": [{"role": "user", "content": prompt}],
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
-    }
-
-
-FORMATS = {
-    "standard_explicit": {"prompt": PROMPT, "chosen": CHOSEN, "rejected": REJECTED},
-    "conversational_explicit": conversational(),
-    "conversational_implicit": {
-        "chosen": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": CHOSEN}],
-        "rejected": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": REJECTED}],
-    },
-    "conversational_prompt_text_responses": {
-        "prompt": [{"role": "user", "content": PROMPT}],
-        "chosen": CHOSEN,
-        "rejected": REJECTED,
-    },
-}
 
 
 @pytest.mark.parametrize("name", list(FORMATS))

@@ -5,39 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import bert_config, llama_config, make_bert_tokenizer, make_llama_tokenizer
 
 from vrm.data.collate import PreferenceCollator
 from vrm.data.pair_layout import (
     SharedPromptCollator,
 )
-from vrm.data.tokenization import PreferenceTokenizer
-from vrm.models.modeling import VRMForSequenceClassification
 from vrm.models.shared_prompt import PromptTree, pack_trees, tree_attention_mask
 from vrm.training.losses import preference_loss
-
-
-def _model(kind: str, head: str, attn: str = "sdpa", **kwargs) -> VRMForSequenceClassification:
-    torch.manual_seed(0)
-    tokenizer = make_llama_tokenizer() if kind == "llama" else make_bert_tokenizer()
-    config = llama_config(len(tokenizer)) if kind == "llama" else bert_config(len(tokenizer))
-    config._attn_implementation = attn
-    model = VRMForSequenceClassification.from_backbone_config(config, head_type=head, **kwargs)
-    return model.float()
-
-
-def _pairs(kind: str, write_pairs, directory):
-    tokenizer = make_llama_tokenizer() if kind == "llama" else make_bert_tokenizer()
-    from vrm.data.rows import load_preferences
-
-    return tokenizer, load_preferences(write_pairs(str(directory / "pairs.jsonl")))
-
-
-def _tokenized(kind: str, causal: bool, write_pairs, directory):
-    tokenizer, examples = _pairs(kind, write_pairs, directory)
-    template = PreferenceTokenizer(tokenizer, max_length=64, is_causal=causal)
-    pairs, _ = template.tokenize_pairs(examples)
-    return tokenizer, pairs
 
 
 def test_pack_trees_positions_parts_and_padding():
@@ -70,14 +44,16 @@ def test_tree_mask_lets_a_response_see_its_prompt_and_itself_only():
 @pytest.mark.parametrize(
     ("head", "attn"), [("bt", "sdpa"), ("ib", "sdpa"), ("moe", "sdpa"), ("vrm", "sdpa"), ("vrm", "eager")]
 )
-def test_causal_shared_layout_equals_separate_rewards_and_gradients(head, attn, write_pairs, tmp_path):
-    tokenizer, pairs = _tokenized("llama", True, write_pairs, tmp_path)
+def test_causal_shared_layout_equals_separate_rewards_and_gradients(
+    head, attn, layout_model, tokenized_pairs
+):
+    tokenizer, pairs = tokenized_pairs("llama", True)
     separate_batch = PreferenceCollator(tokenizer.pad_token_id)(pairs)
     shared_batch = SharedPromptCollator(tokenizer.pad_token_id, row_length=128)(pairs)
     assert shared_batch["packed_input_ids"].shape[0] < len(pairs)  # pairs were packed several per row
     results = []
     for batch in (separate_batch, shared_batch):
-        model = _model("llama", head, attn)
+        model = layout_model("llama", head, attn)
         model.train()
         inputs = {k: v for k, v in batch.items() if k != "layout_tokens"}
         torch.manual_seed(1)
@@ -94,9 +70,9 @@ def test_causal_shared_layout_equals_separate_rewards_and_gradients(head, attn, 
         torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_encoder_shared_layout_prompt_state_is_the_prompt_only_pass(write_pairs, tmp_path):
-    tokenizer, pairs = _tokenized("bert", False, write_pairs, tmp_path)
-    model = _model("bert", "vrm").eval()
+def test_encoder_shared_layout_prompt_state_is_the_prompt_only_pass(layout_model, tokenized_pairs):
+    tokenizer, pairs = tokenized_pairs("bert", False)
+    model = layout_model("bert", "vrm").eval()
     from vrm.models.shared_prompt import encode_tree_pairs
 
     batch = SharedPromptCollator(tokenizer.pad_token_id)(pairs)

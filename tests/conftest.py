@@ -330,3 +330,21 @@ def tokenized_pairs(tmp_path):
         return tokenizer, pairs
 
     return tokenize
+
+
+@pytest.fixture(scope="module")
+def stochastic_pipeline(tiny_model):
+    """A `RewardPipeline` of an untrained vrm model whose `reward_std` is positive on every PAIRS response, so that
+    a conservative reward differs from the plain one."""
+    from vrm.scoring.pipeline import RewardPipeline
+
+    model, tokenizer, _ = tiny_model("llama_chat")
+    return RewardPipeline(model, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def stochastic_scores(stochastic_pipeline):
+    """`stochastic_pipeline`'s scores of the PAIRS prompts with their chosen responses."""
+    scores = stochastic_pipeline.score([p for p, _, _ in PAIRS], [c for _, c, _ in PAIRS])
+    assert bool((scores.reward_std > 0).all())  # else the tests using it could not tell the forms apart
+    return scores

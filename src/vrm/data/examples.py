@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-Message = dict[str, str]
-
-
+Message = dict[str, str]  # {"role": ..., "content": ...}
 Text = str | list[Message]
 
 

@@ -18,6 +18,8 @@ from vrm.models.shared_prompt import has_shared_prompts, score_layout, score_pro
 
 @dataclass
 class SequenceScores:
+    """Per-sequence outputs of a reward model, in input order (what every scorer returns)."""
+
     reward: torch.Tensor  # [N]
     reward_std: torch.Tensor  # [N]
     objective_weights: torch.Tensor  # [N, K]

@@ -35,6 +35,7 @@ from vrm.evaluation.benchmark_rules import (
     rewardbench2_ties_score,
 )
 from vrm.evaluation.rows import InvalidRows
+from vrm.scoring.pipeline import RewardPipeline
 from vrm.scoring.scores import SequenceScores, score_sequences
 
 
@@ -85,9 +86,9 @@ def parse_best_of_k_row(row: dict[str, Any], location: str) -> BestOfKExample:
 
 def score_answers(scorer, prompts: Sequence[Text], responses: Sequence[Text], progress: bool):
     """Scores of (prompt, response) pairs and, for vrm models, how many were truncated to fit `max_length`."""
-    template = getattr(scorer, "template", None)
-    if template is None:  # another reward model: its own truncation
+    if not isinstance(scorer, RewardPipeline):  # a reward model that is not vrm's: its own truncation
         return scorer.score(prompts, responses, progress=progress), None
+    template = scorer.template
     stats = TruncationStats(pairs=len(prompts), kept=len(prompts))
     sequences, lengths = [], []
     for prompt, response in zip(prompts, responses, strict=True):

@@ -70,7 +70,7 @@ def test_two_process_ddp_matches_one_process(
     import json
 
     ddp_log, single_log = (json.loads(text)["log_history"][0] for text in (ddp_state, single_state))
-    for key in ("loss", "accuracy", "nll", "margin", "reward_std"):
+    for key in ("loss", "accuracy", "nll", "margin", "reward_spread"):
         assert ddp_log[key] == pytest.approx(single_log[key], abs=1e-4), key
 
 

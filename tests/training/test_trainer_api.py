@@ -210,3 +210,19 @@ def test_max_length_beyond_the_position_table_is_clamped_and_a_negative_one_refu
     assert Pipeline.from_pretrained(str(tmp_path / "run"), device="cpu").template.max_length == limit
     with pytest.raises(ValueError, match="--max_length must be a positive number of tokens, got -5"):
         arguments(tmp_path, max_length=-5)
+
+
+@pytest.mark.parametrize("head_type", ["bt", "vrm"])
+def test_training_logs_what_the_head_has_and_no_pin_memory_warning(
+    tmp_path, llama_backbone_dir, head_type, recwarn
+):
+    args = arguments(
+        tmp_path / "run", max_steps=2, logging_steps=1, model_init_kwargs={"head_type": head_type}
+    )
+    trainer = VRMTrainer(model=llama_backbone_dir, args=args, train_dataset=preference_rows(1))
+    trainer.train()
+    logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    assert "reward_spread" in logged and "reward_uncertainty" not in logged
+    latent = {"kl_w", "kl_z", "beta_w", "beta_z", "reward_std"}
+    assert (latent <= set(logged)) if head_type == "vrm" else not (latent & set(logged))
+    assert not [w for w in recwarn if "pin_memory" in str(w.message)]

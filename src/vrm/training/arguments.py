@@ -311,6 +311,10 @@ class VRMTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        import torch
+
+        if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+            self.dataloader_pin_memory = False  # pinned memory needs an accelerator (else a warning per run)
         self.check_objective()
         check_train_options(self)
 

@@ -142,6 +142,7 @@ class VRMTrainer(Trainer):
         self.model_args = model_args
         base = model.get_base_model() if hasattr(model, "peft_config") else model
         config = base.config
+        self._head_config = config
         self.frozen_backbone = not any(p.requires_grad for p in base.backbone.parameters())
         if args.embedding_cache and not self.frozen_backbone:
             raise ValueError("--embedding_cache holds states of a frozen backbone: freeze the backbone too")
@@ -393,13 +394,19 @@ class VRMTrainer(Trainer):
         values = {
             "accuracy": out.accuracy,
             "nll": out.nll,
-            "kl_w": out.kl_weights,
-            "kl_z": out.kl_features,
             "reward_mean": rewards.mean(),
-            "reward_sq": rewards.pow(2).mean(),  # -> reward_std, over all processes' rewards
+            "reward_sq": rewards.pow(2).mean(),  # -> reward_spread, over all processes' rewards
             "margin": (samples.chosen.reward - samples.rejected.reward).mean(),
-            "reward_uncertainty": torch.cat([samples.chosen.reward_std, samples.rejected.reward_std]).mean(),
         }
+        # what the head has: KL terms of its posteriors, and the posterior std of the reward (`reward_std`, the
+        # name every output uses); a bt head logs neither
+        config = self._head_config
+        if config.weight_posterior in ("dirichlet", "logistic_normal"):
+            values["kl_w"] = out.kl_weights
+        if config.feature_posterior == "gaussian":
+            values["kl_z"] = out.kl_features
+        if config.is_stochastic or config.ensemble_members > 1:
+            values["reward_std"] = torch.cat([samples.chosen.reward_std, samples.rejected.reward_std]).mean()
         if attribute_targets is not None:
             values["attribute_loss"] = out.attribute_loss
         if objective_labels is not None:
@@ -415,8 +422,12 @@ class VRMTrainer(Trainer):
             torch.cat([local * pairs, local.new_tensor([pairs])]), reduction="sum"
         )
         averaged = dict(zip(values, (total[:-1] / total[-1]).tolist(), strict=True))
-        averaged["reward_std"] = max(averaged.pop("reward_sq") - averaged["reward_mean"] ** 2, 0.0) ** 0.5
-        averaged["beta_w"], averaged["beta_z"] = beta_w, beta_z
+        # the spread of the batch's rewards (not an uncertainty)
+        averaged["reward_spread"] = max(averaged.pop("reward_sq") - averaged["reward_mean"] ** 2, 0.0) ** 0.5
+        if "kl_w" in averaged:
+            averaged["beta_w"] = beta_w
+        if "kl_z" in averaged:
+            averaged["beta_z"] = beta_z
         for name, value in averaged.items():
             self._metrics[mode][name].append(value)
         return (loss, samples) if return_outputs else loss

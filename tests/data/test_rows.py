@@ -208,3 +208,14 @@ def test_a_local_datasets_directory_loads_by_split(tmp_path):
     (test,) = load_preferences(str(folder), split="test")
     assert train.prompt == PROMPT and test.chosen == "Hello!"
     assert "my_prefs[test]: row 0" in test.location
+
+
+def test_an_empty_response_names_the_row_the_flag_and_the_evaluation_rule(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": ""}) + "\n")
+    with pytest.raises(
+        DataFormatError,
+        match=r"pairs.jsonl:1: empty 'chosen' or 'rejected' response.*--skip_invalid_rows.*evaluation scores an empty answer",
+    ):
+        load_preferences(str(path))
+    assert parse_row({"prompt": "p", "chosen": "a", "rejected": ""}, "x:1", allow_empty=True).rejected == ""

@@ -129,7 +129,10 @@ def parse_row(
             chosen = _check_messages(chosen, location, "chosen")
             rejected = _check_messages(rejected, location, "rejected")
     if not allow_empty and (_response_text(chosen) == "" or _response_text(rejected) == ""):
-        raise DataFormatError(f"{location}: empty 'chosen' or 'rejected' response")
+        raise DataFormatError(
+            f"{location}: empty 'chosen' or 'rejected' response: a pair to learn from needs two answers (pass "
+            "--skip_invalid_rows to skip such rows; evaluation scores an empty answer as a bad one)"
+        )
 
     # a blank cell (CSV has no null) is a missing value: no margin, no objective label (masked), no subset
     margin = finite_number(row.get("margin"), location, "margin")

@@ -12,8 +12,12 @@ def test_training_output_is_a_complete_model_directory(trained_model_dir, llama_
     with open(os.path.join(output, "README.md"), encoding="utf-8") as handle:
         card = handle.read()
     assert card.startswith("---\n") and "library_name: transformers" in card
+    assert (
+        llama_backbone_dir not in card
+    )  # a local path does not travel with the model: its directory name does
+    assert "4 optimizer steps" in card and "total_flos" not in card and "2 objectives" in card
     for expected in (
-        llama_backbone_dir,  # base model
+        os.path.basename(llama_backbone_dir),  # base model
         "head `vrm`",
         "`helpful`, `safe`",  # objective names
         "train pairs | 6",  # data summary: pair and truncation counts

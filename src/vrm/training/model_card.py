@@ -91,7 +91,9 @@ def model_card(
 ) -> str:
     """The `README.md` of a trained reward model directory (Hub model card: YAML metadata, then markdown).
 
-    `base` is the backbone's name or path, `data_sources` the names of the train and eval data."""
+    `base` is the backbone's name or path (a local path is shown by its directory name: the card travels with the
+    model, the path does not), `data_sources` the names of the train and eval data."""
+    base = base if _is_hub_id(base) else os.path.basename(os.path.normpath(base)) or base
     name = os.path.basename(os.path.normpath(output_dir)) or "vrm-reward-model"
     metadata = ["---", "library_name: transformers", "pipeline_tag: text-classification"]
     if _is_hub_id(base):
@@ -115,14 +117,22 @@ def model_card(
     data += [("max_length", training_args.max_length), ("truncation", training_args.truncation)]
     if tokenization.get("input_format"):
         data.append(("input format", tokenization["input_format"]))
+    # total_flos is 0 where transformers cannot count a model's FLOPs: not a measurement, left out
     shown = [
-        (key, _number(value)) for key, value in sorted(metrics.items()) if not isinstance(value, dict | list)
+        (key, _number(value))
+        for key, value in sorted(metrics.items())
+        if not isinstance(value, dict | list) and not (key == "total_flos" and not value)
     ]
     training = [
         ("learning_rate", training_args.learning_rate),
         ("head_learning_rate", training_args.head_learning_rate or "10 x learning_rate"),
         ("per_device_train_batch_size", training_args.per_device_train_batch_size),
-        ("max_steps / epochs", f"{training_args.max_steps} / {training_args.num_train_epochs}"),
+        (
+            "length",
+            f"{training_args.max_steps} optimizer steps"
+            if training_args.max_steps > 0
+            else f"{training_args.num_train_epochs:g} epochs",
+        ),
         ("LoRA", lora),
         ("frozen backbone", frozen_backbone),
         ("seed", training_args.seed),
@@ -132,7 +142,7 @@ def model_card(
 
 A reward model trained with vrm (Variational Reward Models): head `{config.head_type}`
 on the backbone `{base}`. It scores a (prompt, response) pair with a scalar reward; vrm and moe heads also give
-the weights of {config.num_objectives} objectives ({", ".join(map(str, names))}), the per-objective scores and
+the weights of {config.num_objectives} objective{"s" if config.num_objectives != 1 else ""} ({", ".join(map(str, names))}), the per-objective scores and
 (vrm) the reward's posterior standard deviation `reward_std`.
 
 ## Intended use

@@ -291,3 +291,23 @@ def test_openapi_lists_the_endpoints(client):
     assert request["$ref"].endswith("GetRewardRequest")
     assert "query" in schema["components"]["schemas"]["GetRewardRequest"]["required"]
     assert "ScoreResult" in schema["components"]["schemas"]
+
+
+def test_score_returns_what_vrm_score_and_the_pipeline_return(three_objective_model_dir):
+    """Named objectives come keyed by name, as in `vrm score` and `RewardPipeline` (one writer of the fields)."""
+    from fastapi.testclient import TestClient
+
+    from vrm.scoring.pipeline import RewardPipeline
+    from vrm.serving.app import build_app
+    from vrm.serving.requests import ServerConfig
+
+    pipeline = RewardPipeline.from_pretrained(three_objective_model_dir, device="cpu")
+    pipeline.model.config.objective_names = ["helpful", "safe", "warm"]
+    expected = pipeline("How do I sort a list?", "Use sorted(xs).")
+    with TestClient(build_app(pipeline, ServerConfig())) as client:
+        body = {"prompts": ["How do I sort a list?"], "responses": ["Use sorted(xs)."]}
+        result = client.post("/score", json=body).json()["results"][0]
+    assert set(result) == set(expected)
+    assert result["objective_weights_by_name"] == pytest.approx(
+        expected["objective_weights_by_name"], abs=1e-6
+    )

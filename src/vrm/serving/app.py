@@ -96,6 +96,7 @@ from vrm.serving.requests import (
 __all__ = ["DynamicBatcher", "ServerConfig", "build_app", "run_server", "uvicorn_settings"]
 
 logger = logging.getLogger("vrm.serving.app")
+SCORE_FIELDS = frozenset(ScoreResult.model_fields)
 TOKENIZE_CHUNK_CHARS = 8192  # characters tokenized per turn of the tokenizing thread (whole items)
 
 
@@ -311,14 +312,12 @@ def build_app(
             raise non_finite(label, err) from None
         results = []
         for index in range(len(pairs)):
-            reward, std = float(scores.reward[index]), float(scores.reward_std[index])
-            result = ScoreResult(
-                reward=reward,
-                reward_std=std,
-                objective_weights=scores.objective_weights[index].tolist(),
-                objective_scores=scores.objective_scores[index].tolist(),
-                conservative_reward=conservative[index] if pessimism else None,
-            )
+            # the fields `vrm score` and `RewardPipeline` return (one writer), with the request's lambda
+            fields = {
+                key: value for key, value in pipeline.result(scores, index).items() if key in SCORE_FIELDS
+            }
+            fields["conservative_reward"] = conservative[index] if pessimism else None
+            result = ScoreResult(**fields)
             bad = [
                 f"{name}={value!r}"
                 for name in ("reward", "reward_std", "objective_weights", "objective_scores")

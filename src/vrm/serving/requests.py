@@ -205,6 +205,19 @@ class ScoreResult(BaseModel):
         description="`reward - conservative_lambda * reward_std` (only with a conservative_lambda > 0: the "
         "request's, else the server's).",
     )
+    objective_weights_by_name: dict[str, float] | None = Field(
+        default=None,
+        description="The objective weights keyed by objective name (models with named objectives).",
+    )
+    objective_scores_by_name: dict[str, float] | None = Field(
+        default=None,
+        description="The objective scores keyed by objective name (models with named objectives).",
+    )
+    aleatoric_std: float | None = Field(default=None, description="Ensembles: the members' mean own std.")
+    epistemic_std: float | None = Field(
+        default=None, description="Ensembles: the spread of the members' rewards."
+    )
+    member_rewards: list[float] | None = Field(default=None, description="Ensembles: each member's reward.")
 
 
 class ScoreResponse(BaseModel):

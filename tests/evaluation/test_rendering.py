@@ -233,3 +233,17 @@ def test_long_subset_names_do_not_wrap_in_the_terminal_table():
     # one row in the pairwise table and one in the error-detection table, each cut on one line
     assert len(lines) == 2 and all("…" in line for line in lines)
     assert long_name in markdown_summary([_report(2, [long_name, "b"])])  # full names in the markdown
+
+
+def test_a_head_without_a_posterior_shows_no_reward_std_in_the_terminal_table(
+    tiny_model, tmp_path, write_pairs
+):
+    from vrm.evaluation.pairwise import evaluate_model
+
+    model, tokenizer, _ = tiny_model("llama_chat", head_type="bt")
+    model.save_pretrained(str(tmp_path / "bt"))
+    tokenizer.save_pretrained(str(tmp_path / "bt"))
+    data = write_pairs(str(tmp_path / "pairs.jsonl"))
+    text = format_report(evaluate_model(str(tmp_path / "bt"), [data], progress=False))
+    row = next(line for line in text.splitlines() if "pairs.jsonl" in line)
+    assert "–" in row and "0.000 " not in row.split("│")[-3]

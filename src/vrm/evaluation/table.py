@@ -145,7 +145,7 @@ def format_report(report: EvalReport | Mapping[str, Any]) -> str:
             f"{m.ece:.3f}",
             number(m.predictive_nll),
             number(m.predictive_ece),
-            f"{m.mean_reward_std:.3f}",
+            f"{m.mean_reward_std:.3f}" if m.mean_reward_std else "–",  # exactly 0: a head without a posterior
             " ".join(f"{w:.2f}" for w in weights) if len(weights) > 1 else "-",
         )
 

@@ -313,6 +313,17 @@ def corpus_cases(work: str, backbone: str, model: str, quick: bool) -> list[Case
             report = ["--output", os.path.join(runs, name + ".json"), "--no_progress"]
             argv += score_to if name.startswith("score") else report
             cases.append(Case(name, "flags", [Step(argv, True)], r"batch_size|chunk_size must be >= 1"))
+        # the scoring commands' --max_length (cut to the backbone's position table; below 1: a usage error)
+        for name, argv in [
+            ("score-max-length-0", vrm("score", "--model", model, "--input", good_rows, "--max_length", "0")),
+            (
+                "eval-max-length-0",
+                vrm("eval", "--model", model, "--dataset", good_pairs, "--max_length", "0"),
+            ),
+        ]:
+            report = ["--output", os.path.join(runs, name + ".json"), "--no_progress"]
+            argv += score_to if name.startswith("score") else report
+            cases.append(Case(name, "flags", [Step(argv, True)], r"--max_length must be >= 1"))
 
     # the sub-command parser: unknown commands and a missing benchmark are usage errors
     for name, argv, message in [

@@ -139,22 +139,12 @@ PROMPTS = [p for p, _, _ in PAIRS]
 RESPONSES = [c for _, c, _ in PAIRS]
 
 
-@pytest.fixture(scope="module")
-def pipeline(stochastic_pipeline):
-    return stochastic_pipeline
-
-
-@pytest.fixture(scope="module")
-def expected(stochastic_scores):
-    return stochastic_scores
-
-
-def test_bench_bon_ranks_by_the_conservative_reward(pipeline, expected, tmp_path, capsys):
+def test_bench_bon_ranks_by_the_conservative_reward(stochastic_pipeline, stochastic_scores, tmp_path, capsys):
     pool = [{"prompt": PROMPTS[0], "responses": RESPONSES}]  # six candidates for one prompt
-    plain = score_pool(pipeline, pool, progress=False)[0]
-    conservative = score_pool(pipeline, pool, progress=False, conservative_lambda=2.0)[0]
+    plain = score_pool(stochastic_pipeline, pool, progress=False)[0]
+    conservative = score_pool(stochastic_pipeline, pool, progress=False, conservative_lambda=2.0)[0]
     assert np.allclose(
-        conservative, plain - 2.0 * pipeline.score([PROMPTS[0]] * 6, RESPONSES).reward_std.numpy()
+        conservative, plain - 2.0 * stochastic_pipeline.score([PROMPTS[0]] * 6, RESPONSES).reward_std.numpy()
     )
     argv = ["bench", "bon", "--pool", "p.jsonl", "--proxy", "m", "--gold_column", "g"]
     with pytest.raises(SystemExit) as exited:  # argparse's usage error, before any model loads

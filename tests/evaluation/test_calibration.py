@@ -74,32 +74,26 @@ def test_temperature_fit_refuses_uninformative_or_bad_margins():
         predictive_probability(1.0, 0.0, temperature=0.0)
 
 
-@pytest.fixture
-def saved_model(tmp_path, tiny_model):
-    model, tokenizer, _ = tiny_model("llama_chat")
-    directory = str(tmp_path / "model")
-    RewardPipeline(model, tokenizer).save_pretrained(directory)
-    return directory
-
-
 @pytest.mark.slow
 def test_calibrate_writes_the_temperature_and_every_load_path_reads_it(
-    tmp_path, saved_model, capsys, oriented_validation
+    tmp_path, saved_vrm_model, capsys, oriented_validation
 ):
     # 120 pairs on which the model ranks 70 % right with tiny margins: it is under-confident, T < 1
-    validation = oriented_validation(saved_model, str(tmp_path / "validation.jsonl"), right=14, wrong=6)
-    with open(f"{saved_model}/config.json", encoding="utf-8") as handle:
+    validation = oriented_validation(saved_vrm_model, str(tmp_path / "validation.jsonl"), right=14, wrong=6)
+    with open(f"{saved_vrm_model}/config.json", encoding="utf-8") as handle:
         before = json.load(handle)
     assert before.get("calibration_temperature", 1.0) == 1.0
 
-    dry = calibrate_model(saved_model, validation, write=False)
-    assert json.load(open(f"{saved_model}/config.json", encoding="utf-8")) == before  # --dry_run: untouched
+    dry = calibrate_model(saved_vrm_model, validation, write=False)
+    assert (
+        json.load(open(f"{saved_vrm_model}/config.json", encoding="utf-8")) == before
+    )  # --dry_run: untouched
 
     output = str(tmp_path / "fit.json")
-    assert main(["calibrate", "--model", saved_model, "--dataset", validation, "--output", output]) == 0
+    assert main(["calibrate", "--model", saved_vrm_model, "--dataset", validation, "--output", output]) == 0
     printed = capsys.readouterr().out
     assert "predictive NLL" in printed and "written to" in printed
-    with open(f"{saved_model}/config.json", encoding="utf-8") as handle:
+    with open(f"{saved_vrm_model}/config.json", encoding="utf-8") as handle:
         after = json.load(handle)
     temperature = after["calibration_temperature"]
     assert temperature == pytest.approx(dry.fit.temperature) and 0.01 < temperature < 1.0
@@ -109,45 +103,45 @@ def test_calibrate_writes_the_temperature_and_every_load_path_reads_it(
     with open(output, encoding="utf-8") as handle:
         assert json.load(handle)["fit"]["temperature"] == pytest.approx(temperature)
     # read back: the config, the pipeline, and vrm eval (which applies it)
-    assert VRMConfig.from_pretrained(saved_model).calibration_temperature == pytest.approx(temperature)
-    assert RewardPipeline.from_pretrained(saved_model).model.config.calibration_temperature == pytest.approx(
-        temperature
-    )
-    report = evaluate_model(saved_model, [validation], progress=False)
+    assert VRMConfig.from_pretrained(saved_vrm_model).calibration_temperature == pytest.approx(temperature)
+    assert RewardPipeline.from_pretrained(
+        saved_vrm_model
+    ).model.config.calibration_temperature == pytest.approx(temperature)
+    report = evaluate_model(saved_vrm_model, [validation], progress=False)
     overall = report.datasets[validation].overall
     assert report.calibration_temperature == pytest.approx(temperature)
     assert overall.predictive_temperature == pytest.approx(temperature)
     assert overall.predictive_nll == pytest.approx(dry.fit.nll_after, rel=1e-4)
     # refitting starts from T = 1: calibrating twice gives the same temperature
-    again = calibrate_model(saved_model, validation)
+    again = calibrate_model(saved_vrm_model, validation)
     assert again.previous_temperature == pytest.approx(temperature)
     assert again.fit.temperature == pytest.approx(temperature, rel=1e-4)
 
 
-def test_an_invalid_stored_temperature_is_a_clear_load_error(saved_model):
-    with open(f"{saved_model}/config.json", encoding="utf-8") as handle:
+def test_an_invalid_stored_temperature_is_a_clear_load_error(saved_vrm_model):
+    with open(f"{saved_vrm_model}/config.json", encoding="utf-8") as handle:
         config = json.load(handle)
     for bad in (0.0, -1.0, "hot"):
         config["calibration_temperature"] = bad
-        with open(f"{saved_model}/config.json", "w", encoding="utf-8") as handle:
+        with open(f"{saved_vrm_model}/config.json", "w", encoding="utf-8") as handle:
             json.dump(config, handle)
         with pytest.raises(ValueError, match="calibration_temperature must be a finite number > 0"):
-            VRMConfig.from_pretrained(saved_model)
+            VRMConfig.from_pretrained(saved_vrm_model)
 
 
-def test_calibrate_names_a_bad_row(tmp_path, saved_model, capsys):
+def test_calibrate_names_a_bad_row(tmp_path, saved_vrm_model, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": "a"}\n')
-    assert main(["calibrate", "--model", saved_model, "--dataset", str(bad)]) == 1
+    assert main(["calibrate", "--model", saved_vrm_model, "--dataset", str(bad)]) == 1
     error = capsys.readouterr().err
     assert "vrm calibrate: error:" in error and "bad.jsonl:2" in error and "'rejected'" in error
 
 
 def test_eval_table_shows_predictive_calibration_and_error_detection_side_by_side(
-    tmp_path, saved_model, write_pairs
+    tmp_path, saved_vrm_model, write_pairs
 ):
     data = write_pairs(str(tmp_path / "pairs.jsonl"))
-    text = format_report(evaluate_model(saved_model, [data], progress=False))
+    text = format_report(evaluate_model(saved_vrm_model, [data], progress=False))
     assert "p-nll" in text and "p-ece" in text
     assert "error detection" in text
     header = next(line for line in text.splitlines() if "margin" in line and "flip" in line)

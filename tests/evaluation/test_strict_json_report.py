@@ -12,7 +12,6 @@ from vrm.cli.main import main
 from vrm.data.files import write_json
 from vrm.evaluation.markdown import markdown_summary
 from vrm.evaluation.report import EvalReport
-from vrm.scoring.pipeline import RewardPipeline
 
 
 def strict_load(path):
@@ -33,20 +32,12 @@ def test_write_json_writes_non_finite_numbers_as_null(tmp_path):
     assert strict_load(path) == {"a": None}
 
 
-@pytest.fixture
-def saved_model(tmp_path, tiny_model):
-    model, tokenizer, _ = tiny_model("llama_chat")
-    directory = str(tmp_path / "model")
-    RewardPipeline(model, tokenizer).save_pretrained(directory)
-    return directory
-
-
 def test_a_report_without_shorter_chosen_answers_is_strict_json_and_reads_back_as_nan(
-    tmp_path, saved_model, pairs_file, capsys
+    tmp_path, saved_vrm_model, pairs_file, capsys
 ):
     # in every pair of the default file the chosen answer is the longer one: no "chosen shorter" accuracy
     output, summary = str(tmp_path / "report.json"), str(tmp_path / "summary.md")
-    argv = ["eval", "--model", saved_model, "--dataset", pairs_file, "--no_progress"]
+    argv = ["eval", "--model", saved_vrm_model, "--dataset", pairs_file, "--no_progress"]
     assert main([*argv, "--output", output, "--markdown", summary]) == 0
     capsys.readouterr()
 

@@ -20,16 +20,6 @@ PROMPTS = [p for p, _, _ in PAIRS]
 RESPONSES = [c for _, c, _ in PAIRS]
 
 
-@pytest.fixture(scope="module")
-def pipeline(stochastic_pipeline):
-    return stochastic_pipeline
-
-
-@pytest.fixture(scope="module")
-def expected(stochastic_scores):
-    return stochastic_scores
-
-
 def test_conservative_reward_form_and_lambda_checks():
     assert conservative_reward(2.0, 0.5, 1.5) == 1.25
     assert conservative_reward(np.array([1.0, 0.0]), np.array([0.2, 1.0]), 0.0).tolist() == [1.0, 0.0]
@@ -39,20 +29,24 @@ def test_conservative_reward_form_and_lambda_checks():
             check_conservative_lambda(bad)
 
 
-def test_reward_function_returns_reward_minus_lambda_std(pipeline, expected):
+def test_reward_function_returns_reward_minus_lambda_std(stochastic_pipeline, stochastic_scores):
     for lam in (0.0, 0.5, 3.0):
-        rewards = VRMRewardFunction(pipeline, conservative_lambda=lam)(prompts=PROMPTS, completions=RESPONSES)
-        assert rewards == pytest.approx((expected.reward - lam * expected.reward_std).tolist(), abs=1e-5)
+        rewards = VRMRewardFunction(stochastic_pipeline, conservative_lambda=lam)(
+            prompts=PROMPTS, completions=RESPONSES
+        )
+        assert rewards == pytest.approx(
+            (stochastic_scores.reward - lam * stochastic_scores.reward_std).tolist(), abs=1e-5
+        )
     for bad in (-1.0, math.nan):
         with pytest.raises(ValueError, match="conservative_lambda must be a finite number >= 0"):
-            VRMRewardFunction(pipeline, conservative_lambda=bad)
+            VRMRewardFunction(stochastic_pipeline, conservative_lambda=bad)
 
 
-def test_pipeline_and_vrm_score_refuse_a_negative_lambda(pipeline, tmp_path, capsys):
+def test_pipeline_and_vrm_score_refuse_a_negative_lambda(stochastic_pipeline, tmp_path, capsys):
     with pytest.raises(ValueError, match="conservative_lambda must be a finite number >= 0"):
-        RewardPipeline(pipeline.model, pipeline.tokenizer, conservative_lambda=-0.5)
+        RewardPipeline(stochastic_pipeline.model, stochastic_pipeline.tokenizer, conservative_lambda=-0.5)
     model_dir = str(tmp_path / "model")
-    pipeline.save_pretrained(model_dir)
+    stochastic_pipeline.save_pretrained(model_dir)
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"prompt": "q", "response": "a"}\n')
     argv = ["score", "--model", model_dir, "--input", str(rows), "--output", str(tmp_path / "out.jsonl")]

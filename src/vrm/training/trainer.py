@@ -66,10 +66,15 @@ def check_cache_arguments(model_args: ModelArguments, args: VRMTrainingArguments
         raise ValueError("--embedding_cache holds states of a frozen backbone: pass --freeze_backbone too")
 
 
+def backbone_name(model) -> str:
+    """The name or path the backbone of a model object (LoRA-wrapped or not) was loaded from; "" if unknown."""
+    base = model.get_base_model() if hasattr(model, "peft_config") else model
+    return getattr(base.config.text_config, "_name_or_path", "") or getattr(base, "name_or_path", "")
+
+
 def tokenizer_of(model) -> Any:
     """The tokenizer of a model object given without `processing_class`: its backbone's, by name (as TRL does)."""
-    base = model.get_base_model() if hasattr(model, "peft_config") else model
-    name = getattr(base.config.text_config, "_name_or_path", "") or getattr(base, "name_or_path", "")
+    name = backbone_name(model)
     if name:
         from transformers import AutoTokenizer
 
@@ -279,13 +284,9 @@ class VRMTrainer(Trainer):
                 self.model, self.processing_class, output_dir, self.args.merge_lora_on_save, self.tokenization
             )
         if self.is_world_process_zero():
-            base = self.model_args.model_name_or_path if self.model_args else self._base_name()
+            base = self.model_args.model_name_or_path if self.model_args else backbone_name(self.model)
             write_training_outputs(self, output_dir, base, self.train_metrics, self.eval_metrics)
         self.accelerator.wait_for_everyone()
-
-    def _base_name(self) -> str:
-        model = self.model.get_base_model() if hasattr(self.model, "peft_config") else self.model
-        return getattr(model.config.text_config, "_name_or_path", "") or getattr(model, "name_or_path", "")
 
     def _get_train_sampler(self, train_dataset=None):
         """`--train_sampling_strategy group_by_length` groups pairs of similar length (less padding)."""

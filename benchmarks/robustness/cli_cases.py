@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -375,46 +376,18 @@ def corpus_cases(work: str, backbone: str, model: str, quick: bool) -> list[Case
     )
 
     # resume after a half-written checkpoint: must skip it and resume from the newest complete one
-    resumed = os.path.join(runs, "resume")
-
-    def prepare_resume() -> None:
-        shutil.copytree(os.path.join(work, "model-run"), resumed)
+    def state_cut_off(resumed: str) -> None:
         os.remove(os.path.join(resumed, "checkpoint-4", "trainer_state.json"))  # killed while writing it
-        os.remove(os.path.join(resumed, "model.safetensors"))
 
-    def resumed_from_2(process: subprocess.CompletedProcess) -> str | None:
-        if process.returncode != 0:
-            return None
-        state_path = os.path.join(resumed, "checkpoint-6", "trainer_state.json")
-        if "skipping" not in process.stdout:
-            return "the half-written checkpoint-4 was not reported as skipped"
-        if not os.path.exists(state_path):
-            return "no checkpoint-6 after resuming"
-        with open(state_path) as handle:
-            state = json.load(handle)
-        steps = [entry["step"] for entry in state.get("log_history", []) if "loss" in entry]
-        return (
-            None if steps == [2, 4, 6] else f"logged steps {steps}, expected [2, 4, 6] (resumed from step 2)"
-        )
-
-    argv = train_argv(
-        backbone,
-        good_pairs,
-        resumed,
-        max_steps=6,
-        save_strategy="steps",
-        save_steps=2,
-        resume_from_checkpoint="true",
-    )
     cases.append(
-        Case(
+        resume_past_damaged_checkpoint(
             "train:resume-after-half-written-checkpoint",
-            "train",
-            [Step(vrm("train", *argv), False)],
-            refuse=False,
-            prepare=prepare_resume,
-            check=resumed_from_2,
-            outputs=[resumed],
+            "resume",
+            state_cut_off,
+            work,
+            backbone,
+            good_pairs,
+            runs,
         )
     )
 
@@ -464,3 +437,64 @@ def cli_cases(work: str, backbone: str, model: str, quick: bool) -> list[Case]:
     controls = [case for case in cases if case.group == "control"]
     others = [case for case in cases if case.group != "control"]
     return others + hostile_cases(work, backbone, model, quick) + controls
+
+
+def logged_steps(output_dir: str, checkpoint: str) -> list[int] | None:
+    """The steps with a logged loss in `output_dir/checkpoint/trainer_state.json` (None: no such checkpoint)."""
+    path = os.path.join(output_dir, checkpoint, "trainer_state.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        state = json.load(handle)
+    return [entry["step"] for entry in state.get("log_history", []) if "loss" in entry]
+
+
+def resume_past_damaged_checkpoint(
+    name: str,
+    directory: str,
+    damage: Callable[[str], None],
+    work: str,
+    backbone: str,
+    good_pairs: str,
+    runs: str,
+) -> Case:
+    """The control run (`--save_strategy steps --save_steps 2`, 4 steps, in `work/model-run`) copied, its
+    `checkpoint-4` damaged by `damage(copy)` and its final model removed: resuming for 6 steps must report
+    checkpoint-4 as skipped and go on from checkpoint-2."""
+    resumed = os.path.join(runs, directory)
+
+    def prepare() -> None:
+        shutil.copytree(os.path.join(work, "model-run"), resumed)
+        damage(resumed)
+        os.remove(os.path.join(resumed, "model.safetensors"))  # the final model of the first run
+
+    def resumed_from_2(process: subprocess.CompletedProcess) -> str | None:
+        if process.returncode != 0:
+            return None
+        if not re.search(r"skipping \S*checkpoint-4", process.stdout):
+            return "the damaged checkpoint-4 was not reported as skipped"
+        steps = logged_steps(resumed, "checkpoint-6")
+        if steps is None:
+            return "no checkpoint-6 after resuming"
+        return (
+            None if steps == [2, 4, 6] else f"logged steps {steps}, expected [2, 4, 6] (resumed from step 2)"
+        )
+
+    argv = train_argv(
+        backbone,
+        good_pairs,
+        resumed,
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=2,
+        resume_from_checkpoint="true",
+    )
+    return Case(
+        name,
+        "train",
+        [Step(vrm("train", *argv), False)],
+        refuse=False,
+        prepare=prepare,
+        check=resumed_from_2,
+        outputs=[resumed],
+    )

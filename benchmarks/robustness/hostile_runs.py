@@ -29,7 +29,12 @@ import sys
 
 import bad_inputs  # tests/fixtures (on sys.path: benchmarks/robustness/__init__.py)
 
-from benchmarks.robustness.cli_cases import no_model_saved, no_rows_written, train_argv
+from benchmarks.robustness.cli_cases import (
+    no_model_saved,
+    no_rows_written,
+    resume_past_damaged_checkpoint,
+    train_argv,
+)
 from benchmarks.robustness.harness import ROOT, Case, Step, free_port, vrm
 
 SERVE_TIMEOUT = 90.0  # a refused `vrm serve` exits in seconds; one that starts serving is a stall past this
@@ -150,57 +155,18 @@ def ensemble_members_cases(model: str, good_pairs: str, good_rows: str, runs: st
 
 
 # ----- checkpoints: truncated, disk full, kill -9 ------------------------------------------------------------------
-def logged_steps(output_dir: str, checkpoint: str) -> list[int] | None:
-    path = os.path.join(output_dir, checkpoint, "trainer_state.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as handle:
-        state = json.load(handle)
-    return [entry["step"] for entry in state.get("log_history", []) if "loss" in entry]
-
-
 def resume_after_truncated_checkpoint(work: str, backbone: str, good_pairs: str, runs: str) -> Case:
-    """The control run (`--save_strategy steps --save_steps 2`, 4 steps) with `checkpoint-4/model.safetensors` cut
-    to half its size (a full disk, a copy cut short): resuming for 6 steps must fall back to checkpoint-2."""
-    resumed = os.path.join(runs, "resume-truncated")
+    """`checkpoint-4/model.safetensors` cut to half its size (a full disk, a copy cut short) while its state is
+    readable: resuming must fall back to checkpoint-2."""
 
-    def prepare() -> None:
-        shutil.copytree(os.path.join(work, "model-run"), resumed)
+    def weights_cut(resumed: str) -> None:
         weights = os.path.join(resumed, "checkpoint-4", "model.safetensors")
-        size = os.path.getsize(weights)
         with open(weights, "r+b") as handle:
-            handle.truncate(size // 2)
-        os.remove(os.path.join(resumed, "model.safetensors"))  # the final model of the first run
+            handle.truncate(os.path.getsize(weights) // 2)
 
-    def resumed_from_2(process: subprocess.CompletedProcess) -> str | None:
-        if process.returncode != 0:
-            return None
-        if not re.search(r"skipping \S*checkpoint-4", process.stdout):
-            return "the truncated checkpoint-4 was not reported as skipped"
-        steps = logged_steps(resumed, "checkpoint-6")
-        if steps is None:
-            return "no checkpoint-6 after resuming"
-        return (
-            None if steps == [2, 4, 6] else f"logged steps {steps}, expected [2, 4, 6] (resumed from step 2)"
-        )
-
-    argv = train_argv(
-        backbone,
-        good_pairs,
-        resumed,
-        max_steps=6,
-        save_strategy="steps",
-        save_steps=2,
-        resume_from_checkpoint="true",
-    )
-    return Case(
-        "train:resume-after-truncated-checkpoint-weights",
-        "train",
-        [Step(vrm("train", *argv), False)],
-        refuse=False,
-        prepare=prepare,
-        check=resumed_from_2,
-        outputs=[resumed],
+    name = "train:resume-after-truncated-checkpoint-weights"
+    return resume_past_damaged_checkpoint(
+        name, "resume-truncated", weights_cut, work, backbone, good_pairs, runs
     )
 
 

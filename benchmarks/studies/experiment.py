@@ -133,6 +133,8 @@ class RunResult:
     key: str
     flags: dict[str, Any]
     sets: dict[str, SetResult]  # "validation" and each test set
+    # training rows that feed each auxiliary term (`vrm.training.auxiliary_terms`), from train_results.json
+    auxiliary_terms: dict[str, int] | None = None
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> RunResult:
@@ -195,8 +197,10 @@ def execute(spec: RunSpec, config: ExperimentConfig, work_dir: str) -> RunResult
     sets = {"validation": config.path(config.validation)}
     sets.update({name: config.path(path) for name, path in config.test.items()})
     scored = score_sets(model_dir, sets, cache, config.eval_subsets)
+    with open(os.path.join(model_dir, "train_results.json"), encoding="utf-8") as handle:
+        auxiliary = json.load(handle).get("auxiliary_terms")
     shutil.rmtree(model_dir, ignore_errors=True)
-    return RunResult(spec.name, spec.seed, spec.key, spec.options, scored)
+    return RunResult(spec.name, spec.seed, spec.key, spec.options, scored, auxiliary)
 
 
 def select(sweep: Sequence[RunResult]) -> RunResult:
@@ -287,7 +291,12 @@ def build_report(config: ExperimentConfig, runs: dict[str, list[RunResult]]) -> 
     sets = ["validation", *config.test]
     table: dict[str, Any] = {}
     for variant, members in runs.items():
-        entry: dict[str, Any] = {"seeds": [r.seed for r in members], "flags": members[0].flags, "sets": {}}
+        entry: dict[str, Any] = {
+            "seeds": [r.seed for r in members],
+            "flags": members[0].flags,
+            "auxiliary_terms": members[0].auxiliary_terms,
+            "sets": {},
+        }
         for name in sets:
             accuracy = mean_std([r.sets[name].accuracy for r in members])
             spreads = [r.sets[name].weight_spread for r in members if r.sets[name].weight_spread is not None]
@@ -329,11 +338,15 @@ def report_markdown(report: dict[str, Any]) -> str:
     """The tables of `build_report` as markdown."""
     config = report["experiment"]
     sets = ["validation", *config["test"]]
-    lines = [f"## {config['name']}", "", config.get("notes", "").strip(), ""]
-    truth = " and E[w] error against the known weights" if config.get("true_weights") else ""
+    lines = [f"## {config['name']}", ""]
+    notes = config.get("notes", "").strip()
+    if notes:
+        lines += [notes, ""]
+    truth = " and the E[w] error against the known weights" if config.get("true_weights") else ""
     lines += [
-        f"ECE, E[w] spread (mean total variation of E[w|x] from its average over prompts; 0: the weights ignore "
-        f"the prompt){truth} on `{sets[-1]}`.",
+        "Accuracy is the mean ± std over seeds of the learning setting chosen on validation (`chosen`). ECE, the "
+        "E[w] spread (mean total variation of E[w|x] from its average over prompts; 0: the weights ignore the "
+        f"prompt){truth} are measured on `{sets[-1]}`, averaged over seeds.",
         "",
     ]
     header = ["variant", *(f"acc {s}" for s in sets), "ECE", "E[w] spread"]
@@ -356,6 +369,18 @@ def report_markdown(report: dict[str, Any]) -> str:
         cells += [", ".join(f"{k} {v}" for k, v in grid.items()), str(len(entry["seeds"]))]
         rows.append(cells)
     lines += markdown_table(header, rows)
+    fed = {v: e["auxiliary_terms"] for v, e in report["variants"].items() if e.get("auxiliary_terms")}
+    if fed:
+        lines += [
+            "",
+            "Training rows that feed each auxiliary term (objective labels / attribute ratings / ratings → "
+            "weights, of all rows): "
+            + "; ".join(
+                f"{v} {c['objective_labels']} / {c['attribute_ratings']} / {c['ratings_to_weights']} of {c['rows']}"
+                for v, c in fed.items()
+            )
+            + ".",
+        ]
     lines += [
         "",
         "Paired tests (per-pair correctness averaged over seeds; sign-flip permutation, two-sided):",
@@ -378,7 +403,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("config", help="experiment YAML")
-    parser.add_argument("--results_dir", default=None, help="default: benchmarks/results/experiments/<name>")
+    parser.add_argument(
+        "--results_dir",
+        default=None,
+        help="default: runs/experiments/<name> (copy a finished report to benchmarks/results/ to commit it)",
+    )
     parser.add_argument(
         "--work_dir",
         default=os.path.join("benchmarks", ".cache", "experiments"),
@@ -388,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report_only", action="store_true", help="rebuild the report from finished runs")
     args = parser.parse_args(argv)
     config = load_experiment(args.config)
-    results_dir = args.results_dir or os.path.join("benchmarks", "results", "experiments", config.name)
+    results_dir = args.results_dir or os.path.join("runs", "experiments", config.name)
     if not args.report_only:
         run_experiment(config, results_dir, args.work_dir, args.variants)
     report = build_report(

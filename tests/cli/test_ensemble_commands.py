@@ -164,7 +164,7 @@ def test_serve_loads_a_deep_ensemble_and_answers_get_reward(
     assert response.json()["rewards"] == pytest.approx(expected.tolist(), abs=1e-5)
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", "--model", multi_head, "--model", second_model])
-    assert exit_info.value.code == 2 and "pass --ensemble" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "pass --ensemble" in capsys.readouterr().err.splitlines()[-1]
 
 
 @pytest.mark.slow

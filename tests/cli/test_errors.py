@@ -40,7 +40,7 @@ def test_unsupported_train_options_are_one_line_errors(
     assert main(["train", *argv, "--push_to_hub", "true"]) == 1
     assert "not supported: push the output directory with `huggingface-cli upload" in capsys.readouterr().err
     assert main(["train", *argv, "--objective_column", "label"]) == 1
-    assert "--objective_column label needs --attribute_names" in capsys.readouterr().err
+    assert "--objective_column label names objectives: pass --objective_names" in capsys.readouterr().err
     for integration, package in (("tensorboard", "tensorboard"), ("wandb", "wandb"), ("trackio", "trackio")):
         if importlib.util.find_spec(package) or (
             integration == "tensorboard" and importlib.util.find_spec("tensorboardX")

@@ -68,3 +68,23 @@ def test_train_help_groups_vrm_options_first_and_checks_choices(capsys, tmp_path
     with pytest.raises(SystemExit):
         main(["train", "--config", str(config)])
     assert "head_type 'nope' is not one of" in capsys.readouterr().err
+
+
+def test_generated_train_help_is_the_parsers_help():
+    """`vrm train --help` prints `vrm.cli.train_help.TEXT` (no transformers import); it must be what the real
+    parser prints. On failure: `python -c "from vrm.cli.train import write_help_module; write_help_module()"`."""
+    from vrm.cli.train import help_text
+    from vrm.cli.train_help import TEXT
+
+    assert TEXT == help_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command", ["train", "eval", "calibrate", "score", "serve", "bench", "synth", "recipe"]
+)
+def test_command_help_imports_neither_torch_nor_transformers(command):
+    result = run_vrm("-X", "importtime", "-m", "vrm", command, "--help")
+    assert result.returncode == 0 and "usage: vrm" in result.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
+    assert "torch" not in imported and "transformers" not in imported

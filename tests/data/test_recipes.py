@@ -236,3 +236,17 @@ def test_recipe_command_writes_the_splits_and_names_a_missing_input(source, tmp_
         == 1
     )
     assert "file not found" in capsys.readouterr().err
+
+
+def test_recipe_says_how_many_pairs_are_rated_on_both_sides_and_how_to_get_more(source, tmp_path, capsys):
+    base = ["recipe", "finegrained-qa", "--input", source, "--no_passages"]
+    assert main([*base, "--output_dir", str(tmp_path / "plain")]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert sum(split["rated_both_sides"] for split in summary["splits"].values()) == 0
+    assert "(0 rated on both sides)" in out and "pass --corrections" in out
+    assert main([*base, "--output_dir", str(tmp_path / "corrected"), "--corrections"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "corrected" / "summary.json").read_text())
+    assert sum(split["rated_both_sides"] for split in summary["splits"].values()) == 6  # one per question row
+    assert "pass --corrections" not in out

@@ -49,6 +49,18 @@ def test_encoder_prompt_pass_runs_once_per_distinct_prompt(tmp_path, tiny_model,
     assert calls == [5]
 
 
+@pytest.mark.parametrize("setup", ["llama_chat", "bert_pair"])
+def test_the_embedding_progress_bar_keeps_its_total(setup, tiny_model, single_inputs):
+    """An encoder's prompt pass is counted in the total (not past it, which turns tqdm's bar into `17it`)."""
+    from tqdm.auto import tqdm
+
+    model, tokenizer, pref = tiny_model(setup)
+    sequences, prompt_lengths = single_inputs(pref)
+    with tqdm(total=len(sequences), disable=False, leave=False) as bar:
+        compute_states(model, sequences, prompt_lengths.tolist(), tokenizer.pad_token_id, 4, bar)
+        assert bar.n == bar.total and bar.total >= len(sequences)
+
+
 def test_cache_resumes_and_never_reuses_stale_states(tmp_path, tiny_model, single_inputs):
     model, tokenizer, pref = tiny_model("llama_chat")
     sequences, prompt_lengths = single_inputs(pref)

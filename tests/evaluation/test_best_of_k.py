@@ -153,3 +153,62 @@ def test_rewardbench2_score_only_with_all_six_subsets():
     assert "no overall score (partial: 2 of 6 subsets)" in format_report(
         {"model": "m", "head_type": "vrm", "num_objectives": 1, "datasets": {"rb2.jsonl": partial}}
     )
+
+
+def test_hierarchical_subsets_are_rolled_up_by_category_in_the_terminal_table():
+    """RMB names leaves `Helpfulness/Code/...`: the terminal table shows one row per top-level category (the
+    metrics of all its prompts, exactly), the JSON entry keeps every leaf."""
+    from vrm.evaluation.best_of_k import best_of_k_metrics
+    from vrm.evaluation.report import BestOfKMetrics, as_report
+
+    leaves = [
+        "Helpfulness/Code/Python",
+        "Helpfulness/Code/SQL",
+        "Helpfulness/Chat",
+        "Harmlessness/S1",
+        "Harmlessness/S2",
+    ]
+    scores = {"a": 3.0, "b": 2.0, "c": 1.0, "d": 0.0, "e": 2.5}
+    answers = [
+        ("a", ["b", "c"]),
+        ("c", ["a", "d"]),
+        ("b", ["c", "d", "e"]),
+        ("e", ["b"]),
+        ("d", ["a", "b", "c"]),
+    ]
+    rows = [
+        {"prompt": f"p{i}", "chosen": [chosen], "rejected": rejected, "subset": leaves[i % len(leaves)]}
+        for i, (chosen, rejected) in enumerate(answers * 3)
+    ]
+    entry = evaluate_best_of_k(
+        _fake_scorer(scores), [(f"f:{i}", r) for i, r in enumerate(rows)], InvalidRows()
+    )
+    assert set(entry["subsets"]) == set(leaves)
+    text = format_report(
+        {"model": "m", "head_type": "vrm", "num_objectives": 1, "datasets": {"rmb.jsonl": entry}}
+    )
+    assert "Helpfulness/" not in text and "Harmlessness/" not in text
+    assert "5 subsets shown as their 2 top-level categories" in text
+    report = as_report(
+        {"model": "m", "head_type": "vrm", "num_objectives": 1, "datasets": {"rmb.jsonl": entry}}
+    )
+    from vrm.evaluation.best_of_k import rollup_categories
+
+    rolled = rollup_categories(report.datasets["rmb.jsonl"].subsets)
+    for category in ("Helpfulness", "Harmlessness"):
+        mine = [r for r in rows if r["subset"].startswith(category + "/")]
+        good = [np.array([scores[r["chosen"][0]]]) for r in mine]
+        bad = [np.array([scores[x] for x in r["rejected"]]) for r in mine]
+        expected = BestOfKMetrics.from_dict(best_of_k_metrics(good, bad))
+        for name in (
+            "prompts",
+            "accuracy",
+            "ties",
+            "chance",
+            "mean_candidates",
+            "pairs",
+            "pairwise_accuracy",
+        ):
+            assert getattr(rolled[category], name) == pytest.approx(getattr(expected, name)), (category, name)
+        assert rolled[category].mean_margin == pytest.approx(expected.mean_margin)
+        assert f"{category}" in text

@@ -39,7 +39,16 @@ def run(args: argparse.Namespace) -> int:
         include_corrections=args.corrections,
     )
     for name, split in summary["splits"].items():
-        print(f"[vrm] {name}: {split['pairs']} pairs, {split['questions']} questions -> {split['path']}")
+        print(
+            f"[vrm] {name}: {split['pairs']} pairs ({split['rated_both_sides']} rated on both sides), "
+            f"{split['questions']} questions -> {split['path']}"
+        )
+    if not args.corrections:
+        print(
+            "[vrm] ratings exist for prediction 1 only, so no preference pair is rated on both sides: the rating "
+            "terms (--attribute_names, --rating_weight_coef) need such pairs; pass --corrections to add one per "
+            "question (human correction > prediction 1)"
+        )
     print(
         f"[vrm] {summary['ties_skipped']} tied comparisons skipped; summary: {args.output_dir}/summary.json"
     )

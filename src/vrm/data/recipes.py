@@ -283,6 +283,12 @@ def _pair_row(prompt, texts, ratings, chosen, rejected, subset) -> dict[str, Any
     return row
 
 
+def _rated_both_sides(row: dict[str, Any]) -> bool:
+    """A pair whose two responses are rated (on every aspect): what the score and ratings -> weights terms
+    learn from (`vrm.training.auxiliary_terms`)."""
+    return all(row[f"{a}_chosen"] is not None and row[f"{a}_rejected"] is not None for a in ASPECTS)
+
+
 def _write_jsonl(rows: Sequence[dict[str, Any]], path: str) -> None:
     with atomic_output(path) as staging, open(staging, "w", encoding="utf-8") as handle:
         for row in rows:
@@ -384,6 +390,7 @@ def finegrained_qa_to_preferences(
                 "path": os.path.abspath(paths[name]),
                 "questions": split_questions_count[name],
                 "pairs": len(split_rows[name]),
+                "rated_both_sides": sum(_rated_both_sides(row) for row in split_rows[name]),
             }
             for name in SPLITS
         },

@@ -81,7 +81,8 @@ def compute_states(
     """Prompt and response states [N, H] (float32, on the CPU, in input order), in length-sorted batches.
 
     A causal backbone gives both from one pass. An encoder needs a prompt-only pass: it runs once per distinct
-    prompt (a preference pair's two sequences, or a Best-of-N pool's n, share one).
+    prompt (a preference pair's two sequences, or a Best-of-N pool's n, share one), and `progress` (counting
+    sequences) gets those prompts added to its total, so the bar keeps its total and ETA.
     """
     was_training = model.training
     model.eval()
@@ -112,12 +113,22 @@ def compute_states(
             for ids, n in zip(sequences, prompt_lengths, strict=True)
         ]
         unique = list(prompts)
+        if progress is not None and progress.total is not None:  # the prompt pass is work too: keep an ETA
+            progress.total += len(unique)
+            progress.refresh()
         unique_states = torch.empty(len(unique), hidden_size)
         for index, ids, mask in batches(unique):
             unique_states[index] = model.encode_prompts(ids, mask).float().cpu()
         prompt_states = unique_states[torch.tensor(prompt_of, dtype=torch.long)]
     model.train(was_training)
     return prompt_states, response_states
+
+
+def states_model(model):
+    """The model whose backbone computes the states: `model` itself, or what its `states_model()` names (a deep
+    ensemble of heads on one shared backbone: its first member, `vrm.scoring.deep_ensemble`)."""
+    own = getattr(model, "states_model", None)
+    return own() if callable(own) else model
 
 
 class EmbeddingCache:
@@ -157,6 +168,7 @@ class EmbeddingCache:
         if len(sequences) != len(prompt_lengths):
             raise ValueError(f"{len(sequences)} sequences but {len(prompt_lengths)} prompt lengths")
         state = PartialState()
+        model = states_model(model)
         fingerprint = backbone_fingerprint(model)
         entry = self.entry(model, sequences, prompt_lengths, fingerprint)
         num_chunks = math.ceil(len(sequences) / self.chunk_size)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from vrm.evaluation.benchmark_rules import (
     is_rewardbench2_subset,
     rewardbench2_ties_score,
 )
+from vrm.evaluation.report import BestOfKMetrics
 from vrm.evaluation.rows import InvalidRows
 from vrm.scoring.pipeline import RewardPipeline
 from vrm.scoring.scores import SequenceScores, score_sequences
@@ -150,6 +151,70 @@ def best_of_k_metrics(
         out["mean_reward_std"] = float(scores.reward_std.mean())
         out["objective_weights"] = [round(float(v), 4) for v in scores.objective_weights.mean(0)]
     return out
+
+
+def category_of(subset: str) -> str:
+    """The top-level category of a hierarchical subset name (`Helpfulness/Code/...` -> `Helpfulness`)."""
+    return subset.split("/", 1)[0]
+
+
+def rollup_categories(subsets: Mapping[str, BestOfKMetrics]) -> dict[str, BestOfKMetrics] | None:
+    """Per top-level category of hierarchical subset names (RMB's `Helpfulness/Chat/...`), the metrics of all its
+    prompts, or None when no name has a `/`.
+
+    Exact, not an average of averages: every metric is a mean over prompts (accuracy, chance, margin, ...), over
+    answers (`mean_reward_std`, `objective_weights`) or over pairs (`pairwise_accuracy`), or a count, so the
+    category's value is the leaves' weighted by their prompts, answers or pairs."""
+    if not any("/" in name for name in subsets):
+        return None
+    groups: dict[str, list[BestOfKMetrics]] = defaultdict(list)
+    for name, metrics in subsets.items():
+        if metrics.prompts:
+            groups[category_of(name)].append(metrics)
+    return {category: _pooled(leaves) for category, leaves in sorted(groups.items())}
+
+
+def _prompt_count(m: BestOfKMetrics) -> float:
+    return m.prompts
+
+
+def _answer_count(m: BestOfKMetrics) -> float:
+    return m.prompts * (m.mean_candidates or 0.0)
+
+
+def _pair_count(m: BestOfKMetrics) -> float:
+    return m.pairs or 0
+
+
+def _pooled(leaves: Sequence[BestOfKMetrics]) -> BestOfKMetrics:
+    """The metrics of the union of the leaves' prompts (`rollup_categories`)."""
+
+    def mean(name: str, weight) -> float | None:
+        known = [(getattr(m, name), weight(m)) for m in leaves if getattr(m, name) is not None]
+        total = sum(w for _, w in known)
+        return sum(v * w for v, w in known) / total if total else None
+
+    weighted = [m for m in leaves if m.objective_weights is not None and _answer_count(m)]
+    objective_weights = None
+    if weighted:
+        total = sum(_answer_count(m) for m in weighted)
+        objective_weights = [
+            sum(m.objective_weights[k] * _answer_count(m) for m in weighted) / total
+            for k in range(len(weighted[0].objective_weights))
+        ]
+    return BestOfKMetrics(
+        prompts=sum(m.prompts for m in leaves),
+        accuracy=mean("accuracy", _prompt_count),
+        ties=sum(m.ties or 0 for m in leaves),
+        accuracy_ties_shared=mean("accuracy_ties_shared", _prompt_count),
+        chance=mean("chance", _prompt_count),
+        mean_candidates=mean("mean_candidates", _prompt_count),
+        pairs=int(sum(_pair_count(m) for m in leaves)),
+        pairwise_accuracy=mean("pairwise_accuracy", _pair_count),
+        mean_margin=mean("mean_margin", _prompt_count),
+        mean_reward_std=mean("mean_reward_std", _answer_count),
+        objective_weights=objective_weights,
+    )
 
 
 def evaluate_best_of_k(

@@ -44,7 +44,7 @@ METRIC_COLUMNS: list[tuple[str, Callable[[PairwiseMetrics], Any]]] = [
     ("NLL", lambda m: m.nll),
     ("Brier", lambda m: m.brier),
     ("ECE", lambda m: m.ece),
-    ("mean reward_std", lambda m: m.mean_reward_std),
+    ("mean reward_std", lambda m: m.mean_reward_std or None),  # exactly 0: a head without a posterior, "–"
     ("sel. acc. area", _area),
     ("uncertainty AUROC", lambda m: m.uncertainty_error_auroc),
     ("margin AUROC", lambda m: (m.error_auroc or {}).get("margin")),

@@ -99,7 +99,9 @@ def reliability_figure(reports: list[AnyReport]) -> Any:
                 label=f"{label} / {dataset}",
             )
             for x, y, count in zip(confidence, accuracy, counts, strict=True):
-                axes.annotate(str(count), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                # a bin near accuracy 1 gets its count below the marker, clear of the title
+                offset = (4, -10) if y > 0.95 else (4, 4)
+                axes.annotate(str(count), (x, y), textcoords="offset points", xytext=offset, fontsize=7)
             plotted = True
     if not plotted:
         axes.text(0.75, 0.5, "no calibration bins", ha="center", va="center", color="grey")
@@ -110,7 +112,9 @@ def reliability_figure(reports: list[AnyReport]) -> Any:
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)
     lines = [", ".join(titles[i : i + 2]) for i in range(0, len(titles), 2)]
-    axes.set_title("Reliability diagram — ECE: " + ("\n".join(lines) if lines else MISSING), fontsize=9)
+    axes.set_title(
+        "Reliability diagram — ECE: " + ("\n".join(lines) if lines else MISSING), fontsize=9, pad=10
+    )
     figure.tight_layout()
     return figure
 

@@ -43,6 +43,26 @@ def _tokenization_line(name: str, entry: DatasetReport) -> str | None:
     )
 
 
+E_W_SHOWN = 4  # objectives shown in the E(w) cell; a larger K shows its largest weights (all are in the JSON)
+
+
+def weights_by_name(weights: list[float] | None, names: list[str] | None) -> str:
+    """The `E(w)` cell: each objective's mean weight after its name (`objective_k` when the model names none, as
+    the server calls them), in the model's order; with more than `E_W_SHOWN` objectives the largest
+    `E_W_SHOWN - 1` and how many more; "-" for a model with one objective."""
+    weights = weights or []
+    if len(weights) < 2:
+        return "-"
+    names = names if names and len(names) == len(weights) else [f"objective_{k}" for k in range(len(weights))]
+    shown = list(range(len(weights)))
+    if len(weights) > E_W_SHOWN:
+        shown = sorted(sorted(shown, key=lambda k: -weights[k])[: E_W_SHOWN - 1])
+    cells = [f"{names[k]} {weights[k]:.2f}" for k in shown]
+    if len(shown) < len(weights):
+        cells.append(f"+{len(weights) - len(shown)} more")
+    return ", ".join(cells)
+
+
 def _pairwise_table(report: EvalReport):
     from rich.table import Table
 
@@ -119,6 +139,8 @@ def format_report(report: EvalReport | Mapping[str, Any]) -> str:
 
     from rich.console import Console
 
+    from vrm.evaluation.best_of_k import rollup_categories  # (imports torch: only when a table is printed)
+
     report = as_report(report)
     table, best = _pairwise_table(report), _best_of_k_table(report)
     signals = _error_signals(report)
@@ -146,7 +168,7 @@ def format_report(report: EvalReport | Mapping[str, Any]) -> str:
             number(m.predictive_nll),
             number(m.predictive_ece),
             f"{m.mean_reward_std:.3f}" if m.mean_reward_std else "–",  # exactly 0: a head without a posterior
-            " ".join(f"{w:.2f}" for w in weights) if len(weights) > 1 else "-",
+            weights_by_name(weights, report.objective_names),
         )
 
     def best_row(name: str, m: BestOfKMetrics) -> None:
@@ -179,8 +201,14 @@ def format_report(report: EvalReport | Mapping[str, Any]) -> str:
                 )
         elif convention in ("best-of-k", "rewardbench2"):
             best_row(name, entry.overall)
-            for subset, metrics in entry.subsets.items():
+            categories = rollup_categories(entry.subsets)
+            for subset, metrics in (categories or entry.subsets).items():
                 best_row(f"  {subset}", metrics)
+            if categories:
+                notes.append(
+                    f"{name}: {len(entry.subsets)} subsets shown as their {len(categories)} top-level categories; "
+                    "each subset is in the JSON report and --markdown"
+                )
             if entry.rewardbench2 is not None:
                 bench = entry.rewardbench2
                 subsets = "  ".join(f"{k} {v:.3f}" for k, v in bench.subsets.items())

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vrm.data.state_cache import backbone_fingerprint
 from vrm.models.config import record_tokenization
 from vrm.models.head_ensemble import combine_members
 from vrm.models.integrity import load_checked
@@ -54,25 +55,64 @@ class DeepEnsembleRewardModel(nn.Module):
         config.deep_ensemble_members = self.paths
         self.config = config
 
+    def check_shared_backbone(self) -> None:
+        """Members whose backbones compute the same states (same `vrm.data.state_cache.backbone_fingerprint`:
+        backbone, weights checksum, dtype, pooling), e.g. heads trained on one frozen backbone, can share an
+        embedding cache; otherwise a `ValueError` naming the first member that differs and how."""
+        reference = backbone_fingerprint(self.members[0])
+        for path, member in zip(self.paths[1:], self.members[1:], strict=True):
+            fingerprint = backbone_fingerprint(member)
+            differing = [key for key in reference if fingerprint.get(key) != reference[key]]
+            if differing:
+                raise ValueError(
+                    f"{path}: its backbone differs from {self.paths[0]}'s ({', '.join(differing)}): an embedding "
+                    "cache holds the states of one frozen backbone; score this ensemble without --embedding_cache"
+                )
+        self.shared_backbone = True
+
+    shared_backbone = False  # set by `check_shared_backbone`: the members' backbones compute the same states
+
+    def states_model(self) -> VRMForSequenceClassification:
+        """The model whose backbone computes the states of an embedding cache (`vrm.data.state_cache`): the first
+        member, once `check_shared_backbone` has passed (so the cache is also that member's alone)."""
+        if not self.shared_backbone:
+            raise ValueError(
+                "a deep ensemble uses an embedding cache only when its members share one backbone "
+                "(check_shared_backbone)"
+            )
+        return self.members[0]
+
     def forward(
         self,
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         prompt_lengths: Tensor | None = None,
         return_dict: bool | None = None,
+        prompt_states: Tensor | None = None,
+        response_states: Tensor | None = None,
         **kwargs: Any,
     ) -> RewardModelOutput | tuple:
-        """Score sequences with every member; the mixture's reward, std (and its two parts), mean weights."""
-        if input_ids is None or kwargs:
+        """Score sequences with every member; the mixture's reward, std (and its two parts), mean weights.
+
+        Backbone states (`prompt_states` + `response_states`, from an embedding cache) are scored by every
+        member's head when the members share their backbone (`check_shared_backbone`)."""
+        states = prompt_states is not None or response_states is not None
+        if kwargs or (input_ids is None) == (not states):
             given = sorted(kwargs) or ["no input_ids"]
             raise ValueError(
-                f"a deep ensemble scores token ids only (input_ids, attention_mask, prompt_lengths), got {given}; "
-                "it has no pair mode and no embedding cache (its members have different backbones)"
+                f"a deep ensemble scores token ids (input_ids, attention_mask, prompt_lengths) or, with a shared "
+                f"backbone, prompt_states + response_states; got {given}; it has no pair mode"
             )
-        outputs = [
-            m(input_ids=input_ids, attention_mask=attention_mask, prompt_lengths=prompt_lengths)
-            for m in self.members
-        ]
+        if states:
+            self.states_model()  # refuses members that do not share a backbone
+            if prompt_states is None or response_states is None:
+                raise ValueError("prompt_states need response_states")
+            outputs = [m(prompt_states=prompt_states, response_states=response_states) for m in self.members]
+        else:
+            outputs = [
+                m(input_ids=input_ids, attention_mask=attention_mask, prompt_lengths=prompt_lengths)
+                for m in self.members
+            ]
         rewards = torch.stack(
             [out.logits[:, 0].float() for out in outputs], -1
         )  # [B, N], members' normalization
@@ -132,9 +172,12 @@ def check_same_input(paths: Sequence[str], tokenizers: Sequence, configs: Sequen
 
 
 def load_deep_ensemble(
-    paths: Sequence[str], *, device=None, dtype=None
+    paths: Sequence[str], *, device=None, dtype=None, shared_backbone: bool = False
 ) -> tuple[DeepEnsembleRewardModel, Any]:
-    """The members at `paths` (vrm checkpoints sharing an input format) as one model, and their tokenizer."""
+    """The members at `paths` (vrm checkpoints sharing an input format) as one model, and their tokenizer.
+
+    `shared_backbone` (an embedding cache is asked for): the members must also share their backbone
+    (`DeepEnsembleRewardModel.check_shared_backbone`), else a `ValueError` names the one that differs."""
     from transformers import AutoTokenizer
 
     for path in paths:
@@ -149,6 +192,8 @@ def load_deep_ensemble(
     members = [load_checked(VRMForSequenceClassification, path, dtype=dtype) for path in paths]
     check_same_input(paths, tokenizers, [m.config for m in members])
     model = DeepEnsembleRewardModel(members, paths)
+    if shared_backbone:
+        model.check_shared_backbone()
     if device is not None:
         model.to(device)
     return model.eval(), tokenizers[0]

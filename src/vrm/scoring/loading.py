@@ -20,7 +20,15 @@ def load_scorer(path: str | Sequence[str], *, trust_remote_code: bool = False, *
 
     kwargs["device"], kwargs["dtype"] = resolve(kwargs.get("device"), kwargs.get("dtype"))
     if not isinstance(path, str):
-        return RewardPipeline.from_pretrained(list(path), **kwargs)
+        paths = list(path)
+        # the members of an ensemble on one frozen backbone share its states
+        if len(paths) > 1 and kwargs.get("embedding_cache"):
+            from vrm.scoring.deep_ensemble import load_deep_ensemble
+
+            device, dtype = kwargs.pop("device"), kwargs.pop("dtype")
+            ensemble, tokenizer = load_deep_ensemble(paths, device=device, dtype=dtype, shared_backbone=True)
+            return RewardPipeline(ensemble, tokenizer, **kwargs)
+        return RewardPipeline.from_pretrained(paths, **kwargs)
     config_path = os.path.join(path, "config.json")
     if os.path.isdir(path) and os.path.exists(config_path):
         with open(config_path, encoding="utf-8") as handle:

@@ -211,7 +211,11 @@ class VRMTrainingArguments(TrainingArguments):
         },
     )
     objective_column: str | None = field(
-        default=None, metadata={"help": "Column naming the objective on which the chosen response is better."}
+        default=None,
+        metadata={
+            "help": "Column naming the objective on which the chosen response is better: one of "
+            "--attribute_names, or of the model's --objective_names when no --attribute_names are given."
+        },
     )
     embedding_cache: str | None = field(
         default=None,
@@ -344,13 +348,23 @@ class VRMTrainingArguments(TrainingArguments):
             )
         if not 0 < self.rating_temperature < math.inf:
             raise ValueError(f"--rating_temperature must be a positive number, got {self.rating_temperature}")
-        if self.objective_label_weight > 0 and not (self.objective_column and attribute_names):
+        if self.objective_label_weight > 0 and not self.objective_column:
             raise ValueError(
-                "--objective_label_weight needs --objective_column (the label) and --attribute_names (the "
-                "objectives it names, in the order of the model's first objectives)"
+                "--objective_label_weight needs --objective_column (the column naming the objective of each row)"
             )
-        if self.objective_column and not attribute_names:
-            raise ValueError(
-                f"--objective_column {self.objective_column} needs --attribute_names (the objectives its values "
-                "name, in the order of the model's first objectives)"
-            )
+        # the objectives an --objective_column names: --attribute_names, else the model's --objective_names
+        # (`label_objectives`, once the model is known)
+
+
+def label_objectives(args: VRMTrainingArguments, objective_names: list[str] | None) -> None:
+    """The objectives the values of `--objective_column` name: `--attribute_names` when given, else the model's
+    `--objective_names` (set as `args.attribute_names`: labels index the model's first objectives). Neither is a
+    `ValueError` naming both ways; called before any data is read."""
+    if not args.objective_column or args.attribute_names:
+        return
+    if not objective_names:
+        raise ValueError(
+            f"--objective_column {args.objective_column} names objectives: pass --objective_names (the model's "
+            "objectives) or --attribute_names (the first objectives, which its values name)"
+        )
+    args.attribute_names = list(objective_names)

@@ -113,6 +113,9 @@ def model_card(
     for split, stats in (("train", train_stats), ("eval", eval_stats)):
         if stats is not None:
             data += [(f"{split} {key.replace('_', ' ')}", value) for key, value in asdict(stats).items()]
+    # training rows that feed each auxiliary term (vrm.training.auxiliary_terms)
+    if metrics.get("auxiliary_terms"):
+        data.append(("train rows feeding the auxiliary terms", metrics["auxiliary_terms"]))
     tokenization = getattr(config, "tokenization", None) or {}
     data += [("max_length", training_args.max_length), ("truncation", training_args.truncation)]
     if tokenization.get("input_format"):
@@ -205,6 +208,8 @@ def write_training_outputs(
     `trainer` is a `vrm.training.VRMTrainer`."""
     metrics = {**(train_metrics or {}), **(eval_metrics or {})}
     metrics = {key: value for key, value in metrics.items() if isinstance(value, int | float | str)}
+    if getattr(trainer, "auxiliary_terms", None) is not None:
+        metrics["auxiliary_terms"] = trainer.auxiliary_terms.as_dict()
     write_json(metrics, os.path.join(output_dir, "train_results.json"))
     trainer.state.save_to_json(os.path.join(output_dir, "trainer_state.json"))
     model = trainer.model

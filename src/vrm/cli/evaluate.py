@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--plots", default=None, help="Write a reliability diagram and weight heatmaps here.")
     parser.add_argument("--markdown", default=None, help="Write a side-by-side markdown summary here.")
+    parser.add_argument(
+        "--html",
+        default=None,
+        help="Write one self-contained HTML report here: the summary's tables and the plots, inlined.",
+    )
     parser.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
     parser.add_argument(
         "--embedding_cache",
@@ -53,10 +58,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser)
 
 
+def check_html_path(args: argparse.Namespace) -> None:
+    """A usage error, before any model loads, unless --html names a file this run can write: not a directory,
+    not another output of the run, in a directory that exists and takes a new file or that can be made."""
+    import os
+    import tempfile
+
+    path = args.html
+    if path is None:
+        return
+    if os.path.isdir(path):
+        args.parser.error(f"--html {path} is a directory; name the HTML file to write")
+    for flag in ("output", "markdown"):
+        other = getattr(args, flag)
+        if other and os.path.realpath(other) == os.path.realpath(path):
+            args.parser.error(f"--html and --{flag} are the same file ({path}); give each its own")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        args.parser.error(f"--html {path}: {parent} is not a directory")
+    if parent == os.path.dirname(os.path.abspath(path)):
+        try:  # root passes os.access checks that the file system then refuses
+            tempfile.NamedTemporaryFile(dir=parent, prefix=".vrm-html-check-").close()
+        except OSError as err:
+            args.parser.error(
+                f"--html {path}: cannot write in {parent} ({type(err).__name__}: {err.strerror})"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.max_length is not None and args.max_length < 1:
         args.parser.error(f"--max_length must be >= 1 (tokens), got {args.max_length}")
+    check_html_path(args)
     check_device(args)
+    from vrm.scoring.data_parallel import refuse_several_processes
+
+    refuse_several_processes("vrm eval")
     if args.ensemble and len(args.model) < 2:
         args.parser.error("--ensemble needs at least two --model (the models of the deep ensemble)")
     from vrm.evaluation.pairwise import evaluate_model
@@ -94,4 +132,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"[vrm] plot written to {path}")
         if args.markdown:
             print(f"[vrm] summary written to {write_markdown(reports, args.markdown)}")
+    if args.html:
+        from vrm.evaluation.html_report import write_html
+
+        print(f"[vrm] HTML report written to {write_html(reports, args.html)}")
     return 0

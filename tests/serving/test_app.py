@@ -14,7 +14,7 @@ from tiny_models import PAIRS
 
 from vrm.scoring.pipeline import RewardPipeline
 from vrm.serving.app import build_app
-from vrm.serving.requests import ServerConfig
+from vrm.serving.config import ServerConfig
 
 PROMPTS = [p for p, _, _ in PAIRS] + [p for p, _, _ in PAIRS]
 
@@ -299,7 +299,7 @@ def test_score_returns_what_vrm_score_and_the_pipeline_return(three_objective_mo
 
     from vrm.scoring.pipeline import RewardPipeline
     from vrm.serving.app import build_app
-    from vrm.serving.requests import ServerConfig
+    from vrm.serving.config import ServerConfig
 
     pipeline = RewardPipeline.from_pretrained(three_objective_model_dir, device="cpu")
     pipeline.model.config.objective_names = ["helpful", "safe", "warm"]

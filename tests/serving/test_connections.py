@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 
 from vrm.serving.app import build_app, uvicorn_settings
-from vrm.serving.requests import ServerConfig
+from vrm.serving.config import ServerConfig
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from tiny_models import PAIRS
 
 from vrm.scoring.scores import SequenceScores
 from vrm.serving.app import build_app
-from vrm.serving.requests import ServerConfig
+from vrm.serving.config import ServerConfig
 
 PROMPTS = [p for p, _, _ in PAIRS] + [p for p, _, _ in PAIRS]
 

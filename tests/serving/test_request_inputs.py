@@ -13,7 +13,7 @@ from vrm.data.files import DataFormatError
 from vrm.scoring.pipeline import RewardPipeline
 from vrm.scoring.score_file import score_file
 from vrm.serving.app import build_app
-from vrm.serving.requests import ServerConfig
+from vrm.serving.config import ServerConfig
 
 JSON = {"Content-Type": "application/json"}
 

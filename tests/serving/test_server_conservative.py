@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from tiny_models import PAIRS
 
 from vrm.serving.app import build_app
-from vrm.serving.requests import ServerConfig
+from vrm.serving.config import ServerConfig
 
 PROMPTS = [p for p, _, _ in PAIRS]
 

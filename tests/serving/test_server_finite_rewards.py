@@ -15,7 +15,7 @@ from vrm.cli import main
 from vrm.scoring.conservative import MAX_CONSERVATIVE_LAMBDA
 from vrm.scoring.pipeline import RewardPipeline
 from vrm.serving.app import build_app
-from vrm.serving.requests import ServerConfig
+from vrm.serving.config import ServerConfig
 
 PROMPTS = [p for p, _, _ in PAIRS]
 

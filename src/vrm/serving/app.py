@@ -7,8 +7,12 @@ Start it (needs the `serve` extra: `pip install 'vrm[serve]'`, i.e. fastapi and 
 
 Endpoints (the OpenAPI schema is at `/openapi.json`, interactive docs at `/docs`):
 
-* `GET /health` — model id (the directory's base name, or `--model_id`), head type and objective names.
-* `GET /stats` — forward batches run, items scored, items queued (shows how well requests are coalesced).
+* `GET /` — the inspector, a page to score a prompt's responses by hand and look at rewards, stds, ranks,
+  objective scores and weights (`inspector.html`, one self-contained file calling `/health` and `/score`).
+* `GET /health` — model id (the directory's base name, or `--model_id`), head type and objective names, and
+  `models`: each served model's name, head type and objectives (`vrm serve --model a --model b` serves both).
+* `GET /stats` — forward batches run, items scored, items queued (shows how well requests are coalesced), in
+  total and per replica (`replicas`: one per model and device).
 * `POST /get_reward` — OpenRLHF's remote reward model protocol. Each query is the full templated text (prompt
   and response, with the model's chat template applied) as an RL framework sends it; `prompts` (optional) are
   the templated prompts, used to find where each response starts (else the response marker stored in the
@@ -30,16 +34,21 @@ Endpoints (the OpenAPI schema is at `/openapi.json`, interactive docs at `/docs`
       #               "objective_scores": [...]}]}      (+ "conservative_reward" with --conservative_lambda
       #                                                    or the request's "conservative_lambda" > 0)
 
+`/score` and `/get_reward` take an optional `"model": "name"` field: which served model scores the request (the
+names `/health` lists; default: the first `--model`); another name is a 400 naming the served ones.
+
 Use it from OpenRLHF as a remote reward model:
 
     python -m openrlhf.cli.train_ppo_ray ... --remote_rm_url http://HOST:8000/get_reward
 
 A request is checked, then templated and tokenized item by item in one tokenizing thread (items of concurrent
-requests take turns), then queued. A single worker builds forward batches from the queued items round-robin
+requests take turns), then queued on one replica of the model: with `--devices cuda:0,cuda:1` each model has one replica per device,
+each with its own batching worker, and a request goes whole to the replica with the fewest items queued or being
+scored (`vrm.serving.batching.ReplicaPool`). A replica's single worker builds forward batches from the queued items round-robin
 over the requests, under `max_batch_size` rows and `max_batch_tokens` padded tokens, waiting up to
 `max_wait_ms` for others to join, and scores each in a worker thread (the event loop stays responsive).
 Limits (`ServerConfig`): body size (413 before parsing), items, characters and tokens per request (413), queue
-length (503 with `Retry-After`), time per request (503 with `Retry-After`), time to send a request
+length (per replica; 503 with `Retry-After`), time per request (503 with `Retry-After`), time to send a request
 (`timeout_request_read`: 408), and uvicorn's keep-alive timeout and concurrency limit, which counts requests, not
 idle or half-open connections (`vrm.serving.connections`). Bad requests get a 4xx answer `{"detail": "..."}` that
 names the field and index at fault. No reward leaves the server unless it is finite: a NaN or infinite reward (or
@@ -56,13 +65,14 @@ import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from importlib import resources
 from typing import Any
 
 try:
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         f"vrm serve needs fastapi and uvicorn ({err}); install them with: pip install 'vrm[serve]'"
@@ -71,7 +81,15 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 from vrm.scoring.conservative import NonFiniteRewardError, conservative_rewards
 from vrm.scoring.pipeline import RewardPipeline
 from vrm.scoring.scores import SequenceScores
-from vrm.serving.batching import BatcherStoppedError, DynamicBatcher, QueueFullError, pipeline_score_fn
+from vrm.serving.batching import (
+    BatcherStoppedError,
+    DynamicBatcher,
+    QueueFullError,
+    ReplicaPool,
+    pipeline_score_fn,
+    replica_devices,
+)
+from vrm.serving.config import ServerConfig
 from vrm.serving.requests import (
     BodySizeLimit,
     ErrorResponse,
@@ -79,11 +97,12 @@ from vrm.serving.requests import (
     GetRewardResponse,
     HealthResponse,
     ItemError,
+    ModelDescription,
     PreparedItem,
+    ReplicaStats,
     ScoreRequest,
     ScoreResponse,
     ScoreResult,
-    ServerConfig,
     StatsResponse,
     as_text,
     check_items,
@@ -93,7 +112,7 @@ from vrm.serving.requests import (
     text_size,
 )
 
-__all__ = ["DynamicBatcher", "ServerConfig", "build_app", "run_server", "uvicorn_settings"]
+__all__ = ["ServedModel", "build_app", "run_server", "served_model_names", "uvicorn_settings"]
 
 logger = logging.getLogger("vrm.serving.app")
 SCORE_FIELDS = frozenset(ScoreResult.model_fields)
@@ -105,41 +124,110 @@ def _model_id(name: str) -> str:
     return os.path.basename(os.path.normpath(name)) if os.sep in name or os.path.isdir(name) else name
 
 
-def build_app(
-    pipeline: RewardPipeline, config: ServerConfig | None = None, *, model_name: str | None = None
-) -> FastAPI:
-    """A FastAPI app serving `pipeline`; the batching worker and the tokenizing thread run during its lifespan.
+@dataclass
+class ServedModel:
+    """One model of the server: the name requests pick it by (`"model"`) and `/health` lists, and its replicas,
+    the same weights loaded on each device (the first replica templates and tokenizes for all of them)."""
 
-    `model_name` is what `/health` shows (default: the base name of the model's directory).
+    name: str
+    replicas: list[RewardPipeline]
+
+
+def device_of(pipeline: RewardPipeline) -> str:
+    """The device a pipeline's model runs on."""
+    parameter = next(pipeline.model.parameters(), None)
+    return str(parameter.device) if parameter is not None else "cpu"
+
+
+@dataclass
+class _Served:
+    """A served model as the endpoints use it: its replicas' batchers and what `/health` says of it."""
+
+    name: str
+    pipeline: RewardPipeline  # templates, tokenizes and formats results for every replica
+    pool: ReplicaPool
+    description: ModelDescription
+    pad: str | None = None
+    eos: str | None = None
+    devices: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, model: ServedModel, config: ServerConfig) -> _Served:
+        if not model.replicas:
+            raise ValueError(f"model {model.name!r} has no replica")
+        batchers = [
+            DynamicBatcher(
+                pipeline_score_fn(replica),
+                config.max_batch_size,
+                config.max_wait_ms,
+                config.max_queue,
+                config.max_batch_tokens,
+            )
+            for replica in model.replicas
+        ]
+        devices = [device_of(replica) for replica in model.replicas]
+        pipeline = model.replicas[0]
+        model_config = pipeline.model.config
+        num_objectives = int(model_config.num_objectives)
+        description = ModelDescription(
+            model=model.name,
+            head_type=str(model_config.head_type),
+            num_objectives=num_objectives,
+            objective_names=list(
+                model_config.objective_names or [f"objective_{k}" for k in range(num_objectives)]
+            ),
+        )
+        tokenizer = pipeline.tokenizer
+        return cls(
+            model.name,
+            pipeline,
+            ReplicaPool(batchers, devices),
+            description,
+            getattr(tokenizer, "pad_token", None),
+            getattr(tokenizer, "eos_token", None),
+            devices,
+        )
+
+
+def build_app(
+    models: RewardPipeline | Sequence[ServedModel],
+    config: ServerConfig | None = None,
+    *,
+    model_name: str | None = None,
+) -> FastAPI:
+    """A FastAPI app serving one pipeline, or several models each on one or more replicas (`ServedModel`s, the
+    first one the default); the batching workers and the tokenizing thread run during its lifespan.
+
+    `model_name` names a single pipeline in `/health` (default: the base name of the model's directory).
     """
     config = config or ServerConfig()
-    batcher = DynamicBatcher(
-        pipeline_score_fn(pipeline),
-        config.max_batch_size,
-        config.max_wait_ms,
-        config.max_queue,
-        config.max_batch_tokens,
-    )
-    model_config = pipeline.model.config
-    num_objectives = int(model_config.num_objectives)
-    objective_names = list(model_config.objective_names or [f"objective_{k}" for k in range(num_objectives)])
-    shown_name = model_name or _model_id(
-        getattr(model_config, "_name_or_path", "") or type(pipeline.model).__name__
-    )
-    tokenizer = pipeline.tokenizer
-    pad, eos = getattr(tokenizer, "pad_token", None), getattr(tokenizer, "eos_token", None)
+    if isinstance(models, RewardPipeline):
+        name = model_name or _model_id(
+            getattr(models.model.config, "_name_or_path", "") or type(models.model).__name__
+        )
+        models = [ServedModel(name, [models])]
+    if not models:
+        raise ValueError("build_app needs at least one model")
+    names = [model.name for model in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"served model names must differ, got {names}")
+    served = {model.name: _Served.build(model, config) for model in models}
+    default = served[names[0]]
+    batcher = default.pool.batchers[0]
     lam = config.conservative_lambda
     tokenizing: dict[str, ThreadPoolExecutor] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # one thread: a fast tokenizer must not be called from two threads at once
+        # one thread for every model: a fast tokenizer must not be called from two threads at once
         tokenizing["executor"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vrm-tokenize")
-        await batcher.start()
+        for entry in served.values():
+            await entry.pool.start()
         try:
             yield
         finally:
-            await batcher.stop()
+            for entry in served.values():
+                await entry.pool.stop()
             tokenizing.pop("executor").shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
@@ -148,7 +236,8 @@ def build_app(
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
-    app.state.batcher = batcher
+    app.state.batcher = batcher  # the default model's first replica
+    app.state.pools = {name: entry.pool for name, entry in served.items()}
     app.state.config = config
 
     @app.exception_handler(RequestValidationError)
@@ -210,13 +299,28 @@ def build_app(
             start = end
         return items
 
-    async def run(label: str, work: Callable[[int], PreparedItem], sizes: list[int]) -> SequenceScores:
+    def choose(name: str | None) -> _Served:
+        """The model a request names (default: the first one); another name is the client's error."""
+        if name is None:
+            return default
+        if name not in served:
+            shown = name if len(name) <= 80 else name[:80] + "..."
+            raise HTTPException(
+                400, f"model: {shown!r} is not served here; the served models are: {', '.join(served)}"
+            )
+        return served[name]
+
+    async def run(
+        entry: _Served, label: str, work: Callable[[int], PreparedItem], sizes: list[int]
+    ) -> SequenceScores:
+        chosen: DynamicBatcher | None = None
         try:
             async with asyncio.timeout(config.request_timeout_s):
                 items = await prepare(label, work, sizes)
-                return await batcher.submit([i.ids for i in items], [i.prompt_length for i in items])
+                chosen = entry.pool.pick()
+                return await chosen.submit([i.ids for i in items], [i.prompt_length for i in items])
         except TimeoutError as err:
-            batcher.stats.timed_out += 1
+            (chosen or entry.pool.batchers[0]).stats.timed_out += 1
             raise HTTPException(
                 503,
                 f"the request took longer than request_timeout_s={config.request_timeout_s:g} (server busy); "
@@ -250,26 +354,46 @@ def build_app(
         code: {"model": ErrorResponse} for code in (400, 413, 422, 500, 503)
     }
 
+    inspector_page = resources.files("vrm.serving").joinpath("inspector.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def inspector() -> HTMLResponse:
+        """The inspector page; it loads nothing from elsewhere (the policy forbids it) and calls this server."""
+        policy = (
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'"
+        )
+        return HTMLResponse(inspector_page, headers={"Content-Security-Policy": policy})
+
     @app.get("/health", response_model=HealthResponse)
     async def health() -> HealthResponse:
-        """Liveness and the served model's description."""
+        """Liveness, the default model's description, and every served model's (`models`)."""
+        running = all(entry.pool.running for entry in served.values())
         return HealthResponse(
-            status="ok" if batcher.running else "starting",
-            model=shown_name,
-            head_type=str(model_config.head_type),
-            num_objectives=num_objectives,
-            objective_names=objective_names,
+            status="ok" if running else "starting",
+            **default.description.model_dump(),
             conservative_lambda=lam,
+            models=[entry.description for entry in served.values()],
         )
 
     @app.get("/stats", response_model=StatsResponse)
     async def stats() -> StatsResponse:
-        """Batching counters since the server started."""
-        return StatsResponse(queued=batcher.queued, **asdict(batcher.stats))
+        """Batching counters since the server started: in total, and per replica (model and device)."""
+        replicas = [
+            ReplicaStats(model=name, device=device, queued=one.queued, **asdict(one.stats))
+            for name, entry in served.items()
+            for one, device in zip(entry.pool.batchers, entry.devices, strict=True)
+        ]
+        totals = {
+            key: sum(getattr(replica, key) for replica in replicas)
+            for key in ("batches", "items", "requests", "queued", "rejected", "failed_batches", "timed_out")
+        }
+        return StatsResponse(**totals, replicas=replicas)
 
     @app.post("/get_reward", response_model=GetRewardResponse, responses=errors)
     async def get_reward(body: GetRewardRequest) -> GetRewardResponse:
         """OpenRLHF remote reward model: one reward per full templated text."""
+        entry = choose(body.model)
+        pipeline, pad, eos = entry.pipeline, entry.pad, entry.eos
         check_items("query", body.query, config)
         texts = [strip_padding(q, pad, eos) for q in body.query]
         prompts: list[str | None] = [None] * len(texts)
@@ -285,7 +409,9 @@ def build_app(
                         400, f"{field_name}[{index}] is empty (once padding tokens are removed)"
                     )
         sizes = [len(text) for text in texts]
-        scores = await run("query[{i}]", lambda i: prepare_text(pipeline, texts[i], prompts[i], i), sizes)
+        scores = await run(
+            entry, "query[{i}]", lambda i: prepare_text(pipeline, texts[i], prompts[i], i), sizes
+        )
         try:
             values = conservative_rewards(
                 scores.reward, scores.reward_std, request_lambda(body.conservative_lambda)
@@ -297,6 +423,8 @@ def build_app(
     @app.post("/score", response_model=ScoreResponse, response_model_exclude_none=True, responses=errors)
     async def score(body: ScoreRequest) -> ScoreResponse:
         """Reward, reward std, objective weights and scores for (prompt, response) pairs."""
+        entry = choose(body.model)
+        pipeline = entry.pipeline
         if len(body.prompts) != len(body.responses):
             raise HTTPException(400, f"{len(body.prompts)} prompts but {len(body.responses)} responses")
         check_items("prompts", body.prompts, config)
@@ -304,7 +432,7 @@ def build_app(
         pairs = [(as_text(p), as_text(r)) for p, r in zip(body.prompts, body.responses, strict=True)]
         sizes = [text_size(p) + text_size(r) for p, r in zip(body.prompts, body.responses, strict=True)]
         label = "prompts[{i}] / responses[{i}]"
-        scores = await run(label, lambda i: prepare_pair(pipeline, *pairs[i], i), sizes)
+        scores = await run(entry, label, lambda i: prepare_pair(pipeline, *pairs[i], i), sizes)
         pessimism = request_lambda(body.conservative_lambda)
         try:
             conservative = conservative_rewards(scores.reward, scores.reward_std, pessimism)
@@ -337,42 +465,75 @@ def build_app(
 
 
 # ----- running it ---------------------------------------------------------------------------------------------
-def _default_device() -> str | None:
-    import torch
+def served_model_names(models: Sequence[str | Sequence[str]], model_id: str | None = None) -> list[str]:
+    """The name of each model to serve (a directory, or the directories of one deep ensemble): its base name
+    (`a + b` for an ensemble), or `model_id` for a single model. Two models of one name are a `ValueError`: a
+    request's `"model"` field could not tell them apart."""
+    names = [
+        _model_id(model) if isinstance(model, str) else " + ".join(_model_id(path) for path in model)
+        for model in models
+    ]
+    if model_id is not None:
+        if len(names) != 1:
+            raise ValueError(
+                f"--model_id names one model; {len(names)} are served, each named by its directory's base name"
+            )
+        names = [model_id]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            first = names.index(name)
+            raise ValueError(
+                f"two --model directories have the same name {name!r} ({_shown(models[first])} and "
+                f"{_shown(models[index])}): a request's \"model\" field names a model by its directory's base name; "
+                "serve distinct names (rename or link one), or pass --ensemble to serve them as one deep ensemble"
+            )
+    return names
 
-    return "cuda" if torch.cuda.is_available() else None
+
+def _shown(model: str | Sequence[str]) -> str:
+    return model if isinstance(model, str) else " + ".join(model)
 
 
 def run_server(
-    model_path: str | Sequence[str],
+    models: Sequence[str | Sequence[str]],
     host: str = "127.0.0.1",
     port: int = 8000,
     config: ServerConfig | None = None,
-    device: str | None = None,
+    devices: Sequence[str] | None = None,
     log_level: str = "info",
     torch_threads: int | None = None,
     model_id: str | None = None,
 ) -> None:
-    """Load the model at `model_path` and serve it with uvicorn until interrupted.
+    """Load each model (a directory, or the directories of one deep ensemble, `vrm.scoring.deep_ensemble`) on
+    each of `devices` and serve them with uvicorn until interrupted; the first model is the default.
 
-    `device` defaults to CUDA when available, else CPU; `torch_threads` sets torch's intra-op CPU threads;
-    `model_id` is the name `/health` shows (default: the base name of `model_path`). Several paths serve
-    their deep ensemble (`vrm.scoring.deep_ensemble`).
+    `devices` defaults to CUDA when available, else CPU (`replica_devices`); `torch_threads` sets torch's
+    intra-op CPU threads; `model_id` is the name `/health` shows for a single model (default: the base name).
     """
     import torch
     import uvicorn
 
     config = config or ServerConfig()
+    names = served_model_names(models, model_id)
+    devices = list(devices) if devices else replica_devices(None)
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    pipeline = RewardPipeline.from_pretrained(
-        model_path,
-        device=device or _default_device(),
-        batch_size=config.max_batch_size,
-        conservative_lambda=config.conservative_lambda,
-    )
-    paths = [model_path] if isinstance(model_path, str) else list(model_path)
-    app = build_app(pipeline, config, model_name=model_id or " + ".join(_model_id(path) for path in paths))
+    served = [
+        ServedModel(
+            name,
+            [
+                RewardPipeline.from_pretrained(
+                    model,
+                    device=device,
+                    batch_size=config.max_batch_size,
+                    conservative_lambda=config.conservative_lambda,
+                )
+                for device in devices
+            ],
+        )
+        for name, model in zip(names, models, strict=True)
+    ]
+    app = build_app(served, config)
     uvicorn.run(app, host=host, port=port, log_level=log_level, **uvicorn_settings(config))
 
 

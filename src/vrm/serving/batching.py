@@ -4,6 +4,11 @@ Each request arrives as token sequences. A single worker builds each forward bat
 over the requests that have items left (those served least recently first), under `max_batch_size` rows and
 `max_batch_tokens` padded tokens. A large request is thus split into many forward batches, and a
 request that arrives meanwhile joins the next one instead of waiting for the whole large request.
+
+A model served on several devices (`vrm serve --devices cuda:0,cuda:1`) has one `DynamicBatcher` per device, its
+replicas, held by a `ReplicaPool`: each request goes whole to the replica with the fewest items queued or being
+scored (ties: the one chosen least recently), so requests are batched, and shared fairly, within that replica
+exactly as with one device.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -67,16 +72,20 @@ class _Job:
         return len(self.order) - self.taken
 
     def store(self, indices: list[int], scores: SequenceScores) -> None:
+        """Put one forward batch's scores of this request's `indices` in place: every field the model gave,
+        an ensemble's member rewards and std parts too."""
         if self.result is None:
-            count, k = len(self.sequences), scores.objective_weights.shape[-1]
+            count = len(self.sequences)
             self.result = SequenceScores(
-                torch.empty(count), torch.empty(count), torch.empty(count, k), torch.empty(count, k)
+                **{
+                    name: None if values is None else values.new_empty((count, *values.shape[1:]))
+                    for name, values in vars(scores).items()
+                }
             )
         index = torch.tensor(indices, dtype=torch.long)
-        self.result.reward[index] = scores.reward
-        self.result.reward_std[index] = scores.reward_std
-        self.result.objective_weights[index] = scores.objective_weights
-        self.result.objective_scores[index] = scores.objective_scores
+        for name, values in vars(scores).items():
+            if values is not None:
+                getattr(self.result, name)[index] = values
         self.scored += len(indices)
 
 
@@ -118,6 +127,7 @@ class DynamicBatcher:
         self._active: deque[_Job] = deque()  # requests with items not yet in a batch, in arrival order
         self._batch_number = 0
         self._in_flight: list[_Job] = []
+        self.in_flight_items = 0  # items of the forward batch being scored now
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -125,6 +135,11 @@ class DynamicBatcher:
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    @property
+    def load(self) -> int:
+        """Items waiting or being scored: what a `ReplicaPool` compares to pick a replica."""
+        return self.queued + self.in_flight_items
 
     async def start(self) -> None:
         """Start the worker task on the running event loop."""
@@ -150,7 +165,7 @@ class DynamicBatcher:
             if not job.future.done():
                 job.future.set_exception(BatcherStoppedError("the server is shutting down"))
         self._active.clear()
-        self._in_flight = []
+        self._in_flight, self.in_flight_items = [], 0
         self.queued = 0
         if self._executor is not None:
             self._executor.shutdown(wait=False)
@@ -244,14 +259,14 @@ class DynamicBatcher:
         while True:
             batch = await self._next_batch()
             jobs = list(dict.fromkeys(job for job, _ in batch))
-            self._in_flight = jobs
+            self._in_flight, self.in_flight_items = jobs, len(batch)
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._score_batch, batch)
             except Exception as err:  # the worker must survive anything
                 logger.exception("scoring worker error")
                 outcomes = [(job, [], err) for job in jobs]
             finally:
-                self._in_flight = []
+                self._in_flight, self.in_flight_items = [], 0
             for job, indices, outcome in outcomes:
                 if job.future.done():
                     continue
@@ -297,3 +312,101 @@ class DynamicBatcher:
             except Exception as err:
                 outcomes.append((job, indices, err))
         return outcomes
+
+
+# ----- replicas: one batcher per device ---------------------------------------------------------------------------
+MAX_REPLICAS = 64  # devices in one `--devices` list: beyond it a typo (or a loop) rather than a machine
+
+
+def replica_devices(spec: str | None) -> list[str]:
+    """The devices of `--devices` / `--device`: a comma-separated list of torch devices, one model replica each.
+
+    `None` / `auto`: CUDA when available, else the CPU (one replica); `all`: every visible CUDA device (the CPU
+    when there is none). Each entry must be a device that exists here (`cuda:3` needs 4 GPUs); a device may repeat
+    (two replicas on one GPU, or `cpu,cpu`), but there are at most `MAX_REPLICAS`, and no more CPU replicas than
+    CPU cores (each replica's worker would only wait for a core, and its copy of the weights costs memory).
+    A bad list is a `ValueError` naming the entry.
+    """
+    import os
+
+    import torch
+
+    from vrm.scoring.device import resolve_device
+
+    if spec is None or spec.strip() in ("", "auto"):
+        return [resolve_device(None)]
+    if spec.strip() == "all":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [f"cuda:{index}" for index in range(count)] or ["cpu"]
+    entries = spec.split(",")
+    if len(entries) > MAX_REPLICAS:
+        raise ValueError(
+            f"--devices lists {len(entries)} devices; at most {MAX_REPLICAS} replicas are served"
+        )
+    devices = []
+    for position, entry in enumerate(entries, 1):
+        entry = entry.strip()
+        if not entry:
+            raise ValueError(f"--devices {spec!r}: entry {position} is empty (a list such as cuda:0,cuda:1)")
+        if entry in ("auto", "all"):
+            raise ValueError(f"--devices {spec!r}: {entry!r} stands alone, not in a list")
+        device = resolve_device(entry)
+        if device == "cuda":
+            device = f"cuda:{torch.cuda.current_device()}"
+        parsed = torch.device(device)
+        if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--devices {spec!r}: {entry} does not exist ({torch.cuda.device_count()} CUDA device(s) here: "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
+        if parsed.type not in ("cpu", "cuda"):
+            raise ValueError(f"--devices {spec!r}: {entry} is not a CPU or CUDA device")
+        devices.append(device)
+    cores = os.cpu_count() or 1
+    if devices.count("cpu") > cores:
+        raise ValueError(
+            f"--devices lists {devices.count('cpu')} CPU replicas, more than this machine's {cores} CPU cores"
+        )
+    return devices
+
+
+@dataclass
+class ReplicaPool:
+    """The batchers of one model, one per device (`devices[i]` runs `batchers[i]`).
+
+    `submit` sends a request whole to the replica with the smallest `load` (items queued or being scored), the one
+    chosen least recently among equals, so an idle pool alternates and a busy one fills its least busy device.
+    Limits stay per replica: `max_queue` bounds each replica's queue.
+    """
+
+    batchers: Sequence[DynamicBatcher]
+    devices: Sequence[str]
+
+    def __post_init__(self) -> None:
+        if not self.batchers or len(self.batchers) != len(self.devices):
+            raise ValueError(f"{len(self.batchers)} batchers for {len(self.devices)} devices")
+        self._last_chosen = [0] * len(self.batchers)
+        self._choices = 0
+
+    @property
+    def running(self) -> bool:
+        return all(batcher.running for batcher in self.batchers)
+
+    @property
+    def queued(self) -> int:
+        return sum(batcher.queued for batcher in self.batchers)
+
+    def pick(self) -> DynamicBatcher:
+        """The replica the next request goes to."""
+        index = min(range(len(self.batchers)), key=lambda i: (self.batchers[i].load, self._last_chosen[i]))
+        self._choices += 1
+        self._last_chosen[index] = self._choices
+        return self.batchers[index]
+
+    async def start(self) -> None:
+        for batcher in self.batchers:
+            await batcher.start()
+
+    async def stop(self) -> None:
+        for batcher in self.batchers:
+            await batcher.stop()

@@ -130,3 +130,36 @@ def test_objective_weights_are_also_keyed_by_name(trained_model_dir):
     assert list(result["objective_weights_by_name"]) == ["helpful", "safe"]
     assert result["objective_weights_by_name"]["safe"] == result["objective_weights"][1]
     assert list(result["objective_scores_by_name"]) == ["helpful", "safe"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "head_type"), [("bert_pair", "vrm"), ("bert_pair", "bt"), ("llama_chat", "vrm")]
+)
+def test_batched_scores_equal_each_sequence_scored_alone(tiny_model, setup, head_type):
+    """Token-budget batches and an encoder's prompt pass run apart (once per distinct prompt) give the scores of
+    each sequence's own forward, in input order."""
+    from vrm.scoring.scores import score_sequences
+
+    model, tokenizer, pref = tiny_model(setup, head_type=head_type)
+    pairs = [(p, r) for p, chosen, rejected in PAIRS for r in (chosen, rejected, chosen + " " + rejected)]
+    encoded = [pref.tokenize_single(p, r) for p, r in pairs]
+    sequences, lengths = [ids for ids, _ in encoded], [n for _, n in encoded]
+    batched = score_sequences(model, sequences, lengths, tokenizer.pad_token_id, batch_size=4)
+    with torch.no_grad():
+        alone = [model(input_ids=torch.tensor([ids]), prompt_lengths=torch.tensor([n])) for ids, n in encoded]
+    assert batched.reward.tolist() == pytest.approx([float(o.logits[0, 0]) for o in alone], abs=1e-5)
+    weights = torch.cat([o.objective_weights for o in alone])
+    assert torch.allclose(batched.objective_weights, weights, atol=1e-5)
+
+
+def test_token_budget_batches_cover_every_sequence_once_within_the_budget():
+    from vrm.scoring.scores import token_budget_batches
+
+    sequences = [[1] * n for n in (3, 40, 5, 7, 40, 2, 9, 11, 1, 30)]
+    batches = list(token_budget_batches(sequences, batch_size=2, pad_token_id=0))
+    seen = sorted(i for index, _, _ in batches for i in index)
+    assert seen == list(range(len(sequences)))
+    for index, ids, mask in batches:
+        assert ids.numel() <= 2 * 40 or len(index) == 1  # rows × longest of the batch ≤ batch_size × longest
+        assert mask.sum(1).tolist() == [len(sequences[i]) for i in index]
+    assert max(len(index) for index, _, _ in batches) > 2  # short sequences share larger batches

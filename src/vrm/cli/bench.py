@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error(str(err))
     loading = {"device": args.device, "dtype": args.dtype, "trust_remote_code": args.trust_remote_code}
     resolve(args.device, args.dtype)  # a bad --device / --dtype fails before any model loads
+    from vrm.scoring.data_parallel import refuse_several_processes
+
+    refuse_several_processes("vrm bench bon")
     if args.build_pool:
         kept = build_pool(args.build_pool, args.output)
         print(f"[vrm] pool of {kept} prompts written to {args.output}")

@@ -1,4 +1,6 @@
-"""`vrm score`: score every row of a file of (prompt, response) rows into a jsonl, resumably."""
+"""`vrm score`: score every row of a file of (prompt, response) rows into a jsonl, resumably; launched with
+`accelerate launch -m vrm score ...` or `torchrun -m vrm score ...`, each process scores a shard of the rows on its
+own device and the output is the one a single process writes (`vrm.scoring.score_file`)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--input", required=True, help="jsonl/json/parquet/csv rows: prompt + response, or messages."
     )
     parser.add_argument("--output", required=True, help="jsonl output (resumed if it exists).")
-    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=32,
+        help="Rows per batch at the longest length; shorter rows go in larger batches (a token budget).",
+    )
     parser.add_argument("--chunk_size", type=int, default=256, help="Rows written (and fsync'ed) at a time.")
     parser.add_argument(
         "--max_length",
@@ -41,13 +48,15 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error(f"--max_length must be >= 1 (tokens), got {args.max_length}")
     check_device(args)
     paths = model_paths(args.parser, args)
+    from vrm.scoring.data_parallel import ScoringWorld
     from vrm.scoring.loading import load_scorer
     from vrm.scoring.score_file import score_file
 
+    world = ScoringWorld.detect()  # several processes under accelerate launch / torchrun: each scores a shard
     lengths = {"max_length": args.max_length} if args.max_length else {}
     pipeline = load_scorer(
         paths,
-        device=args.device,
+        device=world.device(args.device),
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
         batch_size=args.batch_size,
@@ -64,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
         response_column=args.response_column,
         progress=not args.no_progress,
         overwrite=args.overwrite,
+        world=world,
     )
+    if not world.is_main:
+        return 0
     print(
         f"[vrm] {stats['rows']} rows: {stats['scored']} scored, {stats['skipped']} already in {args.output}"
     )

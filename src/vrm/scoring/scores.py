@@ -1,16 +1,16 @@
-"""Scoring token sequences with a vrm model: `score_sequences` runs the model over length-sorted batches (or over
-cached backbone states) and returns `SequenceScores`, the per-sequence rewards, uncertainties and objective
-weights every scorer (pipeline, server, evaluation) hands on."""
+"""Scoring token sequences with a vrm model: `score_sequences` runs the model over length-sorted batches under a
+token budget (or over cached backbone states) and returns `SequenceScores`, the per-sequence rewards,
+uncertainties and objective weights every scorer (pipeline, server, evaluation) hands on."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from vrm.data.collate import length_sorted_batches
+from vrm.data.collate import pad_sequences
 from vrm.data.state_cache import EmbeddingCache
 from vrm.models.modeling import VRMForSequenceClassification
 from vrm.models.shared_prompt import has_shared_prompts, score_layout, score_prompt_trees
@@ -44,7 +44,70 @@ class SequenceScores:
         )
 
 
-@torch.no_grad()
+def token_budget_batches(
+    sequences: Sequence[Sequence[int]], batch_size: int, pad_token_id: int, budget: int | None = None
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Batches of sequences sorted by length: (indices into `sequences`, right-padded ids, mask).
+
+    A batch holds as many sequences as fit `budget` padded tokens (rows × the batch's longest sequence); the
+    default budget, `batch_size` × the longest sequence of all, gives the longest sequences `batch_size` rows and
+    shorter ones more (never more than 8 × `batch_size`), so a batch costs about the same whatever its lengths."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    if not order:
+        return
+    budget = budget or batch_size * max(1, len(sequences[order[-1]]))
+    most = 8 * batch_size
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while (
+            stop < len(order)
+            and stop - start < most
+            and (stop - start + 1) * len(sequences[order[stop]]) <= budget
+        ):
+            stop += 1
+        index = order[start:stop]
+        yield (index, *pad_sequences([sequences[i] for i in index], pad_token_id))
+        start = stop
+
+
+def prompt_states_alone(
+    model: VRMForSequenceClassification,
+    sequences: Sequence[Sequence[int]],
+    prompt_lengths: Sequence[int],
+    pad_token_id: int,
+    batch_size: int,
+) -> torch.Tensor:
+    """An encoder's prompt-alone states `h_x` [N, H] (`VRMForSequenceClassification._encode_prompt_alone`) of all
+    sequences at once: each distinct prompt is encoded once, in batches of prompts sorted by their own length (the
+    prompts of a batch of full sequences differ in length more, and would pad to the longest)."""
+    device = next(model.parameters()).device
+    keys: dict[tuple[int, ...], int] = {}
+    inverse = [
+        keys.setdefault(tuple(ids[:length]), len(keys))
+        for ids, length in zip(sequences, prompt_lengths, strict=True)
+    ]
+    prompts = [list(key) for key in keys]
+    states: torch.Tensor | None = None
+    for index, ids, mask in token_budget_batches(prompts, batch_size, pad_token_id):
+        state = model.encode_prompts(ids.to(device), mask.to(device))
+        if states is None:
+            states = state.new_empty(len(prompts), state.shape[-1])
+        states[torch.tensor(index, device=state.device)] = state
+    return states[torch.tensor(inverse, device=states.device)]
+
+
+def separate_prompt_pass(model: VRMForSequenceClassification) -> bool:
+    """Whether `model` reads its prompt state from a pass over the prompt alone (a bidirectional backbone scored on
+    the separate layout, with a head whose weights depend on the prompt) that `score_sequences` can run apart."""
+    return (
+        hasattr(model, "backbone")
+        and not model.config.is_causal
+        and model.config.weight_posterior != "none"
+        and score_layout(model) == "separate"
+    )
+
+
 def score_sequences(
     model: VRMForSequenceClassification,
     sequences: Sequence[Sequence[int]],
@@ -55,8 +118,12 @@ def score_sequences(
     description: str = "scoring",
     embedding_cache: EmbeddingCache | None = None,
 ) -> SequenceScores:
-    """Score token sequences in batches sorted by length (little padding), returned in input order.
+    """Score token sequences, returned in input order, under `torch.inference_mode`.
 
+    Sequences run in batches sorted by length with a token budget (`token_budget_batches`: little padding, short
+    sequences in larger batches). An encoder's prompt-alone pass runs apart, once per distinct prompt
+    (`prompt_states_alone`); a causal backbone reads the prompt state in the sequence's own pass; a prompt shared
+    by several sequences of a tree-layout model is computed once (`vrm.models.shared_prompt`).
     With an `embedding_cache` (a model trained with `--freeze_backbone`), the backbone states come from the cache
     (computed into it once) and only the head runs here.
     """
@@ -78,6 +145,36 @@ def score_sequences(
             out.epistemic_std[index] = result.epistemic_std.float().cpu()
             out.member_rewards[index] = result.member_rewards.float().cpu()
 
+    with torch.inference_mode():
+        _score_into(
+            store,
+            model,
+            device,
+            sequences,
+            prompt_lengths,
+            pad_token_id,
+            batch_size,
+            progress,
+            description,
+            embedding_cache,
+        )
+    return out
+
+
+def _score_into(
+    store,
+    model,
+    device,
+    sequences,
+    prompt_lengths,
+    pad_token_id,
+    batch_size,
+    progress,
+    description,
+    embedding_cache,
+) -> None:
+    """`score_sequences`' scoring: hands each batch's indices and `RewardModelOutput` to `store`."""
+    count = len(sequences)
     if embedding_cache is not None:
         prompt_states, response_states = embedding_cache.states(
             model, sequences, prompt_lengths, pad_token_id, description
@@ -91,21 +188,28 @@ def score_sequences(
                     response_states=response_states[part].to(device),
                 ),
             )
-        return out
+        return
+    if count == 0:
+        return
     if score_layout(model) == "shared_prompt" and (
         not model.config.is_causal or has_shared_prompts(sequences, prompt_lengths)
     ):  # a prompt shared by several sequences is computed once (vrm.models.shared_prompt)
         for index, result in score_prompt_trees(model, sequences, prompt_lengths, pad_token_id, batch_size):
             store(index, result)
-        return out
-    batches = length_sorted_batches(sequences, batch_size, pad_token_id)
-    total = -(-count // batch_size)
-    for index, ids, mask in tqdm(batches, total=total, desc=description, disable=not progress, leave=False):
-        lengths = torch.tensor([prompt_lengths[i] for i in index])
-        store(
-            index,
-            model(
-                input_ids=ids.to(device), attention_mask=mask.to(device), prompt_lengths=lengths.to(device)
-            ),
-        )
-    return out
+        return
+    prompt_states = (
+        prompt_states_alone(model, sequences, prompt_lengths, pad_token_id, batch_size)
+        if separate_prompt_pass(model)
+        else None
+    )
+    batches = list(token_budget_batches(sequences, batch_size, pad_token_id))
+    for index, ids, mask in tqdm(batches, desc=description, disable=not progress, leave=False):
+        ids, mask = ids.to(device), mask.to(device)
+        if prompt_states is not None:
+            result = model._score_states(
+                prompt_states[torch.tensor(index, device=device)], model.encode_responses(ids, mask)
+            )
+        else:
+            lengths = torch.tensor([prompt_lengths[i] for i in index], device=device)
+            result = model(input_ids=ids, attention_mask=mask, prompt_lengths=lengths)
+        store(index, result)

@@ -348,3 +348,20 @@ def stochastic_scores(stochastic_pipeline):
     scores = stochastic_pipeline.score([p for p, _, _ in PAIRS], [c for _, c, _ in PAIRS])
     assert bool((scores.reward_std > 0).all())  # else the tests using it could not tell the forms apart
     return scores
+
+
+# ----- a real browser -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory):
+    """A headless chromium (Selenium `webdriver.Chrome`, fresh profile) for the tests marked `browser`; they
+    skip, with the reason, where no chromium and chromedriver are installed (`fixtures/headless_chromium.py`)."""
+    from headless_chromium import find_chromium, start_chromium
+
+    found = find_chromium()
+    if isinstance(found, str):
+        pytest.skip(f"no browser to run this test in: {found}")
+    driver = start_chromium(*found, str(tmp_path_factory.mktemp("chromium_profile")))
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -15,7 +15,7 @@ from typing import Any
 
 import bad_inputs  # tests/fixtures (on sys.path: benchmarks/robustness/__init__.py)
 
-from benchmarks.robustness.harness import Case, Step, subprocess_env, vrm
+from benchmarks.robustness.harness import Case, Step, free_port, subprocess_env, vrm
 
 TRAIN_FLAGS = {
     "max_steps": 4,
@@ -433,7 +433,9 @@ def cli_cases(work: str, backbone: str, model: str, quick: bool) -> list[Case]:
     """Every CLI case: the corpus (a few of each kind with `quick`), then the hostile runs (all of them)."""
     from benchmarks.robustness.hostile_runs import hostile_cases  # builds on this module's helpers
 
-    cases = corpus_cases(work, backbone, model, quick)
+    cases = corpus_cases(work, backbone, model, quick) + serve_replica_flag_cases(model)
+    cases += eval_html_cases(work, model)
+    cases += auxiliary_term_cases(work, backbone, model)
     controls = [case for case in cases if case.group == "control"]
     others = [case for case in cases if case.group != "control"]
     return others + hostile_cases(work, backbone, model, quick) + controls
@@ -498,3 +500,136 @@ def resume_past_damaged_checkpoint(
         check=resumed_from_2,
         outputs=[resumed],
     )
+
+
+def serve_replica_flag_cases(model: str) -> list[Case]:
+    """`vrm serve --devices` (one model replica per device) and several `--model`s (served side by side, named by
+    their directories' base names): bad lists and clashing names end with one line (exit 2) before any model
+    loads; a server that starts instead is a stall past the short timeout."""
+    from benchmarks.robustness.hostile_runs import SERVE_TIMEOUT  # builds on this module's helpers
+
+    cases = []
+    for name, extra, message in [
+        ("serve-devices-cuda-99", ["--devices", "cuda:99"], r"cuda:99"),
+        ("serve-devices-empty-entry", ["--devices", "cpu,,cpu"], r"entry 2 is empty"),
+        ("serve-devices-1000-replicas", ["--devices", ",".join(["cpu"] * 1000)], r"at most 64 replicas"),
+        (
+            "serve-devices-more-cpu-replicas-than-cores",
+            ["--devices", ",".join(["cpu"] * ((os.cpu_count() or 1) + 1))],
+            r"CPU cores|at most 64 replicas",
+        ),
+        ("serve-devices-not-a-device", ["--devices", "gpu0"], r"not a torch device"),
+        ("serve-duplicate-model-names", ["--model", model], r"same name"),
+        ("serve-model-id-with-two-models", ["--model", model + "/", "--model_id", "x"], r"--model_id"),
+    ]:
+        argv = vrm("serve", "--model", model, *extra, "--port", str(free_port()))
+        cases.append(Case(name, "flags", [Step(argv, True, timeout=SERVE_TIMEOUT)], message, returncode=2))
+    return cases
+
+
+def eval_html_cases(work: str, model: str) -> list[Case]:
+    """`vrm eval --html`: a path that cannot take the report (a directory, the --output file, a path under a
+    file, a directory that refuses new files) ends in one line (exit 2) before any model loads, and the run writes
+    no --output; the control writes a report that refers to nothing outside itself."""
+    corpus, runs = os.path.join(work, "corpus"), os.path.join(work, "runs", "eval-html")
+    os.makedirs(runs, exist_ok=True)
+    good_pairs = bad_inputs.good_pairs_file().write(corpus)
+    report = os.path.join(runs, "report.json")
+    blocker = os.path.join(runs, "a-file")
+    with open(blocker, "w") as handle:
+        handle.write("not a directory\n")
+
+    def no_report(process: subprocess.CompletedProcess) -> str | None:
+        return "the refused run wrote its --output report" if os.path.exists(report) else None
+
+    def eval_argv(html_path: str, output: str = report) -> list[str]:
+        return vrm(
+            "eval",
+            "--model",
+            model,
+            "--dataset",
+            good_pairs,
+            "--output",
+            output,
+            "--no_progress",
+            "--html",
+            html_path,
+        )
+
+    cases = []
+    for name, path, message in [
+        ("eval-html-directory", runs, r"--html \S+ is a directory"),
+        ("eval-html-same-as-output", report, r"--html and --output are the same file"),
+        ("eval-html-under-a-file", os.path.join(blocker, "report.html"), r"a-file is not a directory"),
+        ("eval-html-unwritable-directory", "/proc/vrm-report.html", r"cannot write in /proc"),
+    ]:
+        cases.append(
+            Case(name, "flags", [Step(eval_argv(path), True)], message, returncode=2, check=no_report)
+        )
+
+    page = os.path.join(runs, "control", "report.html")
+
+    def self_contained(process: subprocess.CompletedProcess) -> str | None:
+        if process.returncode != 0:
+            return None
+        if not os.path.exists(page):
+            return "no HTML report written"
+        text = open(page, encoding="utf-8").read()
+        if re.search(r"https?://", text):
+            return "the HTML report refers to a URL"
+        return None if "data:image/png;base64," in text else "the HTML report embeds no image"
+
+    argv = eval_argv(page, os.path.join(runs, "control", "report.json"))
+    cases.append(
+        Case("control:eval-html", "control", [Step(argv, False)], refuse=False, check=self_contained)
+    )
+    return cases
+
+
+def auxiliary_term_cases(work: str, backbone: str, model: str) -> list[Case]:
+    """Training terms that no row can feed are refused in one line before any training, naming the flag and the
+    way out (`vrm.training.auxiliary_terms`); an objective column needs the objectives it names; a deep ensemble
+    of members on one backbone shares an embedding cache (the control: one checkpoint twice)."""
+    corpus, runs = os.path.join(work, "corpus"), os.path.join(work, "runs", "auxiliary-terms")
+    os.makedirs(runs, exist_ok=True)
+    good_pairs = bad_inputs.good_pairs_file().write(corpus)  # no rating or label columns
+    cases = []
+    for name, flags, message in [
+        (
+            "train-objective-column-without-names",
+            ["--objective_column", "objective"],
+            r"--objective_column objective names objectives: pass --objective_names",
+        ),
+        (
+            "train-attribute-names-without-ratings",
+            ["--attribute_names", "help", "harm"],
+            r"--attribute_names help, harm: none of the \d+ training rows .* or pass --attribute_weight 0",
+        ),
+        (
+            "train-rating-weight-without-rated-pairs",
+            ["--attribute_names", "help", "harm", "--attribute_weight", "0", "--rating_weight_coef", "1"],
+            r"--rating_weight_coef 1.0: none of the \d+ training rows .* or pass --rating_weight_coef 0",
+        ),
+        (
+            "train-objective-label-weight-without-labels",
+            ["--objective_names", "help", "harm", "--objective_column", "objective"]
+            + ["--attribute_weight", "0", "--objective_label_weight", "1"],
+            r"--objective_label_weight 1.0: none of the \d+ training rows",
+        ),
+    ]:
+        output = os.path.join(runs, name)
+        argv = vrm("train", *train_argv(backbone, good_pairs, output), *flags)
+        cases.append(Case(name, "flags", [Step(argv, True)], message, check=no_model_saved(output)))
+    report = os.path.join(runs, "ensemble-cache.json")
+    argv = vrm("eval", "--model", model, "--model", model, "--ensemble", "--dataset", good_pairs)
+    argv += ["--embedding_cache", os.path.join(runs, "cache"), "--output", report, "--no_progress"]
+    cases.append(
+        Case(
+            "control:eval-ensemble-shared-embedding-cache",
+            "control",
+            [Step(argv, False)],
+            refuse=False,
+            check=eval_metrics_finite(report),
+        )
+    )
+    return cases

@@ -16,6 +16,10 @@
 * two `vrm score` runs into one output at once: one succeeds, the other names the output (its lock), no row
   duplicated or lost;
 * `vrm eval --output R.json` where the chosen-shorter metrics are undefined: R.json is strict JSON (no NaN).
+* data-parallel `vrm score` (`python -m torch.distributed.run --nproc_per_node 2 -m vrm score`): a kill -9 of
+  rank 1 (then of the launcher) mid-run, resumed by the same launch, or by one process (another world size): every
+  row once, in input order, no part file left; two launches into one output at once: one finishes, the other is
+  refused naming the output's lock, no row duplicated or lost.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -58,6 +63,7 @@ def hostile_cases(work: str, backbone: str, model: str, quick: bool) -> list[Cas
         recipe_surrogate_case(corpus, runs),
         two_score_writers(model, corpus, runs),
         strict_json_eval_report(model, corpus, runs),
+        *data_parallel_score_cases(model, corpus, runs),
     ]
 
 
@@ -391,3 +397,104 @@ def strict_json_eval_report(model: str, corpus: str, runs: str) -> Case:
         refuse=False,
         check=strict,
     )
+
+
+# ----- data-parallel scoring ---------------------------------------------------------------------------------------
+def torchrun(processes: int, *args: str) -> list[str]:
+    """`vrm ARGS` launched in `processes` processes by torch's launcher (as `torchrun` does)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*launcher, "--nproc_per_node", str(processes), "-m", "vrm", *args]
+
+
+def data_parallel_score_cases(model: str, corpus: str, runs: str, rows: int = 400) -> list[Case]:
+    """A rank killed mid-run and resumed (by the same launch, or by one process), and two launches into one
+    output: the output holds every row once, in input order, and no part file or plan is left."""
+    lines = [
+        json.dumps(
+            {"id": i, "prompt": f"Question {i}: how do I sort a list?", "response": f"Use sorted() ({i})."}
+        )
+        for i in range(rows)
+    ]
+    source = bad_inputs.BadFile("dp-rows", "dp-rows.jsonl", ("\n".join(lines) + "\n").encode(), "").write(
+        corpus
+    )
+
+    def score(output: str) -> list[str]:
+        return [
+            "score",
+            "--model",
+            model,
+            "--input",
+            source,
+            "--output",
+            output,
+            "--no_progress",
+            "--batch_size",
+            "2",
+            "--chunk_size",
+            "4",
+            "--device",
+            "cpu",
+        ]
+
+    def every_row_in_order(output: str, case: Case):
+        def check(process: subprocess.CompletedProcess) -> str | None:
+            if process.returncode != 0:
+                return None
+            with open(output, encoding="utf-8", errors="replace") as handle:
+                ids = [json.loads(line).get("id") for line in handle]
+            case.notes["rows_written"] = len(ids)
+            if ids != list(range(rows)):
+                return f"the output's ids are not 0..{rows - 1} once each in order ({len(ids)} rows)"
+            left = [n for n in os.listdir(runs) if n.startswith(os.path.basename(output) + ".part")]
+            return f"left behind: {left}" if left else None
+
+        return check
+
+    def kill_rank_1(output: str, case: Case):
+        part = output + ".part1-of-2"
+
+        def kill() -> bool:
+            if not (os.path.exists(part) and os.path.getsize(part) > 0 and os.path.exists(part + ".lock")):
+                return False
+            try:
+                with open(part + ".lock", encoding="ascii") as handle:
+                    os.kill(int(handle.read().strip()), signal.SIGKILL)
+            except (OSError, ValueError):
+                return False
+            case.notes["killed_rank_1_after_rows"] = sum(1 for _ in open(part, "rb"))
+            return True  # the harness then SIGKILLs the launcher: rank 0 must stop by itself
+
+        return kill
+
+    cases = []
+    for name, processes in (("same-launch", 2), ("one-process", 1)):
+        output = os.path.join(runs, f"score-dp-killed-{name}.jsonl")
+        case = Case(f"score:data-parallel-rank-killed-resumed-by-{name}", "score", [], refuse=False)
+        resume = torchrun(2, *score(output)) if processes == 2 else vrm(*score(output))
+        case.steps = [
+            Step(torchrun(2, *score(output)), False, kill_when=kill_rank_1(output, case)),
+            Step(resume, False),
+        ]
+        case.check = every_row_in_order(output, case)
+        cases.append(case)
+
+    output = os.path.join(runs, "score-dp-two-launches.jsonl")
+
+    def one_launch_wrote(process: subprocess.CompletedProcess) -> str | None:
+        codes = sorted(case.notes.get("returncodes", []))
+        if codes == [0, 0]:
+            return "both launches exited 0 (no lock on the output)"
+        if 0 in codes:
+            return every_row_in_order(output, case)(subprocess.CompletedProcess([], 0))
+        return f"no launch finished (exit codes {codes})"
+
+    case = Case(
+        "score:data-parallel-two-launches-one-output",
+        "score",
+        [Step(torchrun(2, *score(output)), True, concurrent=2)],
+        re.escape(output) + r".*(?i:lock|another process|being written)",
+        check=one_launch_wrote,
+    )
+    cases.append(case)
+    return cases

@@ -336,6 +336,8 @@ def server_phase(work: str, model: str, args: argparse.Namespace) -> tuple[list[
     good = bad_inputs.good_requests(templated, prompt)
     if args.quick:
         bad = [r for r in bad if r.case in QUICK_SERVER or "lambda" in r.case]
+    bad += model_field_requests(templated, prompt)  # always run
+    bad += inspector_page_requests()
     big, big_tokens = maximal_request(model)
     port = free_port()
     process = start_server(model, port, args.torch_threads, os.path.join(work, "server.log"))
@@ -505,3 +507,50 @@ def slow_clients_phase(port: int, good_body: bytes, process: subprocess.Popen) -
             sock.close()
     out["server_alive_after"] = process.poll() is None
     return out
+
+
+def model_field_requests(templated: str, prompt: str) -> list[bad_inputs.BadRequest]:
+    """The optional `"model"` field of `/score` and `/get_reward` (which served model scores the request): a name
+    not served is a 400 naming the served ones, a non-string or a huge name a 422 naming the field; never a 5xx,
+    never a 200."""
+    score = {"prompts": ["How do I sort?"], "responses": ["sorted(xs)"]}
+    reward = {"query": [templated], "prompts": [prompt]}
+    cases = [
+        ("model-field-unknown", "/score", {**score, "model": "no-such-model"}, r"not served here", (400,)),
+        ("model-field-empty", "/get_reward", {**reward, "model": ""}, r"not served here", (400,)),
+        ("model-field-number", "/score", {**score, "model": 7}, r"model", (422,)),
+        ("model-field-list", "/get_reward", {**reward, "model": ["a"]}, r"model", (422,)),
+        ("model-field-object", "/score", {**score, "model": {"name": "a"}}, r"model", (422,)),
+        ("model-field-1mb", "/score", {**score, "model": "m" * 1_000_000}, r"model.*256", (422,)),
+        (
+            "model-field-surrogate",
+            "/get_reward",
+            {**reward, "model": "\ud800"},
+            r"model|not served",
+            (400, 422),
+        ),
+    ]
+    return [
+        bad_inputs.BadRequest(case, path, json.dumps(body).encode(), message, expect=expect)
+        for case, path, body, message, expect in cases
+    ]
+
+
+def inspector_page_requests() -> list[bad_inputs.BadRequest]:
+    """The inspector page (`GET /`) is the one thing at `/`: another method there is a 405, and the page's file
+    or a path that climbs out of the package is a 404 (no static files are served); never a 5xx, never a 200."""
+    no_body = {"Accept": "text/html"}
+    return [
+        bad_inputs.BadRequest(
+            "inspector-post", "/", b'{"prompts": ["a"]}', r"Method Not Allowed", expect=(405,)
+        ),
+        bad_inputs.BadRequest(
+            "inspector-delete", "/", None, r"Method Not Allowed", "DELETE", no_body, (405,)
+        ),
+        bad_inputs.BadRequest(
+            "inspector-file", "/inspector.html", None, r"Not Found", "GET", no_body, (404,)
+        ),
+        bad_inputs.BadRequest(
+            "inspector-traversal", "/..%2f..%2fpyproject.toml", None, r"Not Found", "GET", no_body, (404,)
+        ),
+    ]

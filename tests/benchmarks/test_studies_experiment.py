@@ -210,7 +210,34 @@ def test_a_real_experiment_trains_scores_and_reports(tmp_path, llama_backbone_di
     assert run["sets"]["test"]["pairs"] == 9  # the 3 pairs of subset "other" are not scored
     assert not os.listdir(work_dir / "models")
     assert main([*argv, "--report_only"]) == 0
-    assert "vrm_rw - bt" in (results_dir / "report.md").read_text()
+    markdown = (results_dir / "report.md").read_text()
+    assert "vrm_rw - bt" in markdown
+    # the rows that fed each auxiliary term travel from train_results.json into the run file and the report
+    rows_fed = {"rows": 12, "objective_labels": 0, "attribute_ratings": 10, "ratings_to_weights": 10}
+    assert run["auxiliary_terms"] == rows_fed
+    assert report["variants"]["vrm_rw"]["auxiliary_terms"] == rows_fed
+    assert report["variants"]["bt"]["auxiliary_terms"] is None
+    assert "vrm_rw 0 / 10 / 10 of 12" in markdown
+
+
+def test_the_report_has_no_empty_paragraphs_and_says_what_its_columns_are(tmp_path):
+    config = _config(notes="")
+    run_experiment(config, str(tmp_path), "", runner=_fake_runner([]))
+    markdown = report_markdown(build_report(config, collect(config, str(tmp_path))))
+    assert "\n\n\n" not in markdown
+    prose = [line for line in markdown.splitlines() if line and not line.startswith(("#", "|"))]
+    assert all(line.endswith((".", ":")) for line in prose), prose
+    assert any(" are measured on `test`" in line for line in prose)
+
+
+def test_results_go_to_a_run_directory_outside_the_committed_results_by_default(tmp_path, monkeypatch):
+    config = _config()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("benchmarks.studies.experiment.load_experiment", lambda path: config)
+    monkeypatch.setattr("benchmarks.studies.experiment.run_experiment", lambda *args, **kwargs: None)
+    assert main(["unused.yaml", "--report_only"]) == 0
+    assert (tmp_path / "runs" / "experiments" / "toy" / "report.md").exists()
+    assert not (tmp_path / "benchmarks").exists()
 
 
 def test_weight_error_compares_rated_objectives_renormalised():

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 from tiny_models import PAIRS
 
 from vrm.cli import main
-from vrm.serving.requests import ServerConfig
+from vrm.serving.config import ServerConfig
 
 PROMPTS = [p for p, _, _ in PAIRS] + [p for p, _, _ in PAIRS]
 

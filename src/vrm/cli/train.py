@@ -41,6 +41,48 @@ def build_train_parser():
     return parser
 
 
+HELP_WIDTH = 110  # columns of the generated help (`vrm.cli.train_help`)
+
+
+def help_text() -> str:
+    """`vrm train --help` as the real parser formats it, at `HELP_WIDTH` columns."""
+    previous = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(HELP_WIDTH)  # argparse reads the width from the terminal size
+    try:
+        return build_train_parser().format_help()
+    finally:
+        if previous is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = previous
+
+
+def write_help_module(path: str | None = None) -> str:
+    """Regenerate `vrm/cli/train_help.py` from the real parser:
+    `python -c "from vrm.cli.train import write_help_module; write_help_module()"`."""
+    path = path or os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_help.py")
+    text = help_text()
+    source = (
+        "# ruff: noqa: E501\n"
+        '"""`vrm train --help`, generated from the real parser (`vrm.cli.train.build_train_parser`) so that help '
+        "prints in\nmilliseconds without importing transformers. Do not edit: `vrm.cli.train.write_help_module()` "
+        "rewrites it, and\ntests/cli/test_help.py fails when it differs from the parser.\n"
+        '"""\n\n'
+        f"TEXT = {text!r}\n"
+    )
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(source)
+    return path
+
+
+def print_generated_help() -> None:
+    """`vrm train --help` from the generated text: the options of the three dataclasses, without importing them."""
+    from vrm.cli.train_help import TEXT
+
+    sys.stdout.write(TEXT)
+    raise SystemExit(0)
+
+
 def check_config_values(parser, values: dict[str, Any], source: str) -> None:
     """A YAML config's keys must be options of `parser`, and its values among an option's choices, as flags are
     (argparse checks the choices of flags only)."""
@@ -101,6 +143,8 @@ def launch_with_accelerate(config_file: str, train_argv: Sequence[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     argv = args.argv
+    if {"-h", "--help"} & set(argv) and "--config" not in argv:  # a --config changes the defaults shown
+        print_generated_help()
     config_file, rest = pop_option(
         argv, "--accelerate_config", "an accelerate config file (see examples/accelerate/)"
     )
@@ -130,10 +174,13 @@ def train_from_arguments(model_args, data_args, training_args):
     loads: a bad row fails in seconds, not minutes), train, evaluate, save the final model. Returns the
     `VRMTrainer`."""
     from vrm.data.ratings import rating_ranges
+    from vrm.training.advice import examples_advice
+    from vrm.training.arguments import label_objectives
     from vrm.training.pair_data import preference_examples
     from vrm.training.trainer import VRMTrainer, check_cache_arguments
 
     check_cache_arguments(model_args, training_args)
+    label_objectives(training_args, model_args.objective_names)  # before the data is read with them
     if not data_args.dataset_name:
         raise ValueError("no training data: pass --dataset_name FILE_OR_NAME [...]")
     train = preference_examples(
@@ -144,6 +191,9 @@ def train_from_arguments(model_args, data_args, training_args):
         max_rows=data_args.max_train_samples,
         dataset_config=data_args.dataset_config,
     )
+    advice = examples_advice(model_args.head_type, train)  # one line, never a refusal (docs/which_head.md)
+    if advice and training_args.process_index == 0:
+        print(f"[vrm] advice: {advice}", flush=True)
     evaluation = None
     if data_args.eval_dataset_name:
         scale = rating_ranges(train) if training_args.attribute_names else None  # the training data's scale

@@ -30,7 +30,8 @@ from vrm.data.tokenization import PreferenceTokenizer
 from vrm.models.config import record_tokenization
 from vrm.models.heads import LatentRewardHead
 from vrm.models.integrity import NonFiniteError, one_line
-from vrm.training.arguments import ModelArguments, VRMTrainingArguments
+from vrm.training.arguments import ModelArguments, VRMTrainingArguments, label_objectives
+from vrm.training.auxiliary_terms import AuxiliaryTermCounts
 from vrm.training.backbone import apply_lora, build_model, load_tokenizer
 from vrm.training.checkpoints import resolve_resume, save_final_model, save_sharded_final_model
 from vrm.training.losses import beta_factor, bootstrap_weights, preference_loss
@@ -123,6 +124,10 @@ class VRMTrainer(Trainer):
             model_args = model
         if model_args is not None:
             check_cache_arguments(model_args, args)
+            label_objectives(args, model_args.objective_names)
+        else:  # a model object: its config names its objectives
+            base = model.get_base_model() if hasattr(model, "peft_config") else model
+            label_objectives(args, getattr(getattr(base, "config", None), "objective_names", None))
         for name, data in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             if isinstance(data, dict):
                 raise ValueError(f"{name}: one data set, not a dict of several (got keys {sorted(data)[:5]})")
@@ -193,6 +198,14 @@ class VRMTrainer(Trainer):
             train_dataset, self.train_stats = tokenize_pairs(pref_tokenizer, train_examples, "train", args)
         if eval_examples is not None:
             eval_dataset, self.eval_stats = tokenize_pairs(pref_tokenizer, eval_examples, "eval", args)
+        self.auxiliary_terms = None  # training rows that feed each auxiliary term, when there is one
+        wanted = args.attribute_names or args.objective_label_weight > 0 or args.rating_weight_coef > 0
+        if wanted and train_dataset is not None and is_tokenized(train_dataset):
+            self.auxiliary_terms = AuxiliaryTermCounts.of(train_dataset.pairs, args.attribute_target)
+            if args.process_index == 0:
+                print(f"[vrm] {self.auxiliary_terms.summary(args)}", flush=True)
+            # before the embedding pass: a term that no row feeds fails in seconds
+            self.auxiliary_terms.check(args)
         collator = layout.collator
         if args.embedding_cache:  # backbone states computed once (or read back), the head trains on them
             cache = EmbeddingCache(args.embedding_cache, batch_size=args.embedding_batch_size)

@@ -16,6 +16,8 @@ pytest.importorskip("matplotlib")
 from vrm.cli import main
 from vrm.evaluation.html_report import html_report, markdown_to_html, write_html
 from vrm.evaluation.markdown import markdown_summary
+from vrm.evaluation.plots import write_plots
+from vrm.evaluation.report import as_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -125,6 +127,16 @@ def test_html_report_shows_markup_in_names_as_text(reports):
     page = html_report(reports)
     assert "<b>bt</b>" not in page
     assert "&lt;b&gt;bt&lt;/b&gt;" in page
+
+
+def test_dollar_signs_in_names_are_drawn_as_text_not_math(reports, tmp_path):
+    # two `$` in one name would start matplotlib's math mode, which fails to parse `$_$` at savefig
+    reports[0]["datasets"]["data/bok.jsonl"]["subsets"]["price $10_vs_$20"] = _best_of_k(0.5)
+    reports[0]["objective_names"] = ["a$_$", "b", "c"]
+    reports[1]["model"] = "runs/cost$_$x"
+    page = html_report(reports)
+    assert len(_images(page)) == 3
+    assert write_plots([as_report(r) for r in reports], str(tmp_path / "plots"))
 
 
 def test_html_report_without_pairwise_data_has_no_reliability_diagram(reports):

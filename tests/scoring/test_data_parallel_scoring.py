@@ -211,3 +211,17 @@ def test_single_process_commands_refuse_a_launch_of_several_processes(monkeypatc
     assert main(argv) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "runs in one process, but this is rank 1 of 2" in error[0]
+
+
+def test_a_pipeline_with_an_embedding_cache_is_refused_before_any_rank_scores(tmp_path):
+    from types import SimpleNamespace
+
+    from vrm.scoring.data_parallel import ScoringWorld
+    from vrm.scoring.score_file import score_file
+
+    data = write_rows(tmp_path / "rows.jsonl")
+    output = str(tmp_path / "out.jsonl")
+    pipeline = SimpleNamespace(embedding_cache=object())  # refused before the pipeline is used
+    with pytest.raises(ValueError, match="does not take a pipeline with an embedding_cache"):
+        score_file(pipeline, data, output, world=ScoringWorld(rank=0, size=2))
+    assert not os.path.exists(output)

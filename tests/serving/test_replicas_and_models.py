@@ -80,6 +80,37 @@ def test_pool_sends_a_request_to_the_least_loaded_replica():
     assert pool.pick() is pool.batchers[2]
 
 
+class _Running:
+    def done(self) -> bool:
+        return False
+
+
+def test_a_stopped_replica_gets_no_request_while_another_runs():
+    stopped, running = _counting_batcher(0), _counting_batcher(7)
+    running._task = _Running()  # its worker runs; the other's has stopped (load 0, the least)
+    pool = ReplicaPool([stopped, running], ["cpu", "cpu"])
+    assert [pool.pick() for _ in range(3)] == [running] * 3
+
+
+def test_a_replica_whose_queue_cannot_take_the_request_is_passed_over():
+    full, roomy = _counting_batcher(1000), _counting_batcher(1010)
+    full.in_flight_items = 0
+    roomy.max_queue = 2048
+    for batcher in (full, roomy):
+        batcher._task = _Running()
+    pool = ReplicaPool([full, roomy], ["cpu", "cpu"])
+    assert pool.pick(items=30) is roomy  # `full` is less loaded, but 1000 + 30 > its max_queue 1024
+    assert pool.pick(items=10) is full
+
+
+def test_devices_of_two_kinds_are_refused(monkeypatch):
+    # bf16 on CUDA and fp32 on the CPU would give one request two different rewards
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="mixes cpu and cuda devices"):
+        replica_devices("cuda:0,cpu")
+
+
 def test_an_idle_pool_takes_turns():
     pool = ReplicaPool([_counting_batcher(0), _counting_batcher(0)], ["cpu", "cpu"])
     picks = [pool.batchers.index(pool.pick()) for _ in range(4)]

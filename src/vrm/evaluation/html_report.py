@@ -24,7 +24,7 @@ from typing import Any
 
 from vrm.data.files import atomic_output
 from vrm.evaluation.markdown import markdown_summary
-from vrm.evaluation.plots import reliability_figure, weights_figure
+from vrm.evaluation.plots import literal_text, reliability_figure, weights_figure
 from vrm.evaluation.report import BEST_OF_K_CONVENTIONS, EvalReport, as_report
 from vrm.evaluation.text import dataset_name, is_pairwise, model_labels, number, sources
 
@@ -55,6 +55,7 @@ nav a { color: #2f6fd6; margin-right: 12px; }
 
 
 # ----- figures ------------------------------------------------------------------------------------------------
+@literal_text
 def figure_data_uri(figure: Any) -> str:
     """A matplotlib figure as a `data:image/png;base64,...` URI."""
     buffer = io.BytesIO()
@@ -62,6 +63,7 @@ def figure_data_uri(figure: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+@literal_text
 def best_of_k_figure(reports: list[AnyReport]) -> Any:
     """Best-of-k accuracy of each model overall and per subset (one panel per best-of-k dataset), with the
     accuracy of a random pick (`chance`) marked on each row; None without best-of-k data."""

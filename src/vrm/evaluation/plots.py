@@ -11,10 +11,11 @@ and always with the non-interactive Agg canvas.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from vrm.data.files import atomic_output
@@ -25,6 +26,22 @@ from vrm.evaluation.text import format_cell as _fmt
 AnyReport = EvalReport | Mapping[str, Any]
 
 
+def literal_text(draw: Callable) -> Callable:
+    """Run `draw` (a function that builds or saves a figure) with matplotlib's math text off: model, dataset,
+    subset and objective names are the user's strings, and two `$` in one would start math mode (and fail to
+    parse, or show something else). Tick labels are made when the figure is drawn, so saving needs it too."""
+
+    @functools.wraps(draw)
+    def drawn(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return drawn
+
+
+@literal_text
 def _save_figure(figure: Any, path: str) -> str:
     """Save a matplotlib figure as PNG atomically."""
     with atomic_output(path) as staging:
@@ -54,6 +71,7 @@ def reliability_diagram(reports: list[AnyReport], path: str) -> str:
     return _save_figure(reliability_figure(reports), path)
 
 
+@literal_text
 def reliability_figure(reports: list[AnyReport]) -> Any:
     """The reliability diagram's figure: confidence in [0.5, 1] against accuracy in [0, 1] (an over-confident
     model's bins fall below 0.5 and must stay visible)."""
@@ -132,6 +150,7 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+@literal_text
 def weights_figure(report: AnyReport) -> Any:
     """The heatmap's figure, sized from K (0.8 in per column) and the rows (0.32 in each), with room for the
     row labels (cut to `HEATMAP_LABEL_WIDTH` characters), the colour bar and a wrapped title; None when

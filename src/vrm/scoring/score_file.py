@@ -328,6 +328,13 @@ def score_file(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if world is not None and world.distributed:
+        if getattr(pipeline, "embedding_cache", None) is not None:
+            # the cache splits its own work across the launch's ranks and waits on them, while each rank here
+            # scores a different shard: states of other shards would be missing, and the waits could hang
+            raise ValueError(
+                "data-parallel scoring does not take a pipeline with an embedding_cache: score in one process, "
+                "or drop the cache"
+            )
         return _score_file_sharded(
             pipeline,
             input_path,

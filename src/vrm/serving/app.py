@@ -317,7 +317,7 @@ def build_app(
         try:
             async with asyncio.timeout(config.request_timeout_s):
                 items = await prepare(label, work, sizes)
-                chosen = entry.pool.pick()
+                chosen = entry.pool.pick(len(items))
                 return await chosen.submit([i.ids for i in items], [i.prompt_length for i in items])
         except TimeoutError as err:
             (chosen or entry.pool.batchers[0]).stats.timed_out += 1

@@ -362,6 +362,12 @@ def replica_devices(spec: str | None) -> list[str]:
         if parsed.type not in ("cpu", "cuda"):
             raise ValueError(f"--devices {spec!r}: {entry} is not a CPU or CUDA device")
         devices.append(device)
+    kinds = sorted({torch.device(device).type for device in devices})
+    if len(kinds) > 1:  # each kind runs its own dtype (bf16 on CUDA, fp32 on CPU): one request, two rewards
+        raise ValueError(
+            f"--devices {spec!r} mixes {' and '.join(kinds)} devices, whose replicas would score in different "
+            "precisions (bfloat16 / float32) and give one request different rewards: list devices of one kind"
+        )
     cores = os.cpu_count() or 1
     if devices.count("cpu") > cores:
         raise ValueError(
@@ -396,9 +402,18 @@ class ReplicaPool:
     def queued(self) -> int:
         return sum(batcher.queued for batcher in self.batchers)
 
-    def pick(self) -> DynamicBatcher:
-        """The replica the next request goes to."""
-        index = min(range(len(self.batchers)), key=lambda i: (self.batchers[i].load, self._last_chosen[i]))
+    def pick(self, items: int = 1) -> DynamicBatcher:
+        """The replica the next request (of `items` items) goes to: the least loaded of the running replicas
+        whose queue can take it; when none can, the least loaded running one (whose `submit` then answers
+        "overloaded"); a replica whose worker has stopped gets nothing while another runs."""
+        indices = range(len(self.batchers))
+        running = [i for i in indices if self.batchers[i].running] or list(indices)
+        room = [
+            i
+            for i in running
+            if self.batchers[i].queued == 0 or self.batchers[i].queued + items <= self.batchers[i].max_queue
+        ]
+        index = min(room or running, key=lambda i: (self.batchers[i].load, self._last_chosen[i]))
         self._choices += 1
         self._last_chosen[index] = self._choices
         return self.batchers[index]

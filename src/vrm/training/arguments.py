@@ -214,7 +214,9 @@ class VRMTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "Column naming the objective on which the chosen response is better: one of "
-            "--attribute_names, or of the model's --objective_names when no --attribute_names are given."
+            "--attribute_names, or of the model's --objective_names when no --attribute_names are given (they "
+            "then act as --attribute_names: a label is a score target of 1 on its objective for the attribute "
+            "term, --attribute_weight, and {name}_chosen/{name}_rejected columns are read where present)."
         },
     )
     embedding_cache: str | None = field(

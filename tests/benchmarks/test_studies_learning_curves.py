@@ -152,6 +152,18 @@ def test_report_regenerates_from_run_files(tmp_path):
     assert again == json.loads(first)
 
 
+def test_a_realdata_run_key_names_its_training_pool():
+    from benchmarks.studies.learning_curves.plan import REALDATA_POOL
+
+    head = HeadPlan("bt", "bt", 0.03)
+    realdata = run_spec(_setting("real", kind="realdata"), head, 10, 0)
+    assert realdata.options["pool"] == REALDATA_POOL
+    finetune = run_spec(_setting("real", kind="realdata_finetune"), head, 10, 0)
+    assert "pool" not in finetune.options
+    without_pool = {k: v for k, v in realdata.options.items() if k != "pool"}
+    assert realdata.key != type(realdata)(realdata.name, realdata.seed, without_pool).key
+
+
 def test_committed_plan_reads_and_a_bad_field_names_the_file(tmp_path):
     plan = load_plan(
         os.path.join(REPOSITORY, "benchmarks", "experiments", "learning_curves", "frozen_and_finetune.yaml")

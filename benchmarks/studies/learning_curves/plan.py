@@ -14,6 +14,9 @@ from benchmarks.studies.spec import RunSpec, check_name, read_yaml_config
 
 KINDS = ("realdata", "synthetic", "realdata_finetune")
 ALL = "all"  # a training size: every training pair
+# the training pool of the frozen real-data setting: the real-data study's whole training file (its run key
+# names it, so runs on another pool are never taken for these)
+REALDATA_POOL = "train"
 
 
 @dataclass
@@ -113,4 +116,6 @@ def run_spec(setting: SettingPlan, head: HeadPlan, n: int, seed: int) -> RunSpec
     }
     if setting.kind == "synthetic":
         options["world"] = [setting.train_pairs, setting.test_pairs]
+    if setting.kind == "realdata":
+        options["pool"] = REALDATA_POOL
     return RunSpec(head.name, seed, options)

@@ -10,10 +10,12 @@ exactly the states `vrm train --freeze_backbone --embedding_cache` would give it
 Settings:
 
 * `realdata` — the real-data study's split files (`benchmarks.studies.realdata.data.prepare_data`, the sizes of
-  `benchmarks/experiments/realdata.yaml`): the first 500 pairs of its 1,000-pair training sample (RMB seen
-  categories + AlpacaEval + UltraFeedback), its 200-pair sample of the validation split (same sources) as the
-  in-distribution held-out set, and its 200-pair sample of RMB's held-out harmlessness categories as the shift
-  (`REALDATA_FILES`, `REALDATA_POOL`);
+  `benchmarks/experiments/realdata.yaml`): its whole 5,400-pair training file (RMB seen categories + AlpacaEval +
+  UltraFeedback; `plan.REALDATA_POOL`), its 200-pair sample of the validation split (same sources, split apart
+  from training by prompt) as the in-distribution held-out set, and its 200-pair sample of RMB's held-out
+  harmlessness categories as the shift (`REALDATA_FILES`);
+* `realdata_finetune` — the first 500 pairs of the study's 1,000-pair fine-tuning sample (itself the first
+  1,000 pairs of the training file) and the same evaluation files (`FINETUNE_POOL`);
 * `synthetic` — the synthetic world of `vrm.data.synthetic` (true objective weights known; a training row keeps
   its per-objective ratings with probability `rated_fraction`), its iid and length-shifted test splits, and a
   second iid test sample (`test_iid_check`) on which the held-out error bounds are checked.
@@ -30,17 +32,21 @@ import torch
 from vrm.data.state_cache import CachedPairDataset, EmbeddingCache
 from vrm.data.tokenization import TokenizedPair
 
+from .plan import REALDATA_POOL
+
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
 WORK = os.path.join(HERE, ".cache", "learning_curves")  # synthetic files (never committed)
 REALDATA_WORK = os.path.join(HERE, ".cache", "study")  # the real-data study's split files and states
 
 # which evaluation sets each setting scores; the first is the in-distribution held-out set of the gap
 REALDATA_SETS = ("val", "rmb_shift_harm")
-# the real-data files each name reads: the training pool is the first `REALDATA_POOL` pairs of the study's
-# 1,000-pair fine-tuning sample (a random sample of its 5,400 training pairs); held-out and shift are the study's
-# 200-pair samples of its validation split and of RMB's held-out harmlessness categories
-REALDATA_POOL = 500
-REALDATA_FILES = {"train": "ft_train", "val": "ft_val", "rmb_shift_harm": "ft_rmb_shift_harm"}
+# the real-data files each name reads: the frozen setting trains on the study's whole training file; held-out
+# and shift are the study's 200-pair samples of its validation split and of RMB's held-out harmlessness categories
+REALDATA_FILES = {"train": REALDATA_POOL, "val": "ft_val", "rmb_shift_harm": "ft_rmb_shift_harm"}
+# the fine-tuned setting (a backbone pass per step): the first `FINETUNE_POOL` pairs of the study's 1,000-pair
+# fine-tuning sample `ft_train`
+FINETUNE_POOL = 500
+FINETUNE_FILES = {**REALDATA_FILES, "train": "ft_train"}
 SYNTHETIC_SETS = ("test_iid", "test_shifted", "test_iid_check")
 REALDATA_OBJECTIVES = ["helpfulness", "harmlessness"]
 
@@ -135,7 +141,6 @@ def realdata_states(data_dir: str) -> SettingStates:
     cfg = load_plan(DEFAULT_CONFIG).study_config()
     manifest = prepare_data(data_dir, cfg)
     files = {name: data_file(source) for name, source in REALDATA_FILES.items()}
-    files["train"] = pool_file(files["train"], REALDATA_POOL)
     found = tokenize_and_embed(
         backbone_path("minilm"),
         files,
@@ -150,7 +155,7 @@ def realdata_states(data_dir: str) -> SettingStates:
         "data": "the real-data study's split files (benchmarks/experiments/realdata.yaml sizes; "
         "benchmarks/results/study_runs/data.json)",
         "files": REALDATA_FILES,
-        "pool": f"the first {REALDATA_POOL} rows of ft_train",
+        "pool": f"every row of {REALDATA_POOL} (the study's whole training file)",
         "counts": {name: manifest["counts"][source] for name, source in REALDATA_FILES.items()},
         "held_out_categories": manifest["held_out_categories"],
         "max_length": cfg.max_length,
@@ -210,11 +215,11 @@ def synthetic_states(train_pairs: int, test_pairs: int, max_length: int = 128) -
 
 
 def realdata_finetune_files(data_dir: str) -> dict[str, str]:
-    """The fine-tuned setting's files: the frozen setting's (`REALDATA_FILES`, `REALDATA_POOL`), as paths."""
+    """The fine-tuned setting's files (`FINETUNE_FILES`, `FINETUNE_POOL`), as paths."""
     from benchmarks.studies.realdata.__main__ import DEFAULT_CONFIG, load_plan
     from benchmarks.studies.realdata.config import data_file
     from benchmarks.studies.realdata.data import prepare_data
 
     prepare_data(data_dir, load_plan(DEFAULT_CONFIG).study_config())
-    files = {name: data_file(source) for name, source in REALDATA_FILES.items()}
-    return {**files, "train": pool_file(files["train"], REALDATA_POOL)}
+    files = {name: data_file(source) for name, source in FINETUNE_FILES.items()}
+    return {**files, "train": pool_file(files["train"], FINETUNE_POOL)}

@@ -22,20 +22,20 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
-def _known(values: Sequence[float] | None) -> list[float]:
+def known_values(values: Sequence[float] | None) -> list[float]:
     return [v for v in values or () if v is not None and not math.isnan(v)]
 
 
 def feeds_attribute_term(pair: Any, attribute_target: str = "sign") -> bool:
     """A row (a `PreferenceExample` or `TokenizedPair`) with at least one known target of the attribute term."""
-    if _known(pair.attribute_targets):
+    if known_values(pair.attribute_targets):
         return True
-    return attribute_target == "graded" and bool(_known(pair.rating_differences))
+    return attribute_target == "graded" and bool(known_values(pair.rating_differences))
 
 
 def feeds_rating_weight_term(pair: Any) -> bool:
     """A row whose known rating differences are not all equal (at least two rated objectives that differ)."""
-    known = _known(pair.rating_differences)
+    known = known_values(pair.rating_differences)
     return len(known) >= 2 and max(known) > min(known)
 
 

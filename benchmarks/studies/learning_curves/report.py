@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from itertools import pairwise
 from typing import Any
 
 from benchmarks.studies.report import fmt, machine, markdown_table, write_markdown
@@ -104,7 +105,7 @@ def figure(name: str, found: dict[str, Any], path: str) -> None:
         axis.set_xscale("log")
         # sizes closer than 1.5x on the log axis (4,000 and 5,391) would print over each other: rotate them
         axis.set_xticks(
-            ns, [str(n) for n in ns], rotation=45 if any(b < 1.5 * a for a, b in zip(ns, ns[1:])) else 0
+            ns, [str(n) for n in ns], rotation=45 if any(b < 1.5 * a for a, b in pairwise(ns)) else 0
         )
         axis.minorticks_off()
         axis.set_xlabel("training pairs n")

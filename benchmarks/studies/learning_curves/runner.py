@@ -154,6 +154,22 @@ def load_runs(setting: str, root: str = RUNS) -> list[RunFile]:
     ]
 
 
+def run_result(
+    spec: RunSpec, n: int, indices, started: float, trained: float, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """One run file's content: its spec and key, the size and digest of its training subset, the seconds spent
+    training (`started` to `trained`) and evaluating (`trained` to now), and its metrics per set."""
+    return {
+        "spec": asdict(spec),
+        "key": spec.key,
+        "n": n,
+        "subset": subset_digest(indices),
+        "train_seconds": round(trained - started, 2),
+        "eval_seconds": round(time.perf_counter() - trained, 2),
+        "metrics": metrics,
+    }
+
+
 def write_run(result: dict[str, Any], path: str) -> None:
     write_json(result, path, indent=None)
 
@@ -176,16 +192,7 @@ def execute_frozen(setting: SettingPlan, head: HeadPlan, size, seed: int, states
     metrics = {"train": pair_metrics(*score_states(model, train_data), keep_pairs=False)}
     for name, data in states.eval_sets.items():
         metrics[name] = pair_metrics(*score_states(model, data), keep_pairs=True)
-    result = {
-        "spec": asdict(spec),
-        "key": spec.key,
-        "n": n,
-        "subset": subset_digest(indices),
-        "train_seconds": round(trained - started, 2),
-        "eval_seconds": round(time.perf_counter() - trained, 2),
-        "metrics": metrics,
-    }
-    write_run(result, path)
+    write_run(run_result(spec, n, indices, started, trained, metrics), path)
     return path
 
 
@@ -243,16 +250,7 @@ def execute_finetune(
             metrics[name] = pair_metrics(
                 chosen.reward.numpy(), rejected.reward.numpy(), keep_pairs=name != "train"
             )
-        result = {
-            "spec": asdict(spec),
-            "key": spec.key,
-            "n": n,
-            "subset": subset_digest(indices),
-            "train_seconds": round(trained - started, 2),
-            "eval_seconds": round(time.perf_counter() - trained, 2),
-            "metrics": metrics,
-        }
-        write_run(result, path)
+        write_run(run_result(spec, n, indices, started, trained, metrics), path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return path

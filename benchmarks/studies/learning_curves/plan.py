@@ -17,6 +17,9 @@ ALL = "all"  # a training size: every training pair
 # the training pool of the frozen real-data setting: the real-data study's whole training file (its run key
 # names it, so runs on another pool are never taken for these)
 REALDATA_POOL = "train"
+# the fine-tuned setting's pool: the whole of the study's 1,000-pair fine-tuning sample `ft_train` (itself the
+# first 1,000 pairs of the training file); a backbone pass per step keeps it that small on a CPU
+FINETUNE_POOL = 1000
 
 
 @dataclass
@@ -118,4 +121,6 @@ def run_spec(setting: SettingPlan, head: HeadPlan, n: int, seed: int) -> RunSpec
         options["world"] = [setting.train_pairs, setting.test_pairs]
     if setting.kind == "realdata":
         options["pool"] = REALDATA_POOL
+    if setting.kind == "realdata_finetune":
+        options["pool"] = f"ft_train[:{FINETUNE_POOL}]"
     return RunSpec(head.name, seed, options)

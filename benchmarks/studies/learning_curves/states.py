@@ -14,8 +14,8 @@ Settings:
   UltraFeedback; `plan.REALDATA_POOL`), its 200-pair sample of the validation split (same sources, split apart
   from training by prompt) as the in-distribution held-out set, and its 200-pair sample of RMB's held-out
   harmlessness categories as the shift (`REALDATA_FILES`);
-* `realdata_finetune` — the first 500 pairs of the study's 1,000-pair fine-tuning sample (itself the first
-  1,000 pairs of the training file) and the same evaluation files (`FINETUNE_POOL`);
+* `realdata_finetune` — the study's 1,000-pair fine-tuning sample (the first 1,000 pairs of the training file;
+  `plan.FINETUNE_POOL`) and the same evaluation files;
 * `synthetic` — the synthetic world of `vrm.data.synthetic` (true objective weights known; a training row keeps
   its per-objective ratings with probability `rated_fraction`), its iid and length-shifted test splits, and a
   second iid test sample (`test_iid_check`) on which the held-out error bounds are checked.
@@ -32,7 +32,7 @@ import torch
 from vrm.data.state_cache import CachedPairDataset, EmbeddingCache
 from vrm.data.tokenization import TokenizedPair
 
-from .plan import REALDATA_POOL
+from .plan import FINETUNE_POOL, REALDATA_POOL
 
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
 WORK = os.path.join(HERE, ".cache", "learning_curves")  # synthetic files (never committed)
@@ -43,9 +43,6 @@ REALDATA_SETS = ("val", "rmb_shift_harm")
 # the real-data files each name reads: the frozen setting trains on the study's whole training file; held-out
 # and shift are the study's 200-pair samples of its validation split and of RMB's held-out harmlessness categories
 REALDATA_FILES = {"train": REALDATA_POOL, "val": "ft_val", "rmb_shift_harm": "ft_rmb_shift_harm"}
-# the fine-tuned setting (a backbone pass per step): the first `FINETUNE_POOL` pairs of the study's 1,000-pair
-# fine-tuning sample `ft_train`
-FINETUNE_POOL = 500
 FINETUNE_FILES = {**REALDATA_FILES, "train": "ft_train"}
 SYNTHETIC_SETS = ("test_iid", "test_shifted", "test_iid_check")
 REALDATA_OBJECTIVES = ["helpfulness", "harmlessness"]

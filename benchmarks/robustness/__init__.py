@@ -1,4 +1,4 @@
-"""Reliability of vrm on bad input (issue 17): replay a bad-input corpus against the real commands and server.
+"""Reliability of vrm on bad input: replay a bad-input corpus against the real commands and server.
 
     nice -n 15 python -m benchmarks.robustness            # full run (~12 min on 2 cores), writes the JSON below
     nice -n 15 python -m benchmarks.robustness --quick    # a smaller corpus and shorter load phases

@@ -117,7 +117,7 @@ def no_rows_written(
 
 
 def corpus_cases(work: str, backbone: str, model: str, quick: bool) -> list[Case]:
-    """The corpus of issue 17 (bad files, rows, models, pools, flags, a foreign output, a half-written
+    """The bad-input corpus (bad files, rows, models, pools, flags, a foreign output, a half-written
     checkpoint) and the controls."""
     corpus = os.path.join(work, "corpus")
     runs = os.path.join(work, "runs")

@@ -33,7 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
-ERROR_LINE = re.compile(r"^(?:vrm(?: [\w-]+)?|python -m [\w.]+): error: ")
+ERROR_LINE = re.compile(r"^(?:vrm(?: [\w-]+){0,2}|python -m [\w.]+): error: ")
 TRACEBACK = "Traceback (most recent call last)"
 VRM_COMMANDS = {"train", "eval", "score", "serve", "bench", "recipe", "calibrate", "synth"}
 
@@ -303,11 +303,26 @@ def tail(stderr: str, stdout: str = "") -> str:
     return lines[-1][:300] if lines else ""
 
 
+def without_launcher_report(stderr: str) -> str:
+    """`stderr` without the report torch's launcher (`torchrun`, `python -m torch.distributed.run`) prints about
+    itself when one of its processes exits != 0: its own traceback ending in `ChildFailedError` and the table of
+    failed ranks. What the ranks printed (vrm's one error line) stays and is judged."""
+    if "ChildFailedError" not in stderr:
+        return stderr
+    lines = stderr.splitlines()
+    failure = max(i for i, line in enumerate(lines) if "ChildFailedError" in line)
+    starts = [i for i in range(failure + 1) if lines[i].startswith(TRACEBACK)]
+    if not starts or not any("torch/distributed/" in line for line in lines[starts[-1] : failure + 1]):
+        return stderr
+    return "\n".join(lines[: starts[-1]])
+
+
 def judge(case: Case, process: subprocess.CompletedProcess) -> dict[str, Any]:
     """The outcome of `case` from its last process (see the module docstring)."""
-    stderr = process.stderr or ""
+    stderr = without_launcher_report(process.stderr or "")
     stdout = process.stdout or ""
-    errors = [line for line in stderr.splitlines() if ERROR_LINE.match(line)]
+    # the ranks of a launch each print the same refusal: one distinct line is one clear error
+    errors = list(dict.fromkeys(line for line in stderr.splitlines() if ERROR_LINE.match(line)))
     out: dict[str, Any] = {"returncode": process.returncode}
     problems = [p for p in (non_finite_in(path) for path in case.outputs) if p]
     if problems:

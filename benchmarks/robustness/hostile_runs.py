@@ -20,6 +20,9 @@
   rank 1 (then of the launcher) mid-run, resumed by the same launch, or by one process (another world size): every
   row once, in input order, no part file left; two launches into one output at once: one finishes, the other is
   refused naming the output's lock, no row duplicated or lost.
+* data-parallel `vrm eval` (two processes): a kill -9 of rank 1 mid-run leaves no partial report (whole or
+  absent, strict JSON) and a relaunch writes the whole report; `--embedding_cache` under a launch of two is one
+  usage line; `vrm bench bon --best_of 0` under a launch of two is one line.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def hostile_cases(work: str, backbone: str, model: str, quick: bool) -> list[Cas
         two_score_writers(model, corpus, runs),
         strict_json_eval_report(model, corpus, runs),
         *data_parallel_score_cases(model, corpus, runs),
+        *data_parallel_eval_cases(model, corpus, runs),
     ]
 
 
@@ -498,3 +502,90 @@ def data_parallel_score_cases(model: str, corpus: str, runs: str, rows: int = 40
     )
     cases.append(case)
     return cases
+
+
+def rank_pid(rank: int, marker: str) -> int | None:
+    """The pid of the launched process of `rank` whose command line holds `marker` (read from /proc)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                environment = handle.read().split(b"\0")
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                command = handle.read()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environment and marker.encode() in command:
+            return int(pid)
+    return None
+
+
+def data_parallel_eval_cases(model: str, corpus: str, runs: str, pairs: int = 400) -> list[Case]:
+    """`vrm eval` under a two-process launch: a rank killed mid-run, then relaunched (the report is whole or
+    absent after the kill, whole after the relaunch); an embedding cache and a bad best-of-n size refused."""
+    lines = [
+        json.dumps(
+            {
+                "prompt": f"Question {i}: how do I sort a list?",
+                "chosen": f"Use sorted() ({i}).",
+                "rejected": "No idea.",
+            }
+        )
+        for i in range(pairs)
+    ]
+    source = bad_inputs.BadFile("dp-pairs", "dp-pairs.jsonl", ("\n".join(lines) + "\n").encode(), "").write(
+        corpus
+    )
+    output = os.path.join(runs, "eval-dp-killed.json")
+    argv = ["eval", "--model", model, "--dataset", source, "--output", output, "--no_progress"]
+    argv += ["--batch_size", "2", "--device", "cpu"]
+    case = Case("eval:data-parallel-rank-killed-relaunched", "eval", [], refuse=False)
+
+    def kill_rank_1() -> bool:
+        pid = rank_pid(1, output)
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            return False
+        case.notes["report_after_kill"] = os.path.exists(output)
+        return True
+
+    def whole_report(process: subprocess.CompletedProcess) -> str | None:
+        if process.returncode != 0:
+            return None
+        with open(output, encoding="utf-8") as handle:
+            report = json.load(handle, parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))
+        counted = report["datasets"][source]["overall"]["pairs"]
+        left = [n for n in os.listdir(runs) if n.startswith(os.path.basename(output) + ".")]
+        if counted != pairs:
+            return f"the report counts {counted} pairs, not {pairs}"
+        return f"left behind: {left}" if left else None
+
+    case.steps = [Step(torchrun(2, *argv), False, kill_when=kill_rank_1), Step(torchrun(2, *argv), False)]
+    case.check = whole_report
+    cache = os.path.join(runs, "eval-dp-cache")
+    refused_cache = Case(
+        "eval:data-parallel-embedding-cache",
+        "eval",
+        [Step(torchrun(2, "eval", "--model", model, "--dataset", source, "--embedding_cache", cache), True)],
+        r"--embedding_cache with 2 processes",
+    )
+    bon = os.path.join(runs, "bon-dp-best-of-0.json")
+    pool = bad_inputs.BadFile(
+        "dp-pool",
+        "dp-pool.jsonl",
+        (json.dumps({"prompt": "q", "responses": ["a", "b"], "gold": [1.0, 0.0]}) + "\n").encode(),
+        "",
+    ).write(corpus)
+    bon_argv = ["bench", "bon", "--pool", pool, "--proxy", model, "--gold_column", "gold", "--best_of", "0"]
+    refused_size = Case(
+        "bon:data-parallel-best-of-0",
+        "bon",
+        [Step(torchrun(2, *bon_argv, "--output", bon, "--device", "cpu"), True)],
+        r"(?i)best.of|--n|n must|>= 1",
+        check=lambda process: None if not os.path.exists(bon) else f"{bon} was written",
+    )
+    return [case, refused_cache, refused_size]

@@ -138,3 +138,30 @@ def test_summary_per_surface_and_targets():
     slow_row = rows["1-item p99 ≤ 2 s with 1,000 slow clients"]
     assert slow_row["value"] == 2.5 and not slow_row["met"]
     assert rows["tracebacks"]["value"] == 1 and not rows["non_200_with_slow_clients"]["met"]
+
+
+LAUNCHER_REPORT = """E1206 12:21:52.501000 27050 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 2)
+Traceback (most recent call last):
+  File "/venv/lib/python3.11/site-packages/torch/distributed/run.py", line 940, in main
+    run(args)
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+vrm FAILED
+------------------------------------------------------------
+"""
+
+
+def test_a_launch_of_two_ranks_refusing_alike_is_one_clear_error_despite_the_launchers_report():
+    refusal = "vrm bench bon: error: --n / --best_of: every n of best-of-n must be >= 1, got [0]\n"
+    result = judge(case(message="best_of"), done(1, refusal + refusal + LAUNCHER_REPORT))
+    assert result["outcome"] == "clear_error" and result["names_field"] is True
+
+
+def test_a_rank_traceback_under_a_launcher_is_still_a_traceback():
+    result = judge(case(), done(1, TRACE + LAUNCHER_REPORT))
+    assert result["outcome"] == "traceback"
+
+
+def test_two_different_error_lines_are_not_one_clear_error():
+    result = judge(case(), done(1, "vrm eval: error: one thing\nvrm eval: error: another\n"))
+    assert result["outcome"] == "unclear_error"

@@ -151,3 +151,14 @@ def test_bench_bon_ranks_by_the_conservative_reward(stochastic_pipeline, stochas
         main([*argv, "--conservative_lambda", "-1"])
     assert exited.value.code == 2
     assert "--conservative_lambda must be a finite number >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--n", "--best_of"])
+def test_a_best_of_n_size_below_one_is_a_usage_error_before_any_model_loads(tmp_path, capsys, flag):
+    pool = jsonl(tmp_path / "pool.jsonl", [{"prompt": "q", "responses": ["a", "b"], "gold": [0.1, 0.2]}])
+    argv = ["bench", "bon", "--pool", pool, "--proxy", "no-model", "--gold_column", "gold", flag, "1", "0"]
+    with pytest.raises(SystemExit) as usage_error:
+        main([*argv, "--output", str(tmp_path / "bon.json")])
+    assert usage_error.value.code == 2
+    assert "every n of best-of-n must be >= 1, got [1, 0]" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "bon.json")

@@ -195,20 +195,13 @@ def test_the_world_comes_from_the_launcher_environment(monkeypatch):
         ScoringWorld.detect()
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["eval", "--dataset", "pairs.jsonl", "--model", "no-model"],
-        ["bench", "bon", "--pool", "pool.jsonl", "--proxy", "no-model"],
-    ],
-)
-def test_single_process_commands_refuse_a_launch_of_several_processes(monkeypatch, capsys, tmp_path, argv):
+def test_calibrate_refuses_a_launch_of_several_processes(monkeypatch, capsys, tmp_path):
     from vrm.cli.main import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.chdir(tmp_path)
-    assert main(argv) == 1
+    assert main(["calibrate", "--dataset", "pairs.jsonl", "--model", "no-model"]) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "runs in one process, but this is rank 1 of 2" in error[0]
 

@@ -32,7 +32,15 @@ def add_bon_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--gold_model", default=None, help="Gold reward model that scores the candidates.")
     parser.add_argument("--gold_column", default=None, help="Column of gold scores in the pool file.")
-    parser.add_argument("--n", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument(
+        "--n",
+        "--best_of",
+        dest="n",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8, 16, 32],
+        help="The n of best-of-n (under torchrun write --best_of: its own parser takes --n for one of its options).",
+    )
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument(
         "--output", default="bon.json", help="JSON results (and the pool output of --build_pool)."
@@ -72,12 +80,22 @@ def run(args: argparse.Namespace) -> int:
         check_conservative_lambda(args.conservative_lambda, "--conservative_lambda")
     except ValueError as err:
         args.parser.error(str(err))
+    if any(n < 1 for n in args.n):
+        args.parser.error(f"--n / --best_of: every n of best-of-n must be >= 1, got {args.n}")
     loading = {"device": args.device, "dtype": args.dtype, "trust_remote_code": args.trust_remote_code}
     resolve(args.device, args.dtype)  # a bad --device / --dtype fails before any model loads
-    from vrm.scoring.data_parallel import refuse_several_processes
+    from vrm.scoring.data_parallel import ScoringWorld
 
-    refuse_several_processes("vrm bench bon")
+    world = ScoringWorld.detect()  # several processes under torchrun / accelerate launch: each scores a part
+    if world.distributed and args.embedding_cache:
+        args.parser.error(
+            f"--embedding_cache with {world.size} processes: the ranks would write the same cache files; "
+            "run in one process to use the cache"
+        )
+    loading["device"] = world.device(args.device)
     if args.build_pool:
+        if not world.is_main:  # no scoring: rank 0 builds the pool alone
+            return 0
         kept = build_pool(args.build_pool, args.output)
         print(f"[vrm] pool of {kept} prompts written to {args.output}")
         return 0
@@ -86,20 +104,22 @@ def run(args: argparse.Namespace) -> int:
     if (args.gold_model is None) == (args.gold_column is None):
         args.parser.error("give exactly one of --gold_model and --gold_column")
     pool = read_pool(args.pool, args.gold_column)
-    progress = not args.no_progress
+    progress = not args.no_progress and world.is_main
     if args.gold_column:
         gold = [np.asarray([float(v) for v in row[args.gold_column]], dtype=np.float64) for row in pool]
     else:
-        gold_scorer = load_scorer(args.gold_model, batch_size=args.batch_size, **loading)
+        gold_scorer = load_scorer(args.gold_model, batch_size=args.batch_size, world=world, **loading)
         gold = score_pool(gold_scorer, pool, progress)
     if args.ensemble and len(args.proxy) < 2:
         args.parser.error("--ensemble needs at least two --proxy (the models of the deep ensemble)")
     results = {}
     for path in [args.proxy] if args.ensemble else args.proxy:
         cache = args.embedding_cache
-        scorer = load_scorer(path, batch_size=args.batch_size, embedding_cache=cache, **loading)
+        scorer = load_scorer(path, batch_size=args.batch_size, embedding_cache=cache, world=world, **loading)
         proxy = score_pool(scorer, pool, progress, args.conservative_lambda)
         results[path if isinstance(path, str) else " + ".join(path)] = bon_curve(proxy, gold, args.n)
+    if not world.is_main:  # every rank holds the same curves: rank 0 prints and writes them
+        return 0
     print(f"{'proxy':<40} " + " ".join(f"{'n=' + str(n):>8}" for n in args.n))
     for path, curve in results.items():
         print(f"{os.path.basename(path.rstrip('/')):<40} " + " ".join(f"{p['gold']:>8.3f}" for p in curve))

@@ -43,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     check_device(args)
     from dataclasses import asdict
 
+    from vrm.scoring.data_parallel import refuse_several_processes
+
+    refuse_several_processes("vrm calibrate")
+
     from vrm.data.files import write_json
     from vrm.evaluation.checkpoint_calibration import calibrate_model, format_result
 

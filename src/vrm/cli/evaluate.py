@@ -92,9 +92,14 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error(f"--max_length must be >= 1 (tokens), got {args.max_length}")
     check_html_path(args)
     check_device(args)
-    from vrm.scoring.data_parallel import refuse_several_processes
+    from vrm.scoring.data_parallel import ScoringWorld
 
-    refuse_several_processes("vrm eval")
+    world = ScoringWorld.detect()  # several processes under torchrun / accelerate launch: each scores a part
+    if world.distributed and args.embedding_cache:
+        args.parser.error(
+            f"--embedding_cache with {world.size} processes: the ranks would write the same cache files; "
+            "run in one process to use the cache"
+        )
     if args.ensemble and len(args.model) < 2:
         args.parser.error("--ensemble needs at least two --model (the models of the deep ensemble)")
     from vrm.evaluation.pairwise import evaluate_model
@@ -110,16 +115,20 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             max_rows=args.max_rows,
             max_length=args.max_length,
-            progress=not args.no_progress,
+            progress=not args.no_progress and world.is_main,
             embedding_cache=args.embedding_cache,
             sample=args.sample,
             seed=args.seed,
             device=args.device,
             dtype=args.dtype,
             trust_remote_code=args.trust_remote_code,
+            world=world,
         )
-        print(format_report(report))
+        if world.is_main:
+            print(format_report(report))
         reports.append(report)
+    if not world.is_main:  # every rank holds the same reports: rank 0 writes them
+        return 0
     if args.output:
         write_reports(reports, args.output)
         print(f"[vrm] report written to {args.output}")

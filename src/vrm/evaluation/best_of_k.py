@@ -109,6 +109,7 @@ def score_answers(scorer, prompts: Sequence[Text], responses: Sequence[Text], pr
         scorer.batch_size,
         progress,
         embedding_cache=scorer.embedding_cache,
+        world=scorer.world,
     )
     return scores, stats
 

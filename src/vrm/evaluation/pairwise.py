@@ -58,6 +58,7 @@ from vrm.evaluation.metrics import (
 from vrm.evaluation.report import DatasetReport, EvalReport
 from vrm.evaluation.rows import InvalidRows, describe_invalid, read_eval_rows
 from vrm.models.modeling import VRMForSequenceClassification
+from vrm.scoring.data_parallel import ScoringWorld
 from vrm.scoring.loading import load_scorer
 from vrm.scoring.pipeline import RewardPipeline
 from vrm.scoring.scores import SequenceScores, score_sequences
@@ -70,12 +71,21 @@ def score_pairs(
     batch_size: int = 32,
     progress: bool = True,
     embedding_cache: EmbeddingCache | None = None,
+    world: ScoringWorld | None = None,
 ) -> tuple[SequenceScores, SequenceScores]:
-    """Scores of the chosen and of the rejected responses of each pair."""
+    """Scores of the chosen and of the rejected responses of each pair (shared by the processes of a
+    data-parallel `world`)."""
     sequences = [p.chosen_input_ids for p in pairs] + [p.rejected_input_ids for p in pairs]
     lengths = [p.prompt_length for p in pairs] * 2
     both = score_sequences(
-        model, sequences, lengths, pad_token_id, batch_size, progress, embedding_cache=embedding_cache
+        model,
+        sequences,
+        lengths,
+        pad_token_id,
+        batch_size,
+        progress,
+        embedding_cache=embedding_cache,
+        world=world,
     )
     n = len(pairs)
     return both.select(slice(0, n)), both.select(slice(n, 2 * n))
@@ -169,6 +179,7 @@ def evaluate_pairs(
     progress: bool = True,
     embedding_cache: EmbeddingCache | None = None,
     temperature: float | None = None,
+    world: ScoringWorld | None = None,
 ) -> dict[str, Any]:
     """Metrics of a vrm model on tokenized pairs, overall and per subset (response lengths in tokens).
 
@@ -176,7 +187,9 @@ def evaluate_pairs(
     """
     if temperature is None:
         temperature = getattr(model.config, "calibration_temperature", 1.0)
-    chosen, rejected = score_pairs(model, pairs, pad_token_id, batch_size, progress, embedding_cache)
+    chosen, rejected = score_pairs(
+        model, pairs, pad_token_id, batch_size, progress, embedding_cache, world=world
+    )
     length_chosen = [len(p.chosen_input_ids) - p.prompt_length for p in pairs]
     length_rejected = [len(p.rejected_input_ids) - p.prompt_length for p in pairs]
     subsets = [p.subset for p in pairs]
@@ -261,6 +274,7 @@ def evaluate_model(
     device: str | None = None,
     dtype: str | None = None,
     trust_remote_code: bool = False,
+    world: ScoringWorld | None = None,
 ) -> EvalReport:
     """The `vrm eval` report (`vrm.evaluation.report.EvalReport`): one entry per dataset, each with overall and
     per-subset metrics.
@@ -271,9 +285,13 @@ def evaluate_model(
     see `vrm.evaluation.rows`). Rows that cannot be used are skipped and listed in each entry's `invalid_rows`.
     `device` / `dtype` default to `auto` (`vrm.scoring.device`); `trust_remote_code` is for non-vrm models with own code.
     Several paths are evaluated as one deep ensemble (`vrm.scoring.deep_ensemble`; report `model`: "a + b").
+    A `world` of several processes (`vrm.scoring.data_parallel`; `torchrun` / `accelerate launch`) shares the
+    scoring: each process scores its part of every dataset on its own device and all of them return the same
+    report, which a one-process run returns (scores to float rounding).
     """
-    kwargs: dict[str, Any] = {"batch_size": batch_size, "embedding_cache": embedding_cache}
-    kwargs.update(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    world = world or ScoringWorld()
+    kwargs: dict[str, Any] = {"batch_size": batch_size, "embedding_cache": embedding_cache, "world": world}
+    kwargs.update(device=world.device(device), dtype=dtype, trust_remote_code=trust_remote_code)
     if max_length:
         kwargs["max_length"] = max_length
     scorer = load_scorer(model_path, **kwargs)
@@ -317,6 +335,7 @@ def evaluate_model(
                     batch_size,
                     progress,
                     scorer.embedding_cache,
+                    world=world,
                 )
                 entry = {"convention": convention, **metrics, "tokenization": asdict(stats)}
             else:

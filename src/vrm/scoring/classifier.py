@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from vrm.data.examples import Text
 from vrm.models.integrity import load_checked
 from vrm.models.pooling import backbone_is_causal
-from vrm.scoring.scores import SequenceScores
+from vrm.scoring.data_parallel import ScoringWorld
+from vrm.scoring.scores import SequenceScores, score_in_shards
 
 PLAIN_SEPARATOR = "\n\n"
 
@@ -50,9 +51,17 @@ class SequenceClassifierPipeline:
     """
 
     def __init__(
-        self, model, tokenizer, *, batch_size: int = 16, max_length: int = 1024, input_format: str = "auto"
+        self,
+        model,
+        tokenizer,
+        *,
+        batch_size: int = 16,
+        max_length: int = 1024,
+        input_format: str = "auto",
+        world: ScoringWorld | None = None,
     ):
         self.model = model.eval()
+        self.world = world or ScoringWorld()  # the processes that share each `score` call
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.pad_token_id = next(
@@ -186,8 +195,18 @@ class SequenceClassifierPipeline:
     ) -> SequenceScores:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        device = next(self.model.parameters()).device
         rows = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+        costs = [len(row["input_ids"]) for row in rows]
+        show = progress and self.world.is_main
+        return score_in_shards(
+            self.world,
+            range(len(rows)),
+            costs,
+            lambda index: self._score_rows([rows[i] for i in index], show),
+        )
+
+    def _score_rows(self, rows: list[dict[str, list[int]]], progress: bool) -> SequenceScores:
+        device = next(self.model.parameters()).device
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))  # little padding
         rewards = torch.empty(len(rows))
         starts = range(0, len(rows), self.batch_size)

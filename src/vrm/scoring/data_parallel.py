@@ -3,9 +3,12 @@ start the same command once per process and tell each its place through the envi
 `LOCAL_RANK`). `ScoringWorld.detect` reads it; a plain `python` / `vrm` run is a world of one, which scores on
 the single-process path.
 
-The processes talk over a gloo group (CPU tensors, whatever device the model is on): rank 0 decides (the output's
-lock, its manifest, which rows each rank scores) and broadcasts the decision; a barrier marks the end of scoring,
-after which rank 0 merges the ranks' part files into the output in input order.
+The processes talk over a gloo group (CPU tensors, whatever device the model is on). `vrm score` streams: rank 0
+decides (the output's lock, its manifest, which rows each rank scores) and broadcasts the decision; a barrier marks
+the end of scoring, after which rank 0 merges the ranks' part files into the output in input order. `vrm eval` and
+`vrm bench bon` need every score before their metrics: each rank scores the groups of sequences
+`balanced_shards` gives it and `all_gather` hands every rank the whole result (`vrm.scoring.scores.score_in_shards`),
+so every rank computes the same report and rank 0 writes it.
 """
 
 from __future__ import annotations
@@ -102,6 +105,16 @@ class ScoringWorld:
         dist.gather_object(value, gathered, dst=0, group=self._group())
         return gathered
 
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's `value` on every rank, in rank order (any picklable object; tensors on the CPU)."""
+        if not self.distributed:
+            return [value]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.size
+        dist.all_gather_object(gathered, value, group=self._group())
+        return gathered
+
     def barrier(self) -> None:
         if self.distributed:
             import torch.distributed as dist
@@ -112,6 +125,22 @@ class ScoringWorld:
 _GLOO_GROUP = None
 
 
+def balanced_shards(groups: list[list[int]], costs: list[int], size: int) -> list[list[int]]:
+    """Split `groups` (lists of item indices that must stay together, e.g. the responses of one prompt, which a
+    shared-prompt model scores in one pass) into `size` shards of about equal cost: the costliest group first,
+    each to the shard with the least cost so far (ties: the lowest rank). Deterministic, so every rank computes
+    the same split from the same data. Returns each shard's indices, sorted."""
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    shards: list[list[int]] = [[] for _ in range(size)]
+    load = [0] * size
+    for group in sorted(range(len(groups)), key=lambda g: (-costs[g], g)):
+        rank = min(range(size), key=lambda r: (load[r], r))
+        shards[rank].extend(groups[group])
+        load[rank] += costs[group]
+    return [sorted(shard) for shard in shards]
+
+
 def refuse_several_processes(command: str) -> None:
     """A `ValueError` when `command` (which runs in one process) was started by a launcher in several: each process
     would do all the work and write the same outputs over one another."""
@@ -120,7 +149,7 @@ def refuse_several_processes(command: str) -> None:
         raise ValueError(
             f"{command} runs in one process, but this is rank {world.rank} of {world.size} (accelerate launch / "
             f"torchrun): each would do all of it and write the same outputs; run it without the launcher "
-            "(only vrm score splits its rows across processes)"
+            "(vrm score, vrm eval and vrm bench bon split their rows across processes)"
         )
 
 

@@ -28,6 +28,7 @@ from vrm.models.integrity import NonFiniteError, load_checked
 from vrm.models.modeling import VRMForSequenceClassification
 from vrm.models.pooling import PromptBoundaryError, find_prompt_end
 from vrm.scoring.conservative import check_conservative_lambda
+from vrm.scoring.data_parallel import ScoringWorld
 from vrm.scoring.scores import SequenceScores, score_sequences
 
 
@@ -61,7 +62,10 @@ class RewardPipeline:
         normalize: bool = True,
         conservative_lambda: float = 0.0,
         embedding_cache: EmbeddingCache | str | None = None,
+        world: ScoringWorld | None = None,
     ):
+        """`world`: the processes of a data-parallel launch (`vrm.scoring.data_parallel`) that share each
+        `score` call, each scoring a part and all receiving every score; default one process."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_length is not None and (isinstance(max_length, bool) or max_length < 1):
@@ -70,6 +74,7 @@ class RewardPipeline:
         if isinstance(embedding_cache, str):
             embedding_cache = EmbeddingCache(embedding_cache, batch_size=batch_size)
         self.embedding_cache = embedding_cache
+        self.world = world or ScoringWorld()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.normalize = normalize
@@ -128,6 +133,7 @@ class RewardPipeline:
             self.batch_size,
             progress,
             embedding_cache=self.embedding_cache,
+            world=self.world,
         )
         return self._maybe_unnormalize(scores)
 

@@ -4,7 +4,7 @@ uncertainties and objective weights every scorer (pipeline, server, evaluation) 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +14,7 @@ from vrm.data.collate import pad_sequences
 from vrm.data.state_cache import EmbeddingCache
 from vrm.models.modeling import VRMForSequenceClassification
 from vrm.models.shared_prompt import has_shared_prompts, score_layout, score_prompt_trees
+from vrm.scoring.data_parallel import ScoringWorld, balanced_shards
 
 
 @dataclass
@@ -42,6 +43,53 @@ class SequenceScores:
             part(self.epistemic_std),
             part(self.member_rewards),
         )
+
+    @classmethod
+    def assemble(cls, count: int, parts: Sequence[tuple[Sequence[int], SequenceScores]]) -> SequenceScores:
+        """The scores of `count` sequences from parts that each hold the scores of the sequences at their
+        indices (together every index once)."""
+        template = next(scores for _, scores in parts if len(scores.reward))
+
+        def empty(values: torch.Tensor | None) -> torch.Tensor | None:
+            return None if values is None else values.new_empty((count, *values.shape[1:]))
+
+        fields = ("reward", "reward_std", "objective_weights", "objective_scores")
+        optional = ("aleatoric_std", "epistemic_std", "member_rewards")
+        out = cls(*(empty(getattr(template, f)) for f in fields + optional))
+        for index, scores in parts:
+            if not len(index):
+                continue
+            where = torch.as_tensor(list(index), dtype=torch.long)
+            for name in fields + optional:
+                values = getattr(out, name)
+                if values is not None:
+                    values[where] = getattr(scores, name)
+        return out
+
+
+def score_in_shards(
+    world: ScoringWorld,
+    group_keys: Sequence[object],
+    costs: Sequence[int],
+    score: Callable[[list[int]], SequenceScores],
+) -> SequenceScores:
+    """Data-parallel scoring of `len(costs)` items: items with one group key (the responses of one prompt, which
+    a shared-prompt model or the prompt-alone pass computes once) stay on one rank, groups are spread so each
+    rank gets about the same cost (tokens; `balanced_shards`), each rank runs `score(its indices)` and every
+    rank receives the whole result, in input order. One process: `score` of every index."""
+    count = len(costs)
+    if not world.distributed:
+        return score(list(range(count)))
+    members: dict[object, list[int]] = {}
+    for index, key in enumerate(group_keys):
+        members.setdefault(key, []).append(index)
+    groups = list(members.values())
+    mine = balanced_shards(groups, [sum(costs[i] for i in g) for g in groups], world.size)[world.rank]
+    local = score(mine) if mine else None
+    parts = [part for part in world.all_gather((mine, local)) if part[1] is not None]
+    if not parts:
+        return score([])
+    return SequenceScores.assemble(count, parts)
 
 
 def token_budget_batches(
@@ -117,6 +165,7 @@ def score_sequences(
     progress: bool = False,
     description: str = "scoring",
     embedding_cache: EmbeddingCache | None = None,
+    world: ScoringWorld | None = None,
 ) -> SequenceScores:
     """Score token sequences, returned in input order, under `torch.inference_mode`.
 
@@ -126,7 +175,29 @@ def score_sequences(
     by several sequences of a tree-layout model is computed once (`vrm.models.shared_prompt`).
     With an `embedding_cache` (a model trained with `--freeze_backbone`), the backbone states come from the cache
     (computed into it once) and only the head runs here.
+    With a `world` of several processes (`vrm.scoring.data_parallel`), each scores the sequences of its share of
+    the prompts and every process returns all the scores (`score_in_shards`).
     """
+    if world is not None and world.distributed:
+        if embedding_cache is not None:
+            raise ValueError(
+                "data-parallel scoring does not take an embedding cache (its ranks would write the same "
+                "cache files): run in one process, or without the cache"
+            )
+
+        def shard(index: list[int]) -> SequenceScores:
+            return score_sequences(
+                model,
+                [sequences[i] for i in index],
+                [prompt_lengths[i] for i in index],
+                pad_token_id,
+                batch_size,
+                progress and world.is_main,
+                description,
+            )
+
+        keys = [tuple(sequence[:length]) for sequence, length in zip(sequences, prompt_lengths, strict=True)]
+        return score_in_shards(world, keys, [len(s) for s in sequences], shard)
     model.eval()
     device = next(model.parameters()).device
     count, k = len(sequences), model.config.num_objectives

@@ -159,7 +159,7 @@ def test_a_realdata_run_key_names_its_training_pool():
     realdata = run_spec(_setting("real", kind="realdata"), head, 10, 0)
     assert realdata.options["pool"] == REALDATA_POOL
     finetune = run_spec(_setting("real", kind="realdata_finetune"), head, 10, 0)
-    assert "pool" not in finetune.options
+    assert finetune.options["pool"] == "ft_train[:1000]"
     without_pool = {k: v for k, v in realdata.options.items() if k != "pool"}
     assert realdata.key != type(realdata)(realdata.name, realdata.seed, without_pool).key
 
@@ -211,3 +211,79 @@ def test_a_single_seed_has_no_gap_test_but_keeps_the_per_pair_test(tmp_path):
     entry = aggregate.paired_tests(runs, "test_iid", ["test_iid"])["vrm"]["10"]
     assert entry["seeds"] == [0] and entry["gap_sign_flip_p"] is None and entry["gap_ttest_p"] is None
     assert 0.0 <= entry["test_iid"]["p_value"] <= 1.0
+
+
+def test_rm_bench_rows_become_nine_pairs_whose_subset_accuracies_are_rm_bench_scores(tmp_path, monkeypatch):
+    from benchmarks.studies.learning_curves import states
+    from vrm.evaluation.benchmark_rules import rm_bench_scores
+
+    monkeypatch.setattr(states, "WORK", str(tmp_path / "work"))
+    rows = [
+        {
+            "prompt": f"q{k}",
+            "chosen": [f"c{k}{i}" for i in range(3)],
+            "rejected": [f"r{k}{j}" for j in range(3)],
+        }
+        for k in range(4)
+    ]
+    source = tmp_path / "rm_bench.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = states.rm_bench_pairs_file(str(source), prompts=3)
+    with open(path) as handle:
+        pairs = [json.loads(line) for line in handle]
+    assert len(pairs) == 27  # the first 3 prompts, 9 pairs each
+    assert pairs[1] == {"prompt": "q0", "chosen": "c00", "rejected": "r01", "subset": "hard"}
+    assert [p["subset"] for p in pairs[:9]].count("hard") == 3
+    outcomes = np.random.default_rng(0).random((3, 3, 3)) < 0.5  # [prompt, chosen i, rejected j]
+    margin = np.where(outcomes.reshape(-1), 1.0, -1.0)
+    found = pair_metrics(margin, np.zeros(27), True, [p["subset"] for p in pairs], [9, 9, 9])
+    expected = rm_bench_scores(outcomes)
+    for subset in ("easy", "normal", "hard"):
+        assert found["subset_accuracy"][subset] == pytest.approx(expected[subset])
+    assert found["accuracy"] == pytest.approx(expected["average"])
+    with pytest.raises(ValueError, match="group sizes add up to 18, not the 27 pairs"):
+        pair_metrics(margin, np.zeros(27), True, None, [9, 9])
+
+
+def test_grouped_pairs_are_tested_per_prompt_not_per_pair(tmp_path):
+    setting = _setting("grouped")
+    rng = np.random.default_rng(3)
+    sizes = [9] * 20
+    correct = {}
+    for head in setting.heads:
+        for seed in range(3):
+            spec = run_spec(setting, head, 10, seed)
+            bits = (rng.random(180) < (0.7 if head.name == "vrm" else 0.5)).astype(float)
+            correct[(head.name, seed)] = bits
+            metrics = {"train": {"pairs": 10, "accuracy": 0.9, "ties": 0.0, "nll": 0.5, "ece": 0.1}}
+            for name in ("test_iid", "rm_bench"):
+                margin = np.where(bits > 0, 1.0, -1.0)
+                metrics[name] = pair_metrics(
+                    margin, np.zeros(180), True, group_sizes=sizes if name == "rm_bench" else None
+                )
+            result = {
+                "spec": {"name": spec.name, "seed": seed, "options": spec.options},
+                "key": spec.key,
+                "n": 10,
+                "subset": "x",
+                "train_seconds": 1.0,
+                "eval_seconds": 0.1,
+                "metrics": metrics,
+            }
+            path = runner.run_path(spec, setting.name, str(tmp_path))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as handle:
+                json.dump(result, handle)
+    runs = load_runs(setting.name, str(tmp_path))
+    entry = aggregate.paired_tests(runs, "test_iid", ["test_iid", "rm_bench"])["vrm"]["10"]
+    vrm = np.mean([correct[("vrm", s)] for s in range(3)], 0)
+    bt = np.mean([correct[("bt", s)] for s in range(3)], 0)
+    per_prompt = paired_p_value(
+        vrm.reshape(20, 9).mean(1), bt.reshape(20, 9).mean(1), resamples=aggregate.PERMUTATIONS
+    )
+    assert entry["rm_bench"]["p_value"] == pytest.approx(per_prompt)
+    assert entry["rm_bench"]["tested_units"] == "20 prompts" and entry["rm_bench"]["pairs"] == 180
+    assert entry["test_iid"]["p_value"] == pytest.approx(
+        paired_p_value(vrm, bt, resamples=aggregate.PERMUTATIONS)
+    )
+    assert entry["rm_bench"]["accuracy_difference"] == pytest.approx(entry["test_iid"]["accuracy_difference"])

@@ -5,7 +5,8 @@
   NLL, and the accuracy of every other evaluation set; each `stats.mean_std` over seeds;
 * `paired_tests` — for each head against bt at each n, over the seeds both have:
   held-out accuracy a − b with the paired sign-flip permutation test over held-out pairs of the seed-averaged
-  correctness (`stats.paired_p_value`, as the real-data study tests), and the gap a − b with the exact
+  correctness (`stats.paired_p_value`, as the real-data study tests; on a set of grouped pairs, RM-Bench's 9 per
+  prompt, over prompts of their mean correctness, as a prompt's pairs are not independent), and the gap a − b with the exact
   sign-flip test over seeds (with s seeds its smallest two-sided p is 2 / 2^s) and a paired t-test
   (`scipy.stats.ttest_rel`);
 * `held_out_bounds` — per run, upper confidence bounds on the true pairwise error from a held-out sample
@@ -45,8 +46,14 @@ def gap(run: RunFile, held_out: str) -> float:
     return run.metrics["train"]["accuracy"] - run.metrics[held_out]["accuracy"]
 
 
-def curve_table(runs: Sequence[RunFile], held_out: str, eval_sets: Sequence[str]) -> dict[str, Any]:
-    """{head: {n: row}}: mean ± std over seeds of train / held-out accuracy, the gap, ECE, NLL, other sets."""
+def curve_table(
+    runs: Sequence[RunFile],
+    held_out: str,
+    eval_sets: Sequence[str],
+    subset_columns: dict[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """{head: {n: row}}: mean ± std over seeds of train / held-out accuracy, the gap, ECE, NLL, other sets, and
+    the accuracy of the subsets `subset_columns` names per set (e.g. RM-Bench's hard pairs)."""
     table: dict[str, Any] = {}
     for head, sizes in by_head_and_size(runs).items():
         table[head] = {}
@@ -63,6 +70,10 @@ def curve_table(runs: Sequence[RunFile], held_out: str, eval_sets: Sequence[str]
             for name in eval_sets:
                 if name != held_out and all(name in r.metrics for r in found):
                     row[f"{name}_accuracy"] = mean_std([r.metrics[name]["accuracy"] for r in found])
+                    for subset in (subset_columns or {}).get(name, ()):
+                        row[f"{name}_{subset}_accuracy"] = mean_std(
+                            [r.metrics[name]["subset_accuracy"][subset] for r in found]
+                        )
             table[head][str(n)] = row
     return table
 
@@ -117,9 +128,15 @@ def paired_tests(
                 second = np.mean([base[s].correct(name) for s in seeds], 0)
                 entry[name] = {
                     "accuracy_difference": float(first.mean() - second.mean()),
-                    "p_value": paired_p_value(first, second, resamples=PERMUTATIONS),
                     "pairs": int(first.size),
                 }
+                sizes = mine[seeds[0]].metrics[name].get("group_sizes")
+                if sizes:  # pairs of one prompt are not independent: test per prompt (its mean correctness)
+                    starts = np.cumsum([0, *sizes[:-1]])
+                    first = np.add.reduceat(first, starts) / np.asarray(sizes)
+                    second = np.add.reduceat(second, starts) / np.asarray(sizes)
+                    entry[name]["tested_units"] = f"{len(sizes)} prompts"
+                entry[name]["p_value"] = paired_p_value(first, second, resamples=PERMUTATIONS)
             out[head][str(n)] = entry
     return out
 

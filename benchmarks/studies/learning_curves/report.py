@@ -22,8 +22,9 @@ REPORT_NAME = "learning_curves"
 SETS = {
     "realdata": {
         "held_out": "val",
-        "tested": ["val", "rmb_shift_harm"],
+        "tested": ["val", "rmb_shift_harm", "alpaca_test", "rm_bench"],
         "bound": ("val", None, "rmb_shift_harm"),
+        "subset_columns": {"rm_bench": ("hard",)},
     },
     "realdata_finetune": {
         "held_out": "val",
@@ -39,6 +40,8 @@ SETS = {
 SET_TITLES = {
     "val": "held-out (200-pair sample of the validation split: RMB seen categories + AlpacaEval + UltraFeedback)",
     "rmb_shift_harm": "RMB held-out harmlessness categories (S9, S10, multi; 200-pair sample)",
+    "alpaca_test": "AlpacaEval prompts never trained on (200-pair sample)",
+    "rm_bench": "RM-Bench, 200 prompts x 9 pairs (accuracy = its average; hard = chosen plainer than rejected)",
     "test_iid": "iid test",
     "test_shifted": "length-shifted test",
 }
@@ -63,7 +66,7 @@ def setting_report(setting, root: str = RUNS) -> dict[str, Any] | None:
         "runs": len(runs),
         "train_seconds_total": round(sum(r.train_seconds for r in runs), 1),
         "held_out_set": sets["held_out"],
-        "curves": curve_table(runs, sets["held_out"], sets["tested"]),
+        "curves": curve_table(runs, sets["held_out"], sets["tested"], sets.get("subset_columns")),
         f"paired_tests_vs_{BASELINE}": paired_tests(runs, sets["held_out"], sets["tested"]),
         # does reading the labels / ratings through vrm's latents beat reading them through moe's gate?
         "paired_tests_vrm_vs_moe": {
@@ -145,6 +148,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"{found['schedule']['epochs']}, min_steps {found['schedule']['min_steps']}, batch "
             f"{found['schedule']['batch_size']}. Held-out set: {SET_TITLES.get(held, held)}. "
             f"Figure: `learning_curves_{name}.png`.",
+            "",
+            "Sets: "
+            + "; ".join(f"`{s}`: {SET_TITLES.get(s, s)}" for s in SETS[found["kind"]]["tested"])
+            + ".",
             "",
         ]
         other = [

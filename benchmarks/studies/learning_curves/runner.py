@@ -4,7 +4,8 @@ A run file, `learning_curves_runs/<setting>/<RunSpec.key>.json`, holds the spec,
 and evaluation seconds, and per scored set (`train` = the run's own training pairs, then the setting's
 evaluation sets) accuracy, ties, NLL and ECE of the plug-in probability sigmoid(r+ - r-), plus the per-pair
 correctness (r+ > r-) as packed bits, so paired tests and held-out bounds are computed from the same numbers as
-the tables. It is written last, atomically: a run with a file is finished and never trained again. No weights
+the tables; a set of grouped pairs (`states.GROUPED_SETS`: RM-Bench's 9 pairs per prompt) also keeps the accuracy
+of each subset and the sizes of its prompt groups. It is written last, atomically: a run with a file is finished and never trained again. No weights
 are kept.
 """
 
@@ -27,6 +28,7 @@ from vrm.data.files import write_json
 from vrm.evaluation.metrics import calibration, pair_probabilities
 
 from .plan import HeadPlan, SettingPlan, run_spec, size_value
+from .states import GROUPED_SETS, prompt_groups
 from .subsets import nested_subset, subset_digest
 
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
@@ -42,8 +44,15 @@ def unpack_bits(text: str, count: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:count].astype(np.float64)
 
 
-def pair_metrics(reward_chosen: np.ndarray, reward_rejected: np.ndarray, keep_pairs: bool) -> dict[str, Any]:
-    """Accuracy (strict r+ > r-), ties, Bradley-Terry NLL and ECE of sigmoid(r+ - r-); per-pair bits if asked."""
+def pair_metrics(
+    reward_chosen: np.ndarray,
+    reward_rejected: np.ndarray,
+    keep_pairs: bool,
+    subsets: list[str] | None = None,
+    group_sizes: list[int] | None = None,
+) -> dict[str, Any]:
+    """Accuracy (strict r+ > r-), ties, Bradley-Terry NLL and ECE of sigmoid(r+ - r-); per-pair bits if asked;
+    the accuracy of each of `subsets` (one name per pair) and the pairs' `group_sizes` when given."""
     margin = np.asarray(reward_chosen, dtype=np.float64) - np.asarray(reward_rejected, dtype=np.float64)
     correct = margin > 0
     found = calibration(pair_probabilities(reward_chosen, reward_rejected))
@@ -56,6 +65,13 @@ def pair_metrics(reward_chosen: np.ndarray, reward_rejected: np.ndarray, keep_pa
     }
     if keep_pairs:
         out["correct_bits"] = pack_bits(correct)
+    if subsets is not None:
+        names = np.asarray(subsets)
+        out["subset_accuracy"] = {str(s): float(correct[names == s].mean()) for s in sorted(set(subsets))}
+    if group_sizes is not None:
+        if sum(group_sizes) != margin.size:
+            raise ValueError(f"group sizes add up to {sum(group_sizes)}, not the {margin.size} pairs")
+        out["group_sizes"] = list(group_sizes)
     return out
 
 
@@ -191,7 +207,13 @@ def execute_frozen(setting: SettingPlan, head: HeadPlan, size, seed: int, states
     trained = time.perf_counter()
     metrics = {"train": pair_metrics(*score_states(model, train_data), keep_pairs=False)}
     for name, data in states.eval_sets.items():
-        metrics[name] = pair_metrics(*score_states(model, data), keep_pairs=True)
+        grouped = name in GROUPED_SETS
+        metrics[name] = pair_metrics(
+            *score_states(model, data),
+            keep_pairs=True,
+            subsets=[str(p.subset) for p in data.pairs] if grouped else None,
+            group_sizes=prompt_groups(data.pairs) if grouped else None,
+        )
     write_run(run_result(spec, n, indices, started, trained, metrics), path)
     return path
 

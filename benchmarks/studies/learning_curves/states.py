@@ -43,6 +43,14 @@ REALDATA_SETS = ("val", "rmb_shift_harm")
 # the real-data files each name reads: the frozen setting trains on the study's whole training file; held-out
 # and shift are the study's 200-pair samples of its validation split and of RMB's held-out harmlessness categories
 REALDATA_FILES = {"train": REALDATA_POOL, "val": "ft_val", "rmb_shift_harm": "ft_rmb_shift_harm"}
+# the frozen setting also scores AlpacaEval's held-out prompts (the study's 200-pair sample) and RM-Bench: the first
+# `RM_BENCH_PROMPTS` prompts of the study's RM-Bench file, each as its 9 pairs (chosen variant i against rejected
+# variant j; `rm_bench_pairs_file`), so accuracy over them is RM-Bench's average and over the 3 pairs with i < j
+# (the chosen answer plainer than the rejected one) its hard accuracy
+REALDATA_EXTRA_FILES = {"alpaca_test": "ft_alpaca_test", "rm_bench": "rm_bench"}
+RM_BENCH_PROMPTS = 200
+# sets whose pairs come in groups of one prompt (tests average a prompt's pairs first) and carry subsets
+GROUPED_SETS = ("rm_bench",)
 FINETUNE_FILES = {**REALDATA_FILES, "train": "ft_train"}
 SYNTHETIC_SETS = ("test_iid", "test_shifted", "test_iid_check")
 REALDATA_OBJECTIVES = ["helpfulness", "harmlessness"]
@@ -128,6 +136,45 @@ def pool_file(path: str, rows: int) -> str:
     return target
 
 
+def rm_bench_pairs_file(path: str, prompts: int) -> str:
+    """RM-Bench rows (a prompt, 3 chosen and 3 rejected variants: concise, verbose, verbose with markdown) as
+    preference pairs, written once under `WORK`: the first `prompts` rows, each as its 9 pairs chosen[i] against
+    rejected[j] in order i, j, with subset `hard` (i < j: the chosen answer is plainer than the rejected one),
+    `normal` (i = j) or `easy` (i > j), so accuracies over them are RM-Bench's (`rm_bench_scores`)."""
+    import json
+
+    from vrm.data.files import atomic_output
+
+    target = os.path.join(WORK, f"rm_bench-first{prompts}-pairs.jsonl")
+    if os.path.exists(target):
+        return target
+    with open(path, encoding="utf-8") as handle:
+        rows = [json.loads(line) for _, line in zip(range(prompts), handle, strict=False)]
+    os.makedirs(WORK, exist_ok=True)
+    with atomic_output(target) as staging, open(staging, "w", encoding="utf-8") as out:
+        for row in rows:
+            for i, chosen in enumerate(row["chosen"]):
+                for j, rejected in enumerate(row["rejected"]):
+                    subset = "hard" if i < j else "normal" if i == j else "easy"
+                    pair = {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "subset": subset}
+                    out.write(json.dumps(pair) + "\n")
+    return target
+
+
+def prompt_groups(pairs: list[TokenizedPair]) -> list[int]:
+    """Sizes of the runs of consecutive pairs with the same prompt tokens (one RM-Bench prompt's pairs)."""
+    sizes: list[int] = []
+    previous = None
+    for pair in pairs:
+        prompt = tuple(pair.chosen_input_ids[: pair.prompt_length])
+        if prompt == previous:
+            sizes[-1] += 1
+        else:
+            sizes.append(1)
+        previous = prompt
+    return sizes
+
+
 def realdata_states(data_dir: str) -> SettingStates:
     """The real-data study's training set and evaluation sets (split files written once, states cached)."""
     from benchmarks.studies.backbones import backbone_path
@@ -137,7 +184,9 @@ def realdata_states(data_dir: str) -> SettingStates:
 
     cfg = load_plan(DEFAULT_CONFIG).study_config()
     manifest = prepare_data(data_dir, cfg)
-    files = {name: data_file(source) for name, source in REALDATA_FILES.items()}
+    sources = {**REALDATA_FILES, **REALDATA_EXTRA_FILES}
+    files = {name: data_file(source) for name, source in sources.items()}
+    files["rm_bench"] = rm_bench_pairs_file(files["rm_bench"], RM_BENCH_PROMPTS)
     found = tokenize_and_embed(
         backbone_path("minilm"),
         files,
@@ -151,9 +200,10 @@ def realdata_states(data_dir: str) -> SettingStates:
     description = {
         "data": "the real-data study's split files (benchmarks/experiments/realdata.yaml sizes; "
         "benchmarks/results/study_runs/data.json)",
-        "files": REALDATA_FILES,
+        "files": sources,
         "pool": f"every row of {REALDATA_POOL} (the study's whole training file)",
-        "counts": {name: manifest["counts"][source] for name, source in REALDATA_FILES.items()},
+        "counts": {name: manifest["counts"][source] for name, source in sources.items()},
+        "rm_bench": f"the first {RM_BENCH_PROMPTS} prompts of rm_bench, 9 pairs each (rm_bench_pairs_file)",
         "held_out_categories": manifest["held_out_categories"],
         "max_length": cfg.max_length,
     }

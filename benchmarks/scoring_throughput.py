@@ -1,7 +1,7 @@
 """Offline scoring throughput: `vrm score` beside a plain transformers loop and `vrm serve`, in one run.
 
     python benchmarks/scoring_throughput.py --model minilm-vrm runs/minilm-vrm 600 \\
-        --model smollm2-vrm runs/smollm2-vrm 96 --rounds 3
+        --model smollm2-vrm runs/smollm2-vrm 96 --rounds 3 --max_lengths 256 1024
 
 For each `--model LABEL PATH ROWS`, the first ROWS (prompt, chosen) rows of AlpacaEval
 (`../shared/data/train/alpacaeval_judged.jsonl.gz`) are scored, in alternating order each round, by
@@ -15,6 +15,13 @@ For each `--model LABEL PATH ROWS`, the first ROWS (prompt, chosen) rows of Alpa
   `--clients` concurrent clients each sending one row per `POST /score` request over loopback.
 Rows/s are mean ± std over rounds; ratios are taken within each round, then averaged. JSON to `--output`
 (written atomically), with a Markdown table beside it.
+
+Each `--max_lengths` value is measured apart, on a copy of the checkpoint whose tokenization reads that max_length
+(weights linked, max_prompt_length scaled alike; cut to the backbone's positions), so all three methods score the
+same tokens: at the training length of 256 nearly every AlpacaEval row is cut to the cap (median 574 tokens), at
+1024 the rows keep their natural lengths. `tokens_per_row` counts what each method runs through the backbone,
+padding included (vrm: its length-sorted token-budget batches plus an encoder's prompt-alone pass; the plain
+loop: batches of 32 in input order padded to their longest row): the work behind each rate.
 """
 
 from __future__ import annotations
@@ -71,35 +78,88 @@ def plain_classifier(pipeline):
     return model.eval()
 
 
+def plain_batches(tokenizer, rows, max_length: int, causal: bool, batch_size: int = 32):
+    """The plain loop's inputs: batches of `batch_size` rows in input order, tokenized with padding and
+    truncation (a text pair for encoders, the chat template for causal LMs)."""
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        if causal:
+            texts = [
+                tokenizer.apply_chat_template(
+                    [
+                        {"role": "user", "content": r["prompt"]},
+                        {"role": "assistant", "content": r["response"]},
+                    ],
+                    tokenize=False,
+                )
+                for r in batch
+            ]
+            yield tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        else:
+            yield tokenizer(
+                [r["prompt"] for r in batch],
+                [r["response"] for r in batch],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+
+
 def plain_loop(model, tokenizer, rows, max_length: int, causal: bool, batch_size: int = 32) -> None:
     """The baseline a user writes: tokenize a batch (padding, truncation), run the model, read the logits."""
     with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            if causal:
-                texts = [
-                    tokenizer.apply_chat_template(
-                        [
-                            {"role": "user", "content": r["prompt"]},
-                            {"role": "assistant", "content": r["response"]},
-                        ],
-                        tokenize=False,
-                    )
-                    for r in batch
-                ]
-                inputs = tokenizer(
-                    texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-                )
-            else:
-                inputs = tokenizer(
-                    [r["prompt"] for r in batch],
-                    [r["response"] for r in batch],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
+        for inputs in plain_batches(tokenizer, rows, max_length, causal, batch_size):
             model(**inputs).logits.float().tolist()
+
+
+def tokens_per_row(pipeline, rows, max_length: int, causal: bool) -> dict[str, float]:
+    """Backbone tokens (padding included) per row of vrm's scorer and of the plain loop on `rows`."""
+    from vrm.scoring.scores import separate_prompt_pass, token_budget_batches
+
+    encoded = [pipeline.template.tokenize_single(r["prompt"], r["response"]) for r in rows]
+    sequences = [ids for ids, _ in encoded]
+    pad = pipeline.tokenizer.pad_token_id
+    vrm = sum(
+        len(index) * ids.shape[1]
+        for index, ids, _ in token_budget_batches(sequences, pipeline.batch_size, pad)
+    )
+    if separate_prompt_pass(pipeline.model):
+        prompts = [list(p) for p in dict.fromkeys(tuple(ids[:n]) for ids, n in encoded)]
+        vrm += sum(
+            len(index) * ids.shape[1]
+            for index, ids, _ in token_budget_batches(prompts, pipeline.batch_size, pad)
+        )
+    plain = sum(
+        int(b["input_ids"].numel()) for b in plain_batches(pipeline.tokenizer, rows, max_length, causal)
+    )
+    real = sum(len(s) for s in sequences)
+    return {
+        "vrm_score": round(vrm / len(rows), 1),
+        "plain_loop": round(plain / len(rows), 1),
+        "unpadded": round(real / len(rows), 1),
+    }
+
+
+def at_max_length(path: str, max_length: int, work: str) -> str:
+    """`path` itself when its tokenization reads `max_length`, else a copy (weights and code linked) whose config
+    reads `max_length` and a max_prompt_length scaled alike."""
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
+        config = json.load(handle)
+    tokenization = config["tokenization"]
+    if tokenization["max_length"] == max_length:
+        return path
+    copy = os.path.join(work, f"{os.path.basename(os.path.normpath(path))}-max{max_length}")
+    os.makedirs(copy, exist_ok=True)
+    for name in os.listdir(path):
+        if name != "config.json" and not os.path.exists(os.path.join(copy, name)):
+            os.symlink(os.path.abspath(os.path.join(path, name)), os.path.join(copy, name))
+    share = tokenization.get("max_prompt_length") or tokenization["max_length"] // 2
+    tokenization["max_prompt_length"] = max(1, share * max_length // tokenization["max_length"])
+    tokenization["max_length"] = max_length
+    with open(os.path.join(copy, "config.json"), "w", encoding="utf-8") as handle:
+        json.dump(config, handle, indent=2)
+    return copy
 
 
 async def serve_clients(base: str, rows: list[dict[str, str]], clients: int) -> None:
@@ -140,10 +200,14 @@ def mean_std(values: list[float]) -> dict[str, float]:
     }
 
 
-def measure(label: str, path: str, count: int, args: argparse.Namespace, work: str) -> dict[str, Any]:
+def measure(
+    label: str, path: str, count: int, args: argparse.Namespace, work: str, max_length: int
+) -> dict[str, Any]:
     from vrm.scoring.loading import load_scorer
     from vrm.scoring.score_file import score_file
 
+    path = at_max_length(path, max_length, work)
+    label = f"{label}@{max_length}"
     rows = load_rows(args.data, count)
     source = os.path.join(work, f"{label}.jsonl")
     with open(source, "w", encoding="utf-8") as handle:
@@ -191,6 +255,7 @@ def measure(label: str, path: str, count: int, args: argparse.Namespace, work: s
         "is_causal": causal,
         "rows": count,
         "max_length": max_length,
+        "tokens_per_row": tokens_per_row(pipeline, rows, max_length, causal),
         "seconds": {m: [round(s, 3) for s in seconds[m]] for m in METHODS},
         "rows_per_s": {m: mean_std(rate[m]) for m in METHODS},
         "ratio_vrm_score_over_plain_loop": mean_std(
@@ -212,14 +277,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['rounds']} rounds, methods in rotating order; rows/s mean ± std over rounds.  ",
         f"Data: the first N (prompt, chosen) rows of {result['data']}.",
         "",
-        "| model | head | rows | max_length | vrm score rows/s | plain loop rows/s | vrm serve rows/s | "
-        "score / plain | score / serve |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | head | rows | max_length | tokens/row: unpadded, vrm, plain | vrm score rows/s | "
+        "plain loop rows/s | vrm serve rows/s | score / plain | score / serve |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["results"]:
         rate = r["rows_per_s"]
+        tokens = r["tokens_per_row"]
         lines.append(
             f"| {r['label']} ({r['backbone']}) | {r['head_type']} | {r['rows']} | {r['max_length']} | "
+            f"{tokens['unpadded']:.0f}, {tokens['vrm_score']:.0f}, {tokens['plain_loop']:.0f} | "
             + " | ".join(f"{rate[m]['mean']:.2f} ± {rate[m]['std']:.2f}" for m in METHODS)
             + f" | {r['ratio_vrm_score_over_plain_loop']['mean']:.2f} ± {r['ratio_vrm_score_over_plain_loop']['std']:.2f}"
             + f" | {r['ratio_vrm_score_over_vrm_serve']['mean']:.2f} ± {r['ratio_vrm_score_over_vrm_serve']['std']:.2f} |"
@@ -239,6 +306,13 @@ def main(argv: list[str] | None = None) -> int:
         help="A saved vrm model to measure, and how many rows to score with it.",
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--max_lengths",
+        type=int,
+        nargs="+",
+        default=[256],
+        help="Token budgets to measure at, each apart (a copy of each checkpoint reads it; cut to the backbone).",
+    )
     parser.add_argument("--clients", type=int, default=64, help="Concurrent `vrm serve` clients.")
     parser.add_argument("--batch_size", type=int, default=32, help="`vrm score --batch_size` (its default).")
     parser.add_argument("--data", default=DATA)
@@ -249,8 +323,9 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     with tempfile.TemporaryDirectory(prefix="vrm-scoring-throughput-") as work:
-        for label, path, count in args.model:
-            results.append(measure(label, path, int(count), args, work))
+        for max_length in args.max_lengths:
+            for label, path, count in args.model:
+                results.append(measure(label, path, int(count), args, work, max_length))
     result = {
         "command": "python "
         + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *(argv or sys.argv[1:])]),

@@ -15,15 +15,15 @@ def test_a_copy_at_another_max_length_links_the_weights_and_scales_the_prompt_sh
 ):
     same = at_max_length(three_objective_model_dir, _max_length(three_objective_model_dir), str(tmp_path))
     assert same == three_objective_model_dir
-    copy = at_max_length(three_objective_model_dir, 64, str(tmp_path))
+    copy = at_max_length(three_objective_model_dir, 48, str(tmp_path))
     with open(os.path.join(copy, "config.json")) as handle:
         tokenization = json.load(handle)["tokenization"]
     original = _tokenization(three_objective_model_dir)
-    assert tokenization["max_length"] == 64
+    assert tokenization["max_length"] == 48
     share = original.get("max_prompt_length") or original["max_length"] // 2
-    assert tokenization["max_prompt_length"] == share * 64 // original["max_length"]
+    assert tokenization["max_prompt_length"] == share * 48 // original["max_length"]
     assert os.path.islink(os.path.join(copy, "model.safetensors"))
-    assert load_scorer(copy, device="cpu").template.max_length == 64
+    assert load_scorer(copy, device="cpu").template.max_length == 48
 
 
 def test_sorted_batches_run_fewer_padded_tokens_than_input_order_batches(three_objective_model_dir):

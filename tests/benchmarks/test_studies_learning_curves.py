@@ -57,6 +57,11 @@ def _write_made_up_run(root, setting, head, n, seed, train_acc, correct_iid, cor
     for name, correct in sets.items():
         margin = np.where(correct > 0, 1.0, -1.0) * rng.uniform(0.1, 2.0, correct.size)
         metrics[name] = pair_metrics(margin, np.zeros_like(margin), keep_pairs=True)
+    _save_run(root, setting, spec, n, metrics)
+
+
+def _save_run(root, setting, spec, n, metrics):
+    """A run file as `runner.execute_frozen` writes it, with made-up metrics."""
     result = {
         "spec": {"name": spec.name, "seed": spec.seed, "options": spec.options},
         "key": spec.key,
@@ -261,19 +266,7 @@ def test_grouped_pairs_are_tested_per_prompt_not_per_pair(tmp_path):
                 metrics[name] = pair_metrics(
                     margin, np.zeros(180), True, group_sizes=sizes if name == "rm_bench" else None
                 )
-            result = {
-                "spec": {"name": spec.name, "seed": seed, "options": spec.options},
-                "key": spec.key,
-                "n": 10,
-                "subset": "x",
-                "train_seconds": 1.0,
-                "eval_seconds": 0.1,
-                "metrics": metrics,
-            }
-            path = runner.run_path(spec, setting.name, str(tmp_path))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as handle:
-                json.dump(result, handle)
+            _save_run(tmp_path, setting, spec, 10, metrics)
     runs = load_runs(setting.name, str(tmp_path))
     entry = aggregate.paired_tests(runs, "test_iid", ["test_iid", "rm_bench"])["vrm"]["10"]
     vrm = np.mean([correct[("vrm", s)] for s in range(3)], 0)

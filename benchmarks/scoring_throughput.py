@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import hashlib
 import json
 import os
 import platform
@@ -114,22 +115,29 @@ def plain_loop(model, tokenizer, rows, max_length: int, causal: bool, batch_size
 
 
 def tokens_per_row(pipeline, rows, max_length: int, causal: bool) -> dict[str, float]:
-    """Backbone tokens (padding included) per row of vrm's scorer and of the plain loop on `rows`."""
+    """Backbone tokens (padding included) per row of vrm's scorer and of the plain loop on `rows`: `vrm score`
+    sorts and batches each chunk of `score_file`'s default `chunk_size` rows apart (the shared-prompt tree
+    path, which packs prompts once, is not counted: these rows have distinct prompts)."""
+    import inspect
+
+    from vrm.scoring.score_file import score_file
     from vrm.scoring.scores import separate_prompt_pass, token_budget_batches
 
+    chunk = inspect.signature(score_file).parameters["chunk_size"].default
     encoded = [pipeline.template.tokenize_single(r["prompt"], r["response"]) for r in rows]
     sequences = [ids for ids, _ in encoded]
     pad = pipeline.tokenizer.pad_token_id
-    vrm = sum(
-        len(index) * ids.shape[1]
-        for index, ids, _ in token_budget_batches(sequences, pipeline.batch_size, pad)
-    )
-    if separate_prompt_pass(pipeline.model):
-        prompts = [list(p) for p in dict.fromkeys(tuple(ids[:n]) for ids, n in encoded)]
-        vrm += sum(
-            len(index) * ids.shape[1]
-            for index, ids, _ in token_budget_batches(prompts, pipeline.batch_size, pad)
-        )
+
+    def padded(found: list[list[int]]) -> int:
+        batches = token_budget_batches(found, pipeline.batch_size, pad)
+        return sum(len(index) * ids.shape[1] for index, ids, _ in batches)
+
+    vrm = 0
+    for start in range(0, len(encoded), chunk):
+        part = encoded[start : start + chunk]
+        vrm += padded([ids for ids, _ in part])
+        if separate_prompt_pass(pipeline.model):
+            vrm += padded([list(p) for p in dict.fromkeys(tuple(ids[:n]) for ids, n in part)])
     plain = sum(
         int(b["input_ids"].numel()) for b in plain_batches(pipeline.tokenizer, rows, max_length, causal)
     )
@@ -149,7 +157,8 @@ def at_max_length(path: str, max_length: int, work: str) -> str:
     tokenization = config["tokenization"]
     if tokenization["max_length"] == max_length:
         return path
-    copy = os.path.join(work, f"{os.path.basename(os.path.normpath(path))}-max{max_length}")
+    source = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:12]  # two runs/*/final stay apart
+    copy = os.path.join(work, f"{os.path.basename(os.path.normpath(path))}-{source}-max{max_length}")
     os.makedirs(copy, exist_ok=True)
     for name in os.listdir(path):
         if name != "config.json" and not os.path.exists(os.path.join(copy, name)):

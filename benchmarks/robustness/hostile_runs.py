@@ -22,7 +22,7 @@
   refused naming the output's lock, no row duplicated or lost.
 * data-parallel `vrm eval` (two processes): a kill -9 of rank 1 mid-run leaves no partial report (whole or
   absent, strict JSON) and a relaunch writes the whole report; `--embedding_cache` under a launch of two is one
-  usage line; `vrm bench bon --best_of 0` under a launch of two is one line.
+  usage line; `vrm bench bon --best_of 0` and `vrm calibrate` under a launch of two are one line each.
 """
 
 from __future__ import annotations
@@ -553,18 +553,40 @@ def data_parallel_eval_cases(model: str, corpus: str, runs: str, pairs: int = 40
         case.notes["report_after_kill"] = os.path.exists(output)
         return True
 
+    after_kill = os.path.join(runs, "eval-dp-killed-as-the-kill-left-it.json")
+    keep_what_the_kill_left = [
+        sys.executable,
+        "-c",
+        "import os, shutil, sys; os.path.exists(sys.argv[1]) and shutil.copyfile(sys.argv[1], sys.argv[2])",
+        output,
+        after_kill,
+    ]
+
+    def strict(name: str):
+        raise ValueError(f"non-finite {name}")
+
     def whole_report(process: subprocess.CompletedProcess) -> str | None:
         if process.returncode != 0:
             return None
+        if os.path.exists(after_kill):  # the killed launch wrote a report: it must be whole
+            try:
+                with open(after_kill, encoding="utf-8") as handle:
+                    json.load(handle, parse_constant=strict)
+            except ValueError as err:
+                return f"the killed launch left a report that is not whole strict JSON ({err})"
         with open(output, encoding="utf-8") as handle:
-            report = json.load(handle, parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))
+            report = json.load(handle, parse_constant=strict)
         counted = report["datasets"][source]["overall"]["pairs"]
         left = [n for n in os.listdir(runs) if n.startswith(os.path.basename(output) + ".")]
         if counted != pairs:
             return f"the report counts {counted} pairs, not {pairs}"
         return f"left behind: {left}" if left else None
 
-    case.steps = [Step(torchrun(2, *argv), False, kill_when=kill_rank_1), Step(torchrun(2, *argv), False)]
+    case.steps = [
+        Step(torchrun(2, *argv), False, kill_when=kill_rank_1),
+        Step(keep_what_the_kill_left, False),
+        Step(torchrun(2, *argv), False),
+    ]
     case.check = whole_report
     cache = os.path.join(runs, "eval-dp-cache")
     refused_cache = Case(
@@ -588,4 +610,13 @@ def data_parallel_eval_cases(model: str, corpus: str, runs: str, pairs: int = 40
         r"(?i)best.of|--n|n must|>= 1",
         check=lambda process: None if not os.path.exists(bon) else f"{bon} was written",
     )
-    return [case, refused_cache, refused_size]
+    labelled = bad_inputs.BadFile(
+        "dp-calibrate-pairs", "dp-calibrate-pairs.jsonl", ("\n".join(lines[:20]) + "\n").encode(), ""
+    ).write(corpus)
+    refused_calibrate = Case(
+        "calibrate:launched-in-two-processes",
+        "calibrate",
+        [Step(torchrun(2, "calibrate", "--model", model, "--dataset", labelled, "--dry_run"), True)],
+        r"vrm calibrate runs in one process",
+    )
+    return [case, refused_cache, refused_size, refused_calibrate]

@@ -44,3 +44,14 @@ def _tokenization(path):
 
 def _max_length(path):
     return _tokenization(path)["max_length"]
+
+
+def test_two_checkpoints_with_one_folder_name_get_their_own_copies(tmp_path, three_objective_model_dir):
+    import shutil
+
+    first, second = tmp_path / "a" / "final", tmp_path / "b" / "final"
+    for target in (first, second):
+        shutil.copytree(three_objective_model_dir, target)
+    copies = [at_max_length(str(path), 48, str(tmp_path / "work")) for path in (first, second)]
+    assert copies[0] != copies[1]
+    assert os.path.realpath(os.path.join(copies[1], "model.safetensors")) == str(second / "model.safetensors")

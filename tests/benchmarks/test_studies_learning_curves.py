@@ -223,31 +223,45 @@ def test_rm_bench_rows_become_nine_pairs_whose_subset_accuracies_are_rm_bench_sc
     from vrm.evaluation.benchmark_rules import rm_bench_scores
 
     monkeypatch.setattr(states, "WORK", str(tmp_path / "work"))
+    # sorted by domain as the study's file is: 6 chat rows then 2 code rows
     rows = [
         {
             "prompt": f"q{k}",
             "chosen": [f"c{k}{i}" for i in range(3)],
             "rejected": [f"r{k}{j}" for j in range(3)],
+            "subset": "chat" if k < 6 else "code",
         }
-        for k in range(4)
+        for k in range(8)
     ]
     source = tmp_path / "rm_bench.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    path = states.rm_bench_pairs_file(str(source), prompts=3)
+    path = states.rm_bench_pairs_file(str(source), prompts=4)
+    assert states.rm_bench_pairs_file(str(source), prompts=4) == path  # written once
     with open(path) as handle:
         pairs = [json.loads(line) for line in handle]
-    assert len(pairs) == 27  # the first 3 prompts, 9 pairs each
-    assert pairs[1] == {"prompt": "q0", "chosen": "c00", "rejected": "r01", "subset": "hard"}
+    assert len(pairs) == 36  # 4 prompts, 9 pairs each
+    prompts = [p["prompt"] for p in pairs[::9]]
+    assert (
+        sum(int(p[1:]) < 6 for p in prompts) == 3 and sum(int(p[1:]) >= 6 for p in prompts) == 1
+    )  # 6:2 -> 3:1
+    assert prompts == sorted(prompts, key=lambda p: int(p[1:]))  # file order kept
+    first = prompts[0]
+    assert pairs[1] == {
+        "prompt": first,
+        "chosen": f"c{first[1:]}0",
+        "rejected": f"r{first[1:]}1",
+        "subset": "hard",
+    }
     assert [p["subset"] for p in pairs[:9]].count("hard") == 3
-    outcomes = np.random.default_rng(0).random((3, 3, 3)) < 0.5  # [prompt, chosen i, rejected j]
+    outcomes = np.random.default_rng(0).random((4, 3, 3)) < 0.5  # [prompt, chosen i, rejected j]
     margin = np.where(outcomes.reshape(-1), 1.0, -1.0)
-    found = pair_metrics(margin, np.zeros(27), True, [p["subset"] for p in pairs], [9, 9, 9])
+    found = pair_metrics(margin, np.zeros(36), True, [p["subset"] for p in pairs], [9] * 4)
     expected = rm_bench_scores(outcomes)
     for subset in ("easy", "normal", "hard"):
         assert found["subset_accuracy"][subset] == pytest.approx(expected[subset])
     assert found["accuracy"] == pytest.approx(expected["average"])
-    with pytest.raises(ValueError, match="group sizes add up to 18, not the 27 pairs"):
-        pair_metrics(margin, np.zeros(27), True, None, [9, 9])
+    with pytest.raises(ValueError, match="group sizes add up to 27, not the 36 pairs"):
+        pair_metrics(margin, np.zeros(36), True, None, [9, 9, 9])
 
 
 def test_grouped_pairs_are_tested_per_prompt_not_per_pair(tmp_path):

@@ -41,7 +41,9 @@ SET_TITLES = {
     "val": "held-out (200-pair sample of the validation split: RMB seen categories + AlpacaEval + UltraFeedback)",
     "rmb_shift_harm": "RMB held-out harmlessness categories (S9, S10, multi; 200-pair sample)",
     "alpaca_test": "AlpacaEval prompts never trained on (200-pair sample)",
-    "rm_bench": "RM-Bench, 200 prompts x 9 pairs (accuracy = its average; hard = chosen plainer than rejected)",
+    "rm_bench": "RM-Bench, 200 prompts sampled in proportion to its domains (chat, code, safety-refuse, "
+    "safety-response; no math in the study's file) x 9 pairs: accuracy = its average, hard = chosen plainer "
+    "than rejected; tested per prompt",
     "test_iid": "iid test",
     "test_shifted": "length-shifted test",
 }

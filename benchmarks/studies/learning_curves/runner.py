@@ -4,8 +4,8 @@ A run file, `learning_curves_runs/<setting>/<RunSpec.key>.json`, holds the spec,
 and evaluation seconds, and per scored set (`train` = the run's own training pairs, then the setting's
 evaluation sets) accuracy, ties, NLL and ECE of the plug-in probability sigmoid(r+ - r-), plus the per-pair
 correctness (r+ > r-) as packed bits, so paired tests and held-out bounds are computed from the same numbers as
-the tables; a set of grouped pairs (`states.GROUPED_SETS`: RM-Bench's 9 pairs per prompt) also keeps the accuracy
-of each subset and the sizes of its prompt groups. It is written last, atomically: a run with a file is finished and never trained again. No weights
+the tables; a set of grouped pairs (`SettingStates.group_sizes`: RM-Bench's 9 pairs per prompt) also keeps the
+accuracy of each subset and the sizes of its prompt groups. It is written last, atomically: a run with a file is finished and never trained again. No weights
 are kept.
 """
 
@@ -28,7 +28,6 @@ from vrm.data.files import write_json
 from vrm.evaluation.metrics import calibration, pair_probabilities
 
 from .plan import HeadPlan, SettingPlan, run_spec, size_value
-from .states import GROUPED_SETS, prompt_groups
 from .subsets import nested_subset, subset_digest
 
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
@@ -207,12 +206,12 @@ def execute_frozen(setting: SettingPlan, head: HeadPlan, size, seed: int, states
     trained = time.perf_counter()
     metrics = {"train": pair_metrics(*score_states(model, train_data), keep_pairs=False)}
     for name, data in states.eval_sets.items():
-        grouped = name in GROUPED_SETS
+        groups = states.group_sizes.get(name)
         metrics[name] = pair_metrics(
             *score_states(model, data),
             keep_pairs=True,
-            subsets=[str(p.subset) for p in data.pairs] if grouped else None,
-            group_sizes=prompt_groups(data.pairs) if grouped else None,
+            subsets=None if groups is None else [str(p.subset) for p in data.pairs],
+            group_sizes=groups,
         )
     write_run(run_result(spec, n, indices, started, trained, metrics), path)
     return path

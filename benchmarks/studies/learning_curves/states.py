@@ -43,14 +43,14 @@ REALDATA_SETS = ("val", "rmb_shift_harm")
 # the real-data files each name reads: the frozen setting trains on the study's whole training file; held-out
 # and shift are the study's 200-pair samples of its validation split and of RMB's held-out harmlessness categories
 REALDATA_FILES = {"train": REALDATA_POOL, "val": "ft_val", "rmb_shift_harm": "ft_rmb_shift_harm"}
-# the frozen setting also scores AlpacaEval's held-out prompts (the study's 200-pair sample) and RM-Bench: the first
-# `RM_BENCH_PROMPTS` prompts of the study's RM-Bench file, each as its 9 pairs (chosen variant i against rejected
-# variant j; `rm_bench_pairs_file`), so accuracy over them is RM-Bench's average and over the 3 pairs with i < j
-# (the chosen answer plainer than the rejected one) its hard accuracy
+# the frozen setting also scores AlpacaEval's held-out prompts (the study's 200-pair sample) and RM-Bench:
+# `RM_BENCH_PROMPTS` prompts of the study's RM-Bench file, sampled in proportion to its domains (chat, code,
+# safety-refuse, safety-response), each as its 9 pairs (chosen variant i against rejected variant j;
+# `rm_bench_pairs_file`), so accuracy over them is RM-Bench's average and over the 3 pairs with i < j (the chosen
+# answer plainer than the rejected one) its hard accuracy; tests average a prompt's 9 pairs first
 REALDATA_EXTRA_FILES = {"alpaca_test": "ft_alpaca_test", "rm_bench": "rm_bench"}
 RM_BENCH_PROMPTS = 200
-# sets whose pairs come in groups of one prompt (tests average a prompt's pairs first) and carry subsets
-GROUPED_SETS = ("rm_bench",)
+RM_BENCH_PAIRS_PER_PROMPT = 9
 FINETUNE_FILES = {**REALDATA_FILES, "train": "ft_train"}
 SYNTHETIC_SETS = ("test_iid", "test_shifted", "test_iid_check")
 REALDATA_OBJECTIVES = ["helpfulness", "harmlessness"]
@@ -66,6 +66,8 @@ class SettingStates:
     objective_column: str | None
     backbone_dir: str  # the frozen backbone the states are of (each run builds its model on it)
     description: dict = field(default_factory=dict)
+    # sets whose pairs come in consecutive groups of one prompt: the groups' sizes (and the pairs carry subsets)
+    group_sizes: dict[str, list[int]] = field(default_factory=dict)
 
     def train_subset(self, indices: list[int], keep_labels: bool = True) -> CachedPairDataset:
         """The training pairs at `indices` (states indexed, no backbone pass); `keep_labels=False` strips the
@@ -136,43 +138,45 @@ def pool_file(path: str, rows: int) -> str:
     return target
 
 
-def rm_bench_pairs_file(path: str, prompts: int) -> str:
+def rm_bench_pairs_file(path: str, prompts: int, seed: int = 0) -> str:
     """RM-Bench rows (a prompt, 3 chosen and 3 rejected variants: concise, verbose, verbose with markdown) as
-    preference pairs, written once under `WORK`: the first `prompts` rows, each as its 9 pairs chosen[i] against
-    rejected[j] in order i, j, with subset `hard` (i < j: the chosen answer is plainer than the rejected one),
-    `normal` (i = j) or `easy` (i > j), so accuracies over them are RM-Bench's (`rm_bench_scores`)."""
+    preference pairs, written once under `WORK`: `prompts` rows sampled (seeded) in proportion to the rows'
+    domains (`subset`: the file is sorted by domain, so its first rows would be one or two domains), largest
+    remainders first, kept in file order; each row as its 9 pairs chosen[i] against rejected[j] in order i, j,
+    with subset `hard` (i < j: the chosen answer is plainer than the rejected one), `normal` (i = j) or `easy`
+    (i > j), so accuracies over them are RM-Bench's (`rm_bench_scores`). The file's name holds the source's
+    digest, the count and the seed."""
+    import hashlib
     import json
+    import random
 
     from vrm.data.files import atomic_output
 
-    target = os.path.join(WORK, f"rm_bench-first{prompts}-pairs.jsonl")
+    with open(path, "rb") as handle:
+        content = handle.read()
+    digest = hashlib.sha256(content).hexdigest()[:12]
+    target = os.path.join(WORK, f"rm_bench-{digest}-{prompts}prompts-seed{seed}-pairs.jsonl")
     if os.path.exists(target):
         return target
-    with open(path, encoding="utf-8") as handle:
-        rows = [json.loads(line) for _, line in zip(range(prompts), handle, strict=False)]
+    rows = [json.loads(line) for line in content.decode("utf-8").splitlines() if line.strip()]
+    domains: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        domains.setdefault(str(row.get("subset")), []).append(index)
+    quotas = {name: prompts * len(found) / len(rows) for name, found in domains.items()}
+    counts = {name: int(quota) for name, quota in quotas.items()}
+    for name in sorted(quotas, key=lambda n: (counts[n] - quotas[n], n))[: prompts - sum(counts.values())]:
+        counts[name] += 1
+    rng = random.Random(seed)
+    chosen_rows = sorted(i for name, found in domains.items() for i in rng.sample(found, counts[name]))
     os.makedirs(WORK, exist_ok=True)
     with atomic_output(target) as staging, open(staging, "w", encoding="utf-8") as out:
-        for row in rows:
+        for row in (rows[i] for i in chosen_rows):
             for i, chosen in enumerate(row["chosen"]):
                 for j, rejected in enumerate(row["rejected"]):
                     subset = "hard" if i < j else "normal" if i == j else "easy"
                     pair = {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "subset": subset}
                     out.write(json.dumps(pair) + "\n")
     return target
-
-
-def prompt_groups(pairs: list[TokenizedPair]) -> list[int]:
-    """Sizes of the runs of consecutive pairs with the same prompt tokens (one RM-Bench prompt's pairs)."""
-    sizes: list[int] = []
-    previous = None
-    for pair in pairs:
-        prompt = tuple(pair.chosen_input_ids[: pair.prompt_length])
-        if prompt == previous:
-            sizes[-1] += 1
-        else:
-            sizes.append(1)
-        previous = prompt
-    return sizes
 
 
 def realdata_states(data_dir: str) -> SettingStates:
@@ -197,17 +201,25 @@ def realdata_states(data_dir: str) -> SettingStates:
         "objective",
     )
     train = found.pop("train")
+    expected = RM_BENCH_PROMPTS * RM_BENCH_PAIRS_PER_PROMPT
+    if len(found["rm_bench"]) != expected:  # a dropped pair would shift every later prompt's group
+        raise ValueError(
+            f"{files['rm_bench']}: {len(found['rm_bench'])} pairs left after tokenization, not {expected}"
+        )
     description = {
         "data": "the real-data study's split files (benchmarks/experiments/realdata.yaml sizes; "
         "benchmarks/results/study_runs/data.json)",
         "files": sources,
         "pool": f"every row of {REALDATA_POOL} (the study's whole training file)",
         "counts": {name: manifest["counts"][source] for name, source in sources.items()},
-        "rm_bench": f"the first {RM_BENCH_PROMPTS} prompts of rm_bench, 9 pairs each (rm_bench_pairs_file)",
+        "rm_bench": f"{RM_BENCH_PROMPTS} prompts of rm_bench sampled by domain, 9 pairs each (rm_bench_pairs_file)",
         "held_out_categories": manifest["held_out_categories"],
         "max_length": cfg.max_length,
     }
-    return SettingStates(train, found, REALDATA_OBJECTIVES, "objective", backbone_path("minilm"), description)
+    groups = {"rm_bench": [RM_BENCH_PAIRS_PER_PROMPT] * RM_BENCH_PROMPTS}
+    return SettingStates(
+        train, found, REALDATA_OBJECTIVES, "objective", backbone_path("minilm"), description, groups
+    )
 
 
 def synthetic_files(train_pairs: int, test_pairs: int, seed: int = 0) -> dict[str, str]:

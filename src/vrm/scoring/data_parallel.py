@@ -146,9 +146,9 @@ def refuse_several_processes(command: str) -> None:
     would do all the work and write the same outputs over one another."""
     world = ScoringWorld.detect()
     if world.distributed:
-        raise ValueError(
-            f"{command} runs in one process, but this is rank {world.rank} of {world.size} (accelerate launch / "
-            f"torchrun): each would do all of it and write the same outputs; run it without the launcher "
+        raise ValueError(  # the same line on every rank: the launch prints one refusal, however many ranks
+            f"{command} runs in one process, but a launcher (accelerate launch / torchrun) started "
+            f"{world.size}: each would do all of it and write the same outputs; run it without the launcher "
             "(vrm score, vrm eval and vrm bench bon split their rows across processes)"
         )
 

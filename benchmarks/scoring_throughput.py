@@ -11,8 +11,9 @@ For each `--model LABEL PATH ROWS`, the first ROWS (prompt, chosen) rows of Alpa
   weights copied from the vrm checkpoint, a random one-label head): batches of 32 rows in input order,
   `tokenizer(batch, padding=True, truncation=True, max_length=...)` → model → logits, under `torch.no_grad`,
   with the checkpoint's max_length and input format (a text pair for encoders, the chat template for causal LMs);
-* `vrm serve` (a subprocess, `--max_batch_size 32 --max_wait_ms 5`, as many torch threads as this process) with
-  `--clients` concurrent clients each sending one row per `POST /score` request over loopback.
+* `vrm serve` (a subprocess, `--max_batch_size 32 --max_wait_ms 5 --request_timeout_s 3600`, as many torch
+  threads as this process) with `--clients` concurrent clients each sending one row per `POST /score` request
+  over loopback.
 Rows/s are mean ± std over rounds; ratios are taken within each round, then averaged. JSON to `--output`
 (written atomically), with a Markdown table beside it.
 
@@ -50,6 +51,9 @@ from benchmarks.serve_throughput import free_port, start_server, stop_server  # 
 
 DATA = os.path.join(HERE, "..", "..", "shared", "data", "train", "alpacaeval_judged.jsonl.gz")
 METHODS = ("vrm_score", "plain_loop", "vrm_serve")
+# the offline paths have no deadline: neither does the server here (its default 60 s per request would answer 503
+# to single rows queued behind a minute of 1024-token batches on one CPU core)
+SERVE_SETTINGS = {"max_batch_size": 32, "max_wait_ms": 5, "request_timeout_s": 3600}
 
 
 def load_rows(path: str, count: int) -> list[dict[str, str]]:
@@ -227,7 +231,7 @@ def measure(
     classifier = plain_classifier(pipeline)
     port = free_port()
     threads = torch.get_num_threads()
-    server = start_server(path, port, {"max_batch_size": 32, "max_wait_ms": 5}, "cpu", threads)
+    server = start_server(path, port, SERVE_SETTINGS, "cpu", threads)
     base = f"http://127.0.0.1:{port}"
     output = os.path.join(work, f"{label}.scored.jsonl")
     runs = {
@@ -343,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "clients": args.clients,
         "vrm_score_batch_size": args.batch_size,
         "plain_loop_batch_size": 32,
-        "serve_settings": {"max_batch_size": 32, "max_wait_ms": 5},
+        "serve_settings": SERVE_SETTINGS,
         "machine": machine(),
         "notes": args.notes,
         "results": results,

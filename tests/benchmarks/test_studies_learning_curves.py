@@ -294,3 +294,12 @@ def test_grouped_pairs_are_tested_per_prompt_not_per_pair(tmp_path):
         paired_p_value(vrm, bt, resamples=aggregate.PERMUTATIONS)
     )
     assert entry["rm_bench"]["accuracy_difference"] == pytest.approx(entry["test_iid"]["accuracy_difference"])
+    hard = aggregate.paired_tests(
+        runs, "test_iid", ["rm_bench"], parts={"rm_bench_hard": ("rm_bench", (1, 2, 5))}
+    )["vrm"]["10"]["rm_bench_hard"]
+    vrm_hard, bt_hard = (side.reshape(20, 9)[:, [1, 2, 5]].mean(1) for side in (vrm, bt))
+    assert hard["accuracy_difference"] == pytest.approx(vrm_hard.mean() - bt_hard.mean())
+    assert hard["p_value"] == pytest.approx(
+        paired_p_value(vrm_hard, bt_hard, resamples=aggregate.PERMUTATIONS)
+    )
+    assert hard["pairs"] == 60 and hard["tested_units"] == "20 prompts"

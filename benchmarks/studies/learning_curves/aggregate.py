@@ -97,9 +97,15 @@ def ttest_p(differences: Sequence[float]) -> float | None:
 
 
 def paired_tests(
-    runs: Sequence[RunFile], held_out: str, test_sets: Sequence[str], baseline: str = BASELINE
+    runs: Sequence[RunFile],
+    held_out: str,
+    test_sets: Sequence[str],
+    baseline: str = BASELINE,
+    parts: dict[str, tuple[str, Sequence[int]]] | None = None,
 ) -> dict[str, Any]:
-    """{head: {n: tests}} of every head against `baseline` (see the module docstring)."""
+    """{head: {n: tests}} of every head against `baseline` (see the module docstring). `parts` adds tests on
+    the pairs at fixed positions of each prompt group of a grouped set: {name: (set, positions)}, e.g. RM-Bench's
+    hard pairs, positions 1, 2 and 5 of its 9 (chosen i against rejected j at 3 i + j, i < j)."""
     grouped = by_head_and_size(runs)
     if baseline not in grouped:
         return {}
@@ -137,6 +143,26 @@ def paired_tests(
                     second = np.add.reduceat(second, starts) / np.asarray(sizes)
                     entry[name]["tested_units"] = f"{len(sizes)} prompts"
                 entry[name]["p_value"] = paired_p_value(first, second, resamples=PERMUTATIONS)
+            for name, (source, positions) in (parts or {}).items():
+                if not all(source in mine[s].metrics and source in base[s].metrics for s in seeds):
+                    continue
+                sizes = mine[seeds[0]].metrics[source]["group_sizes"]
+                if len(set(sizes)) != 1:
+                    raise ValueError(
+                        f"{source}: positions need groups of one size, got sizes {sorted(set(sizes))}"
+                    )
+                index = list(positions)
+
+                def part(found: list[RunFile], source=source, width=sizes[0], index=index) -> np.ndarray:
+                    return np.mean([r.correct(source).reshape(-1, width)[:, index].mean(1) for r in found], 0)
+
+                first, second = part([mine[s] for s in seeds]), part([base[s] for s in seeds])
+                entry[name] = {
+                    "accuracy_difference": float(first.mean() - second.mean()),
+                    "pairs": int(first.size * len(index)),
+                    "tested_units": f"{first.size} prompts",
+                    "p_value": paired_p_value(first, second, resamples=PERMUTATIONS),
+                }
             out[head][str(n)] = entry
     return out
 

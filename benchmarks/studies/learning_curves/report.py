@@ -25,6 +25,8 @@ SETS = {
         "tested": ["val", "rmb_shift_harm", "alpaca_test", "rm_bench"],
         "bound": ("val", None, "rmb_shift_harm"),
         "subset_columns": {"rm_bench": ("hard",)},
+        # RM-Bench's hard pairs: chosen variant i against rejected j at position 3 i + j of a prompt's 9, i < j
+        "parts": {"rm_bench_hard": ("rm_bench", (1, 2, 5))},
     },
     "realdata_finetune": {
         "held_out": "val",
@@ -69,11 +71,15 @@ def setting_report(setting, root: str = RUNS) -> dict[str, Any] | None:
         "train_seconds_total": round(sum(r.train_seconds for r in runs), 1),
         "held_out_set": sets["held_out"],
         "curves": curve_table(runs, sets["held_out"], sets["tested"], sets.get("subset_columns")),
-        f"paired_tests_vs_{BASELINE}": paired_tests(runs, sets["held_out"], sets["tested"]),
+        f"paired_tests_vs_{BASELINE}": paired_tests(
+            runs, sets["held_out"], sets["tested"], parts=sets.get("parts")
+        ),
         # does reading the labels / ratings through vrm's latents beat reading them through moe's gate?
         "paired_tests_vrm_vs_moe": {
             head: found
-            for head, found in paired_tests(runs, sets["held_out"], sets["tested"], baseline="moe").items()
+            for head, found in paired_tests(
+                runs, sets["held_out"], sets["tested"], baseline="moe", parts=sets.get("parts")
+            ).items()
             if head.startswith("vrm")
         },
         "bounds": held_out_bounds(runs, *sets["bound"]),
@@ -188,7 +194,7 @@ def markdown(report: dict[str, Any]) -> str:
         tests = found[f"paired_tests_vs_{BASELINE}"]
         if tests:
             lines += [f"Paired tests against {BASELINE} (difference = head − bt):", ""]
-            tested = [k for k in SETS[found["kind"]]["tested"]]
+            tested = [*SETS[found["kind"]]["tested"], *SETS[found["kind"]].get("parts", {})]
             rows = []
             for head, sizes in tests.items():
                 for n, entry in sizes.items():
@@ -218,7 +224,7 @@ def markdown(report: dict[str, Any]) -> str:
         versus_moe = found.get("paired_tests_vrm_vs_moe")
         if versus_moe:
             lines += ["Paired tests of the vrm heads against moe (difference = head − moe):", ""]
-            tested = list(SETS[found["kind"]]["tested"])
+            tested = [*SETS[found["kind"]]["tested"], *SETS[found["kind"]].get("parts", {})]
             rows = []
             for head, sizes in versus_moe.items():
                 for n, entry in sizes.items():

@@ -163,3 +163,23 @@ def test_token_budget_batches_cover_every_sequence_once_within_the_budget():
         assert ids.numel() <= 2 * 40 or len(index) == 1  # rows × longest of the batch ≤ batch_size × longest
         assert mask.sum(1).tolist() == [len(sequences[i]) for i in index]
     assert max(len(index) for index, _, _ in batches) > 2  # short sequences share larger batches
+
+
+def test_token_budget_batches_cut_where_padding_would_dominate_a_batch():
+    from vrm.scoring.scores import MAX_PADDING_SHARE, MIN_BATCH_SHARE, token_budget_batches
+
+    # 32 rows from 150 to 1,024 tokens: one budget of 32 x 1,024 would take them all, padded to 1,024
+    lengths = [150 + (1024 - 150) * k // 31 for k in range(32)]
+    sequences = [[1] * n for n in lengths[::-1]]
+    batches = list(token_budget_batches(sequences, batch_size=32, pad_token_id=0))
+    assert sorted(i for index, _, _ in batches for i in index) == list(range(32))
+    budget = 32 * 1024
+    for index, ids, mask in batches:
+        padding = 1 - mask.sum().item() / ids.numel()
+        before_last = (len(index) - 1) * int(mask[:-1].sum(1).max()) if len(index) > 1 else 0
+        assert padding <= MAX_PADDING_SHARE or before_last * MIN_BATCH_SHARE < budget
+    padded = sum(ids.numel() for _, ids, _ in batches)
+    assert padded < 0.8 * 32 * 1024 and padded >= sum(lengths)  # far below one batch padded to the longest
+    # equal lengths still fill the budget: one batch of 32
+    same = list(token_budget_batches([[1] * 512] * 32, batch_size=32, pad_token_id=0))
+    assert [len(index) for index, _, _ in same] == [32]

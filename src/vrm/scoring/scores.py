@@ -92,6 +92,13 @@ def score_in_shards(
     return SequenceScores.assemble(count, parts)
 
 
+# a batch stops growing once padding would be more than this share of its tokens, provided it already holds
+# `1 / MIN_BATCH_SHARE` of the token budget: sorted rows of very different lengths (150 to 1,024 tokens) then run in
+# several batches of similar lengths instead of one padded to the longest
+MAX_PADDING_SHARE = 0.2
+MIN_BATCH_SHARE = 16
+
+
 def token_budget_batches(
     sequences: Sequence[Sequence[int]], batch_size: int, pad_token_id: int, budget: int | None = None
 ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
@@ -99,7 +106,10 @@ def token_budget_batches(
 
     A batch holds as many sequences as fit `budget` padded tokens (rows × the batch's longest sequence); the
     default budget, `batch_size` × the longest sequence of all, gives the longest sequences `batch_size` rows and
-    shorter ones more (never more than 8 × `batch_size`), so a batch costs about the same whatever its lengths."""
+    shorter ones more (never more than 8 × `batch_size`), so a batch costs about the same whatever its lengths. A
+    batch is also cut where the next (longer) sequence would make padding more than `MAX_PADDING_SHARE` of its
+    tokens, once it holds `budget / MIN_BATCH_SHARE` tokens: the padded tokens stay close to the real ones when
+    lengths vary, without batches too small to keep a device busy."""
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     if not order:
         return
@@ -108,11 +118,16 @@ def token_budget_batches(
     start = 0
     while start < len(order):
         stop = start + 1
-        while (
-            stop < len(order)
-            and stop - start < most
-            and (stop - start + 1) * len(sequences[order[stop]]) <= budget
-        ):
+        real = len(sequences[order[start]])
+        while stop < len(order) and stop - start < most:
+            longest = len(sequences[order[stop]])
+            rows = stop - start + 1
+            if rows * longest > budget:
+                break
+            filled = (rows - 1) * len(sequences[order[stop - 1]]) * MIN_BATCH_SHARE >= budget
+            if filled and rows * longest - (real + longest) > MAX_PADDING_SHARE * rows * longest:
+                break
+            real += longest
             stop += 1
         index = order[start:stop]
         yield (index, *pad_sequences([sequences[i] for i in index], pad_token_id))

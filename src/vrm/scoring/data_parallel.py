@@ -173,4 +173,5 @@ def stop_when_the_launcher_dies(poll_seconds: float = 1.0) -> None:
 
 
 class RankZeroError(ValueError):
-    """Raised on ranks other than 0 when rank 0 refused the launch (rank 0 raises, and prints, the reason)."""
+    """Raised on ranks other than 0 when rank 0 refused the launch, with rank 0's message: every rank prints the
+    same line, so a launch prints one refusal."""

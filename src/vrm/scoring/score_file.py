@@ -410,16 +410,16 @@ def _score_file_sharded(
                     plan = ShardPlan.split(output_path, done, len(rows), world.size)
                     plan.save(output_path)
                 decision = {"plan": plan, "done": done, "rows": len(rows)}
-            except BaseException as err:
-                world.broadcast({"error": f"{type(err).__name__}: {' '.join(str(err).split())}"})
+            except (
+                BaseException
+            ) as err:  # the other ranks stop with the line rank 0 prints (one refusal per launch)
+                world.broadcast({"error": " ".join(str(err).split()) or type(err).__name__})
                 raise
             world.broadcast(decision)
         else:
             decision = world.broadcast()
             if "error" in decision:
-                raise RankZeroError(
-                    f"rank {world.rank}: stopped, rank 0 refused the run ({decision['error']})"
-                )
+                raise RankZeroError(decision["error"])
             rows, pairs = _read_rows(input_path, prompt_column, response_column)
             if len(rows) != decision["rows"]:
                 raise ValueError(

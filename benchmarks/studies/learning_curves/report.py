@@ -129,6 +129,15 @@ def figure(name: str, found: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def accuracy_cells(entry: dict[str, Any], tested: list[str]) -> list[str]:
+    """One cell per tested set of a paired-test entry: the accuracy difference and its p ("—" if untested)."""
+    cells = []
+    for set_name in tested:
+        t = entry.get(set_name)
+        cells.append("—" if t is None else f"{t['accuracy_difference']:+.3f} (p {t['p_value']:.3f})")
+    return cells
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Learning curves: does vrm generalize better than bt?",
@@ -191,10 +200,10 @@ def markdown(report: dict[str, Any]) -> str:
             )
         )
         lines.append("")
+        tested = [*SETS[found["kind"]]["tested"], *SETS[found["kind"]].get("parts", {})]
         tests = found[f"paired_tests_vs_{BASELINE}"]
         if tests:
             lines += [f"Paired tests against {BASELINE} (difference = head − bt):", ""]
-            tested = [*SETS[found["kind"]]["tested"], *SETS[found["kind"]].get("parts", {})]
             rows = []
             for head, sizes in tests.items():
                 for n, entry in sizes.items():
@@ -206,12 +215,7 @@ def markdown(report: dict[str, Any]) -> str:
                         "—" if entry["gap_sign_flip_p"] is None else f"{entry['gap_sign_flip_p']:.3f}",
                         "—" if entry["gap_ttest_p"] is None else f"{entry['gap_ttest_p']:.3f}",
                     ]
-                    for set_name in tested:
-                        t = entry.get(set_name)
-                        cells.append(
-                            "—" if t is None else f"{t['accuracy_difference']:+.3f} (p {t['p_value']:.3f})"
-                        )
-                    rows.append(cells)
+                    rows.append(cells + accuracy_cells(entry, tested))
             lines.extend(
                 markdown_table(
                     ["head", "n", "seeds", "gap diff", "gap p (sign flip)", "gap p (t)"]
@@ -224,17 +228,11 @@ def markdown(report: dict[str, Any]) -> str:
         versus_moe = found.get("paired_tests_vrm_vs_moe")
         if versus_moe:
             lines += ["Paired tests of the vrm heads against moe (difference = head − moe):", ""]
-            tested = [*SETS[found["kind"]]["tested"], *SETS[found["kind"]].get("parts", {})]
             rows = []
             for head, sizes in versus_moe.items():
                 for n, entry in sizes.items():
                     cells = [head, n, str(len(entry["seeds"])), f"{entry['gap_difference']:+.3f}"]
-                    for set_name in tested:
-                        t = entry.get(set_name)
-                        cells.append(
-                            "—" if t is None else f"{t['accuracy_difference']:+.3f} (p {t['p_value']:.3f})"
-                        )
-                    rows.append(cells)
+                    rows.append(cells + accuracy_cells(entry, tested))
             lines.extend(
                 markdown_table(
                     ["head", "n", "seeds", "gap diff"] + [f"{s} acc diff" for s in tested], rows, left=2
